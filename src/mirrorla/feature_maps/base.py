@@ -1,0 +1,53 @@
+"""Feature maps φ for linear attention: the common interface and the simple maps.
+
+Dimension letters: B batch, H heads, N query tokens, M key tokens, D head dim, F feature dim.
+
+Interface: ``forward(q, k, key_padding_mask=None) -> (φq, φk)`` on head-split tensors
+q (B, H, N, D) and k (B, H, M, D); φq (B, H, N, F), φk (B, H, M, F) with φq·φk ≥ 0 for every pair.
+Maps that mix heads (MirrorLA's cross-head reflection) treat (H, D) as the full width C = H·D, which
+is exactly the head-major channel order of (B, N, C).view(B, N, H, D), so one layout serves all.
+
+``token_local`` says whether φ of a token depends on that token alone; only token-local maps may
+be used causally (a map with a sequence statistic would leak future tokens).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["FeatureMap", "IdentityFeatureMap", "ReLUFeatureMap", "ELUFeatureMap"]
+
+
+class FeatureMap(nn.Module):
+    """Base class of all feature maps; subclasses implement :meth:`forward`."""
+
+    token_local: bool = True
+
+    def feature_dim(self, head_dim: int) -> int:
+        """F, the output feature dimension for a head dimension D."""
+        return head_dim
+
+    def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class IdentityFeatureMap(FeatureMap):
+    """φ(x) = x. Not non-negative: only for softmax attention, which exponentiates the scores."""
+
+    def forward(self, q, k, key_padding_mask=None):
+        return q, k
+
+
+class ReLUFeatureMap(FeatureMap):
+    """φ(x) = ReLU(x) (the baseline row R0 of the MirrorLA ablation)."""
+
+    def forward(self, q, k, key_padding_mask=None):
+        return F.relu(q), F.relu(k)
+
+
+class ELUFeatureMap(FeatureMap):
+    """φ(x) = ELU(x) + 1 (Katharopoulos et al., "Transformers are RNNs", 2020), strictly positive."""
+
+    def forward(self, q, k, key_padding_mask=None):
+        return F.elu(q) + 1.0, F.elu(k) + 1.0

@@ -1,0 +1,168 @@
+"""MirrorLA feature map: φ(x) = ReLU(H_blk(Θ) · H_c · x) (METHODS.md §2).
+
+Dimension letters: B batch, H heads, N tokens, D head dim, J = D/2 blocks per head, C = H·D.
+
+Three switches give the ablation rows of §2.8: ``block_reflection`` (R1), ``variance_modulation``
+(R2, needs the block reflection) and ``cross_head`` (R3 = all on = MirrorLA). q and k always get the
+same reflections — under modulation the same Θ per sample — so ⟨Hq, Hk⟩ = ⟨q, k⟩ before the ReLU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.ops.naive import dense_block_reflection, dense_cross_head_reflection
+from mirrorla.ops.reflections import block_reflect, block_variance, cross_head_reflect, modulated_angle
+
+__all__ = ["MirrorFeatureMap"]
+
+_HALF = (torch.float16, torch.bfloat16)
+
+
+class MirrorFeatureMap(FeatureMap):
+    """Learnable Householder reflections before the ReLU.
+
+    Args:
+        num_heads: H. head_dim: D (must be even when ``block_reflection``).
+        block_reflection: one 2-D reflection per (head, channel pair), angle θ (H, D/2).
+        variance_modulation: Θ = θ + α·sigmoid(1/(σ² + ε)), σ² per (sample, head, block) over q and k.
+        cross_head: one reflection I − 2ûûᵀ over the full width C = H·D, applied first.
+        theta_init: ``"uniform"`` (U[0, π), default), ``"zeros"`` or a float.
+        alpha_init: initial value of every α entry (default 0.1·π).
+        variance_eps: ε in 1/(σ² + ε).
+        detach_variance: compute σ² without gradient.
+
+    Parameters (all exempt from weight decay, see :meth:`no_weight_decay`):
+        ``u_c`` (C,) ~ N(0, 1); ``theta`` (H, D/2); ``alpha`` (H, D/2).
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        *,
+        block_reflection: bool = True,
+        variance_modulation: bool = True,
+        cross_head: bool = True,
+        theta_init: str | float = "uniform",
+        alpha_init: float = 0.1 * math.pi,
+        variance_eps: float = 1e-6,
+        detach_variance: bool = False,
+    ) -> None:
+        super().__init__()
+        if variance_modulation and not block_reflection:
+            raise ValueError(
+                "variance_modulation=True modulates the block-reflection angle and needs "
+                "block_reflection=True; enable block_reflection or disable variance_modulation"
+            )
+        if block_reflection and head_dim % 2:
+            raise ValueError(
+                f"MirrorLA's block reflection pairs channels (2j, 2j+1) and needs an even head dim, got "
+                f"head_dim={head_dim}; choose dim and num_heads so that dim // num_heads is even"
+            )
+        if variance_eps <= 0:
+            raise ValueError(f"variance_eps must be > 0, got {variance_eps}")
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.block_reflection = block_reflection
+        self.variance_modulation = variance_modulation
+        self.cross_head = cross_head
+        self.variance_eps = variance_eps
+        self.detach_variance = detach_variance
+        self.token_local = not variance_modulation
+        J = head_dim // 2
+        if cross_head:
+            self.u_c = nn.Parameter(torch.randn(num_heads * head_dim))
+        if block_reflection:
+            self.theta = nn.Parameter(_init_theta(theta_init, num_heads, J))
+        if variance_modulation:
+            self.alpha = nn.Parameter(torch.full((num_heads, J), float(alpha_init)))
+
+    def no_weight_decay(self) -> set[str]:
+        return {n for n in ("u_c", "theta", "alpha") if hasattr(self, n)}
+
+    def angles(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """Θ of the block reflection: (B, H, D/2) under modulation, else θ as (1, H, D/2).
+
+        q and k are the tensors entering the block reflection (after the cross-head reflection).
+        """
+        if not self.variance_modulation:
+            return self.theta.unsqueeze(0)
+        if self.detach_variance:
+            with torch.no_grad():
+                var = block_variance(q, k, key_padding_mask)
+        else:
+            var = block_variance(q, k, key_padding_mask)
+        return modulated_angle(self.theta, self.alpha, var, self.variance_eps)
+
+    def reflect(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The reflected q and k *before* the ReLU (for invariant tests and analysis)."""
+        if self.cross_head:
+            q, k = cross_head_reflect(q, self.u_c), cross_head_reflect(k, self.u_c)
+        if self.block_reflection:
+            angle = self.angles(q, k, key_padding_mask)
+            q, k = block_reflect(q, angle), block_reflect(k, angle)
+        return q, k
+
+    def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_heads(q, self.num_heads, self.head_dim)
+        if q.dtype in _HALF:
+            # Precision policy §1.1: the variance and 1/(σ² + ε) are evaluated in fp32.
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                rq, rk = self.reflect(q.float(), k.float(), key_padding_mask)
+        else:
+            rq, rk = self.reflect(q, k, key_padding_mask)
+        return F.relu(rq), F.relu(rk)
+
+    def reflection_matrix(self) -> Tensor:
+        """The constant C×C matrix R = blockdiag(H_blk(θ)) · H_c (only without modulation).
+
+        Used by :meth:`MirrorLinearAttention.fold_reflections`.
+        """
+        if self.variance_modulation:
+            raise ValueError("the reflection depends on the input under variance_modulation; nothing to fold")
+        C = self.num_heads * self.head_dim
+        device, dtype = _param_device_dtype(self)
+        R = torch.eye(C, device=device, dtype=dtype)
+        if self.cross_head:
+            R = dense_cross_head_reflection(self.u_c.detach().to(dtype)) @ R
+        if self.block_reflection:
+            blk = dense_block_reflection(self.theta.detach().to(dtype), self.head_dim)  # (H, D, D)
+            R = torch.block_diag(*blk.unbind(0)) @ R
+        return R
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, block_reflection={self.block_reflection}, "
+            f"variance_modulation={self.variance_modulation}, cross_head={self.cross_head}"
+        )
+
+
+def _init_theta(theta_init: str | float, H: int, J: int) -> Tensor:
+    if theta_init == "uniform":
+        # U[0, π) covers every 2-D reflection exactly once (H(Θ) is π-periodic).
+        return torch.rand(H, J) * math.pi
+    if theta_init == "zeros":
+        return torch.zeros(H, J)
+    if isinstance(theta_init, (int, float)) and not isinstance(theta_init, bool):
+        return torch.full((H, J), float(theta_init))
+    raise ValueError(f"theta_init must be 'uniform', 'zeros' or a float, got {theta_init!r}")
+
+
+def _param_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
+    p = next(module.parameters(), None)
+    if p is None:
+        return torch.device("cpu"), torch.float32
+    return p.device, (torch.float64 if p.dtype == torch.float64 else torch.float32)
+
+
+def _check_heads(x: Tensor, H: int, D: int) -> None:
+    if x.dim() != 4 or x.shape[1] != H or x.shape[-1] != D:
+        raise ValueError(
+            f"MirrorFeatureMap(num_heads={H}, head_dim={D}) expects (B, {H}, N, {D}) tensors, got "
+            f"{tuple(x.shape)}"
+        )

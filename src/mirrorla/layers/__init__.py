@@ -1,0 +1,44 @@
+"""Attention layers (B, N, C) → (B, N, C), and their registry entries."""
+
+from mirrorla.layers.base import AttentionBase
+from mirrorla.layers.linear import LinearAttention
+from mirrorla.layers.mirror import MirrorLinearAttention
+from mirrorla.layers.softmax import SoftmaxAttention
+from mirrorla.registry import register_attention
+
+__all__ = ["AttentionBase", "SoftmaxAttention", "LinearAttention", "MirrorLinearAttention"]
+
+register_attention("softmax", SoftmaxAttention, "softmax attention (scaled_dot_product_attention)")
+register_attention("linear_relu", LinearAttention, "linear attention, φ = ReLU", feature_map="relu")
+register_attention("linear_elu", LinearAttention, "linear attention, φ = ELU + 1", feature_map="elu")
+# MirrorLA and its ablation rows (METHODS.md §2.8).
+register_attention(
+    "mirror", MirrorLinearAttention, "MirrorLA (R3): block + variance + cross-head reflections"
+)
+register_attention(
+    "mirror_block",
+    MirrorLinearAttention,
+    "MirrorLA ablation R1: block reflection only",
+    variance_modulation=False,
+    cross_head=False,
+)
+register_attention(
+    "mirror_block_var",
+    MirrorLinearAttention,
+    "MirrorLA ablation R2: block reflection + variance modulation",
+    cross_head=False,
+)
+register_attention(
+    "mirror_cross",
+    MirrorLinearAttention,
+    "MirrorLA ablation R1c: cross-head reflection only",
+    block_reflection=False,
+    variance_modulation=False,
+)
+register_attention(
+    "mirror_dwc",
+    MirrorLinearAttention,
+    "MirrorLA (R3) + shared 5x5 DWC on V (ImageNet preset, §2.6)",
+    dwc_kernel=5,
+    dwc_shared=True,
+)

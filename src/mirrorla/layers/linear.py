@@ -1,0 +1,160 @@
+"""The linear attention layer: a configuration of shared parts (STYLE.md).
+
+    x → qkv(g) projection → feature map φ → linear-attention core → merge heads
+      → [+ DWC(V)] → [LayerNorm] → [⊙ gate] → proj
+
+Dimension letters: B batch, N tokens, C channels, H heads, D head dim, F feature dim.
+Subclasses change one part: the feature map (MirrorLA), or the value path (:meth:`mix`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mirrorla.feature_maps import ELUFeatureMap, FeatureMap, ReLUFeatureMap
+from mirrorla.layers.base import AttentionBase
+from mirrorla.layers.parts import DepthwiseConvBranch
+from mirrorla.ops.linear_attention import NORMALIZERS, linear_attention
+
+__all__ = ["LinearAttention", "FEATURE_MAPS", "GATES"]
+
+FEATURE_MAPS: dict[str, Callable[[int, int], FeatureMap]] = {
+    "relu": lambda num_heads, head_dim: ReLUFeatureMap(),
+    "elu": lambda num_heads, head_dim: ELUFeatureMap(),
+}
+GATES = (None, "linear", "silu")
+
+
+class LinearAttention(AttentionBase):
+    """Normalised linear attention with optional depthwise-conv branch, output norm and gate.
+
+    Args (beyond the common contract of :class:`AttentionBase`):
+        feature_map: a name in :data:`FEATURE_MAPS` or a callable ``(num_heads, head_dim) -> FeatureMap``.
+        normalizer, eps, min_denominator, core_dtype, chunk_size: passed to
+            :func:`mirrorla.ops.linear_attention`.
+        dwc_kernel: 0 (off) or an odd kernel size: O ← O + DWC(V) over the token grid.
+        dwc_shared: one D-channel kernel shared by the heads (FLatten/PolaFormer) or C kernels.
+        out_norm: LayerNorm(C) after the DWC add, before the gate.
+        gate: ``None``, ``"linear"`` (O ⊙ g) or ``"silu"`` (O ⊙ SiLU(g)); g = W_g x + b comes from a
+            fused qkvg projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        num_prefix_tokens: int = 0,
+        *,
+        feature_map: str | Callable[[int, int], FeatureMap] = "relu",
+        normalizer: str = "mean",
+        eps: float = 1e-6,
+        min_denominator: float | None = None,
+        dwc_kernel: int = 0,
+        dwc_shared: bool = False,
+        out_norm: bool = False,
+        gate: str | None = None,
+        core_dtype: str = "float32",
+        chunk_size: int = 64,
+        **kwargs,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        if isinstance(feature_map, str):
+            if feature_map not in FEATURE_MAPS:
+                raise ValueError(f"unknown feature_map {feature_map!r}; valid: {sorted(FEATURE_MAPS)}")
+            feature_map = FEATURE_MAPS[feature_map]
+        self.feature_map = feature_map(num_heads, self.head_dim)
+        if not isinstance(self.feature_map, FeatureMap):
+            raise TypeError(f"feature_map must build a FeatureMap, got {type(self.feature_map).__name__}")
+        self.normalizer, self.eps, self.min_denominator = normalizer, eps, min_denominator
+        self.core_dtype, self.chunk_size = core_dtype, chunk_size
+        self.gate = gate
+        n_proj = 4 if gate else 3
+        self.qkv = nn.Linear(dim, n_proj * dim, bias=qkv_bias, **self._factory)
+        self.dwc = (
+            DepthwiseConvBranch(num_heads, self.head_dim, dwc_kernel, dwc_shared) if dwc_kernel else None
+        )
+        self.out_norm = nn.LayerNorm(dim, **self._factory) if out_norm else None
+        self._init_linear(self.qkv, self.proj)
+
+    def no_weight_decay(self) -> set[str]:
+        fm = getattr(self.feature_map, "no_weight_decay", None)
+        return {f"feature_map.{n}" for n in fm()} if fm else set()
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (B, N, C) → q, k, v (B, H, N, D) and the gate g (B, N, C) or None."""
+        B, N, C = x.shape
+        parts = self.qkv(x).view(B, N, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        g = parts[3].transpose(1, 2).reshape(B, N, C) if self.gate else None
+        return parts[0], parts[1], parts[2], g
+
+    def mix(
+        self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool
+    ) -> Tensor:
+        """The value path: (B, H, N, F), (B, H, N, F), (B, H, N, D) → (B, H, N, D)."""
+        return linear_attention(
+            phi_q,
+            phi_k,
+            v,
+            causal=causal,
+            normalizer=self.normalizer,
+            eps=self.eps,
+            min_denominator=self.min_denominator,
+            key_padding_mask=key_padding_mask,
+            chunk_size=self.chunk_size,
+            core_dtype=self.core_dtype,
+        )
+
+    def forward(
+        self,
+        x: Tensor,
+        hw: tuple[int, int] | None = None,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        self.check_input(x, key_padding_mask)
+        if attn_mask is not None:
+            raise ValueError(
+                f"{type(self).__name__} is a linear attention and cannot honour an arbitrary attn_mask in "
+                "O(N); use key_padding_mask (B, N) for padding or is_causal=True for causal masking"
+            )
+        if is_causal:
+            self._check_causal(key_padding_mask)
+        N = x.shape[1]
+        q, k, v, g = self.project(x)
+        if key_padding_mask is not None:
+            v = v * key_padding_mask[:, None, :, None].to(v.dtype)
+        phi_q, phi_k = self.feature_map(q, k, key_padding_mask)
+        o = self.merge_heads(self.mix(phi_q, phi_k, v, key_padding_mask, is_causal))
+        if self.dwc is not None:
+            o = o + self.dwc(v, self.grid(N, hw), self.num_prefix_tokens)
+        if self.out_norm is not None:
+            o = self.out_norm(o)
+        if g is not None:
+            o = o * (F.silu(g) if self.gate == "silu" else g)
+        return self.proj_drop(self.proj(o))
+
+    def _check_causal(self, key_padding_mask: Tensor | None) -> None:
+        if not self.feature_map.token_local:
+            raise ValueError(
+                f"{type(self.feature_map).__name__} uses a statistic over the whole sequence, which would "
+                "leak future tokens under is_causal=True; disable it (e.g. variance_modulation=False)"
+            )
+        if self.dwc is not None:
+            raise ValueError(
+                "the depthwise-conv branch mixes future tokens; use dwc_kernel=0 with is_causal=True"
+            )
+        if key_padding_mask is not None:
+            raise ValueError("key_padding_mask is not supported together with is_causal=True")
+        if self.min_denominator is not None:
+            raise ValueError("min_denominator is only defined for non-causal attention")

@@ -1,0 +1,69 @@
+"""Shared parts of attention layers: grid resolution and the depthwise-conv branch on V.
+
+Dimension letters: B batch, H heads, N tokens (P prefix + Hg·Wg spatial), D head dim, C = H·D.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+__all__ = ["resolve_grid", "DepthwiseConvBranch"]
+
+
+def resolve_grid(num_tokens: int, num_prefix_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
+    """The (height, width) of the spatial token grid.
+
+    Order: the explicit ``hw``; otherwise a square grid inferred from N − P, which raises when
+    N − P is not a perfect square (pass ``hw=(H, W)`` or set the layer's ``grid_size`` then).
+    """
+    spatial = num_tokens - num_prefix_tokens
+    if hw is not None:
+        if len(hw) != 2 or hw[0] * hw[1] != spatial:
+            raise ValueError(
+                f"hw={tuple(hw)} does not fit the input: {num_tokens} tokens - {num_prefix_tokens} prefix "
+                f"tokens = {spatial} spatial tokens, but H*W = {hw[0] * hw[1] if len(hw) == 2 else '?'}"
+            )
+        return int(hw[0]), int(hw[1])
+    side = math.isqrt(max(spatial, 0))
+    if spatial <= 0 or side * side != spatial:
+        raise ValueError(
+            f"this layer needs the spatial grid, and {spatial} spatial tokens (N={num_tokens}, "
+            f"num_prefix_tokens={num_prefix_tokens}) are not a square; pass hw=(H, W) to forward or set "
+            "layer.grid_size = (H, W)"
+        )
+    return side, side
+
+
+class DepthwiseConvBranch(nn.Module):
+    """DWC(V): a depthwise k×k convolution of the values over the token grid ("rank restoration").
+
+    ``shared=True``: one D-channel kernel shared by all heads, applied to (B·H, D, Hg, Wg)
+    (FLatten, PolaFormer). ``shared=False``: C per-channel kernels on (B, C, Hg, Wg) (NaLaFormer's
+    LePE). Prefix tokens (cls) get 0. PyTorch default init (the sources never re-initialise it).
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, kernel_size: int, shared: bool) -> None:
+        super().__init__()
+        if kernel_size <= 0 or kernel_size % 2 == 0:
+            raise ValueError(f"dwc kernel_size must be a positive odd int, got {kernel_size}")
+        self.num_heads, self.head_dim, self.shared = num_heads, head_dim, shared
+        ch = head_dim if shared else num_heads * head_dim
+        self.conv = nn.Conv2d(ch, ch, kernel_size, padding=kernel_size // 2, groups=ch)
+
+    def forward(self, v: Tensor, grid: tuple[int, int], num_prefix_tokens: int) -> Tensor:
+        """v (B, H, N, D) → (B, N, C), prefix rows zero."""
+        B, H, N, D = v.shape
+        Hg, Wg = grid
+        spatial = v[:, :, num_prefix_tokens:]  # (B, H, Hg·Wg, D)
+        if self.shared:
+            img = spatial.transpose(-2, -1).reshape(B * H, D, Hg, Wg)
+            out = self.conv(img).reshape(B, H, D, Hg * Wg).permute(0, 3, 1, 2)  # (B, Hg·Wg, H, D)
+        else:
+            img = spatial.permute(0, 1, 3, 2).reshape(B, H * D, Hg, Wg)
+            out = self.conv(img).reshape(B, H, D, Hg * Wg).permute(0, 3, 1, 2)
+        out = out.reshape(B, Hg * Wg, H * D)
+        if num_prefix_tokens:
+            out = nn.functional.pad(out, (0, 0, num_prefix_tokens, 0))
+        return out
