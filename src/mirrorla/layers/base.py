@@ -26,6 +26,8 @@ class AttentionBase(nn.Module):
 
     #: True for layers without an attention matrix (attn_drop and arbitrary attn_mask impossible).
     is_linear: bool = True
+    #: False for layers that only work on a pure token grid (e.g. window attention: no cls token).
+    supports_prefix_tokens: bool = True
 
     def __init__(
         self,

@@ -1,0 +1,50 @@
+"""Test helpers: error measure and an allocation tracker for O(N) memory tests."""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative RMS error RMS(a - b) / RMS(b)."""
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
+
+
+class AllocationTracker(TorchDispatchMode):
+    """Records the largest tensor any op produces and the peak of live bytes owned by op outputs.
+
+    Views share their base's storage and are not counted twice. Inputs created before entering
+    the mode are not counted, so the peak is what the traced computation itself allocates.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.max_numel = 0
+        self.live = 0
+        self.peak = 0
+        self._seen: set[int] = set()
+
+    def _release(self, key: int, nbytes: int) -> None:
+        self.live -= nbytes
+        self._seen.discard(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if not isinstance(t, torch.Tensor):
+                continue
+            self.max_numel = max(self.max_numel, t.numel())
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if key in self._seen or key == 0:
+                continue
+            nbytes = storage.nbytes()
+            self._seen.add(key)
+            self.live += nbytes
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(t, self._release, key, nbytes)
+        return out
