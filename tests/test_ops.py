@@ -132,7 +132,7 @@ def test_gradients_match_naive():
             qq, kk, vv = (t.clone().requires_grad_(True) for t in (q, k, v))
             fn(qq, kk, vv, causal=causal).pow(2).sum().backward()
             grads.append([qq.grad, kk.grad, vv.grad])
-        for a, b in zip(*grads):
+        for a, b in zip(*grads, strict=True):
             assert rel_err(a, b) < 1e-10
 
 
