@@ -42,3 +42,13 @@ register_attention(
     dwc_kernel=5,
     dwc_shared=True,
 )
+# L²ViT token mixers (METHODS.md §6); its LCM and CPE are block-level parts in mirrorla.layers.l2vit.
+from mirrorla.layers.l2vit import LinearGlobalAttention, LocalWindowAttention  # noqa: E402
+
+__all__ += ["LinearGlobalAttention", "LocalWindowAttention"]
+register_attention(
+    "l2vit_lga", LinearGlobalAttention, "L²ViT linear global attention: ReLU, τ on the kv state, denominator ≥ 100"
+)
+register_attention(
+    "window_softmax", LocalWindowAttention, "softmax in non-overlapping 7x7 windows, padded keys masked (L²ViT LWA)"
+)
