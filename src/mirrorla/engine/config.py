@@ -1,0 +1,126 @@
+"""The training configuration: one frozen, validated dataclass shared by the CLI, the engine and compare."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig", "RESULT_FIELDS"]
+
+#: Fields that change what a run computes; a resumed run must agree on all of them.
+RESULT_FIELDS = (
+    "dataset", "train_subset", "eval_subset", "image_size", "augment", "model", "attention", "attention_kwargs",
+    "embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "drop_path", "batch_size", "lr", "min_lr",
+    "warmup_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "cutmix", "mixup_switch_prob",
+    "ema_decay", "clip_grad", "amp", "seed",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults suit a small ViT on Fashion-MNIST on a CPU.
+
+    The recipe is the AdamW + warmup + cosine family of the FLatten/PolaFormer/DeiT code bases
+    (METHODS.md §8.4) with a short schedule; ``lr`` is per run, not scaled by batch size.
+    """
+
+    # data
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    download: bool = True
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    image_size: int | None = None
+    augment: bool = True
+    workers: int = 0
+    # model
+    model: str = "vit"
+    attention: str | None = "softmax"
+    attention_kwargs: dict[str, Any] = field(default_factory=dict)
+    embed_dim: int = 64
+    depth: int = 4
+    num_heads: int = 2
+    patch_size: int = 4
+    mlp_ratio: float = 2.0
+    drop_path: float = 0.0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    mixup_switch_prob: float = 0.5
+    ema_decay: float = 0.0
+    clip_grad: float | None = 1.0
+    amp: str = "none"
+    seed: int = 0
+    # run
+    device: str = "auto"
+    threads: int | None = None
+    out_dir: str | None = None
+    save_checkpoints: bool = True
+    keep_checkpoints: int = 2
+    resume: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "embed_dim", "depth", "num_heads", "patch_size", "keep_checkpoints")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads ({self.num_heads})")
+        for name in ("lr", "min_lr", "warmup_lr", "weight_decay", "warmup_epochs", "mixup", "cutmix", "drop_path"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = no EMA), got {self.ema_decay}")
+        if not 0 <= self.mixup_switch_prob <= 1:
+            raise ValueError(f"mixup_switch_prob must be in [0, 1], got {self.mixup_switch_prob}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad must be > 0 or None (no clipping), got {self.clip_grad}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ValueError(
+                f"Mixup/CutMix mix a batch with its flip and need an even batch_size, got {self.batch_size}"
+            )
+        for name in ("train_subset", "eval_subset", "image_size", "threads"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if not isinstance(self.attention_kwargs, dict):
+            raise TypeError(f"attention_kwargs must be a dict, got {type(self.attention_kwargs).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise (they would otherwise be silently dropped)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    def result_key(self) -> dict[str, Any]:
+        """The fields that determine the run's numbers (see :data:`RESULT_FIELDS`)."""
+        d = self.to_dict()
+        return {k: d[k] for k in RESULT_FIELDS}
