@@ -1,0 +1,32 @@
+"""Backbones registered with timm: ``timm.create_model('deit_tiny_mirror')`` after ``import mirrorla``.
+
+Names follow ``{arch}_{size}_{attention}`` for every attention in :func:`mirrorla.list_attentions`:
+``deit_{tiny,small,base}_*`` (timm ViT with the attention swapped in) and
+``pvt_{tiny,small,medium,large}_*`` (4-stage pyramid, per-stage pattern ``attn_pattern='LLSS'``).
+Attentions registered after import get their model names from :func:`register_attention_models`.
+"""
+
+from mirrorla.models._timm import list_models
+from mirrorla.models.pyramid import PyramidVisionTransformer, SpatialReductionAttention, register_pvt_models
+from mirrorla.models.vit import LinearVisionTransformer, register_deit_models
+from mirrorla.registry import list_attentions
+
+__all__ = [
+    "LinearVisionTransformer",
+    "PyramidVisionTransformer",
+    "SpatialReductionAttention",
+    "list_models",
+    "register_attention_models",
+]
+
+
+def register_attention_models(attention: str) -> list[str]:
+    """Register the DeiT and PVT model names of ``attention`` with timm (once); returns them."""
+    if attention not in _DONE:
+        _DONE[attention] = register_deit_models(attention) + register_pvt_models(attention)
+    return list(_DONE[attention])
+
+
+_DONE: dict[str, list[str]] = {}
+for _name in list_attentions():
+    register_attention_models(_name)

@@ -1,0 +1,81 @@
+"""Registering mirrorla models with timm: one entry point per ``{arch}_{size}_{attention}`` name.
+
+timm finds an entry point through ``register_model`` and its ``pretrained_cfg`` through the
+module-level ``default_cfgs`` dict of the entry point's module, so each model module owns a
+``default_cfgs`` dict and calls :func:`register` for each name it builds.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import register_model
+
+__all__ = ["register", "untrained_cfg", "list_models", "MODEL_NAMES"]
+
+#: Every timm name registered by mirrorla, in registration order.
+MODEL_NAMES: list[str] = []
+
+_NO_WEIGHTS = (
+    "no pretrained weights exist for this model; pretrained=True raises. Load your own weights with "
+    "timm.create_model(name, checkpoint_path='...')"
+)
+
+
+def untrained_cfg(**overrides: Any) -> dict[str, Any]:
+    """A ``pretrained_cfg`` with the input/normalisation facts of the model and no weight source."""
+    cfg = dict(
+        url="",
+        hf_hub_id=None,
+        num_classes=1000,
+        input_size=(3, 224, 224),
+        pool_size=None,
+        crop_pct=0.9,
+        interpolation="bicubic",
+        fixed_input_size=False,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_embed.proj",
+        classifier="head",
+        license="apache-2.0",
+        notes=(_NO_WEIGHTS,),
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def register(
+    name: str, module: str, build: Callable[..., Any], cfg: dict[str, Any], doc: str = ""
+) -> Callable[..., Any]:
+    """Register ``name`` with timm; ``build(name, **kwargs)`` makes the model.
+
+    The entry point is a real function named ``name`` in ``module`` (timm keys its registry on
+    ``__name__`` and ``__module__``); re-registering a name raises instead of timm's overwrite warning.
+    """
+    if name in MODEL_NAMES:
+        raise ValueError(f"model {name!r} is already registered by mirrorla")
+    mod = sys.modules[module]
+    mod.default_cfgs[name] = cfg
+
+    def entry(pretrained: bool = False, **kwargs: Any):
+        if pretrained:
+            raise ValueError(f"{name}: {_NO_WEIGHTS}")
+        return build(name, **kwargs)
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__module__ = module
+    entry.__doc__ = doc or f"mirrorla model {name} (untrained)."
+    register_model(entry)
+    MODEL_NAMES.append(name)
+    return entry
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Sorted mirrorla model names registered with timm, optionally filtered by a shell pattern."""
+    import fnmatch
+
+    names = sorted(MODEL_NAMES)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names

@@ -1,0 +1,404 @@
+"""A 4-stage pyramid backbone (PVT v1) with a per-stage attention pattern such as ``'LLSS'``.
+
+Dimension letters: B batch, C channels, H×W the token grid of a stage, N = H·W tokens.
+
+Architecture (METHODS.md §8.2, PVT v1 as patched by FLatten/PolaFormer): stage i = patch embed
+(Conv k×k stride k, k = 4 then 2, + LayerNorm) → + absolute position table → blocks
+``x + DP(attn(LN(x)))``, ``x + DP(MLP(LN(x)))`` (LN eps 1e-6) → NCHW map. Dims 64/128/320/512,
+heads 1/2/5/8, MLP ratios 8/8/4/4, qkv bias. Head: token mean → Linear (no final norm and no cls
+token, as in the patched code; the original PVT used a cls token and a final norm, ≈1.5k parameters).
+
+Attention per stage, one character each (METHODS.md §8.1):
+  ``L`` the model's registry attention (``create_attention(attention, ...)``) on full-resolution keys;
+  ``S`` PVT's spatial-reduction softmax attention (keys/values from a stride-sr conv, sr 8/4/2/1).
+Default ``'LLLL'`` (the FLatten/PolaFormer/MirrorLA PVT setting) for every attention except
+``softmax``, whose default ``'SSSS'`` is the original PVT. ``attn_pattern='LLSS'`` gives the hybrid
+with linear high-resolution stages and softmax low-resolution stages.
+
+Resolution: nothing in the blocks has a size; the per-stage position tables are resampled
+bilinearly to the actual grid (as PVT's own code does for dense prediction), and ``pos_embed=False``
+removes them, leaving no size-dependent parameter at all.
+
+Model names: ``pvt_{tiny,small,medium,large}_{attention}`` for every registered attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from timm.models import build_model_with_cfg
+from timm.models._features import feature_take_indices
+from torch import Tensor, nn
+
+from mirrorla.layers.base import AttentionBase
+from mirrorla.models._timm import register, untrained_cfg
+from mirrorla.ops.softmax import softmax_attention
+from mirrorla.registry import create_attention, get_attention_entry, list_attentions
+
+__all__ = [
+    "PyramidVisionTransformer",
+    "SpatialReductionAttention",
+    "PVT_SIZES",
+    "register_pvt_models",
+    "default_pattern",
+]
+
+default_cfgs: dict[str, Any] = {}
+
+# PVT v1 (github.com/whai362/PVT classification/pvt.py; METHODS.md §8.2).
+PVT_SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(depths=(2, 2, 2, 2)),
+    "small": dict(depths=(3, 4, 6, 3)),
+    "medium": dict(depths=(3, 4, 18, 3)),
+    "large": dict(depths=(3, 8, 27, 3)),
+}
+# Published parameter counts of the softmax PVT v1 (M), github.com/whai362/PVT classification/README.md.
+PVT_PUBLISHED_PARAMS_M = {"tiny": 13.2, "small": 24.5, "medium": 44.2, "large": 61.4}
+
+
+def default_pattern(attention: str) -> str:
+    """'SSSS' for ``softmax`` (the original PVT), else 'LLLL': the named attention in every stage (§8.1)."""
+    get_attention_entry(attention)  # raises for an unknown name
+    return "SSSS" if attention == "softmax" else "LLLL"
+
+
+class SpatialReductionAttention(AttentionBase):
+    """PVT's softmax attention with keys/values from a downsampled grid.
+
+    q = W_q x; x' = LN(Conv_{sr×sr, stride sr}(x)) when sr > 1; k, v = W_kv x';
+    O = softmax(q kᵀ / √D) v → proj. Shapes: x (B, N, C), N = H·W → (B, N, C).
+    Parameter names (q, kv, sr, norm, proj) follow PVT v1 so its checkpoints map one to one.
+    ``fused`` selects SDPA or the explicit matrix (FLOP counters need the latter).
+    """
+
+    is_linear = False
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        num_prefix_tokens: int = 0,
+        *,
+        sr_ratio: int = 1,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
+        if num_prefix_tokens:
+            raise ValueError("SpatialReductionAttention works on a pure token grid; num_prefix_tokens must be 0")
+        if not isinstance(sr_ratio, int) or sr_ratio < 1:
+            raise ValueError(f"sr_ratio must be an int >= 1, got {sr_ratio!r}")
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+        self.fused = True
+        self._init_linear(self.q, self.kv, self.proj)
+
+    def forward(
+        self,
+        x: Tensor,
+        hw: tuple[int, int] | None = None,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+    ) -> Tensor:
+        self.check_input(x, None)
+        if key_padding_mask is not None or attn_mask is not None or is_causal:
+            raise ValueError("SpatialReductionAttention supports no masks: its keys are a downsampled grid")
+        B, N, C = x.shape
+        H, W = self.grid(N, hw)
+        q = self.split_heads(self.q(x))
+        if self.sr_ratio > 1:
+            if H < self.sr_ratio or W < self.sr_ratio:
+                raise ValueError(f"grid {H}x{W} is smaller than sr_ratio={self.sr_ratio}; use a larger input")
+            x = self.sr(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+            x = self.norm(x)
+        M = x.shape[1]
+        k, v = self.kv(x).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        o = softmax_attention(q, k, v, dropout_p=self.attn_drop_p if self.training else 0.0, fused=self.fused)
+        return self.proj_drop(self.proj(self.merge_heads(o)))
+
+
+class PyramidBlock(nn.Module):
+    """Pre-norm block: x + DP(attn(LN(x), hw)), x + DP(MLP(LN(x))); x (B, N, C)."""
+
+    def __init__(self, dim: int, attn: nn.Module, mlp_ratio: float, drop_path: float, proj_drop: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = attn
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=proj_drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        for lin in (self.mlp.fc1, self.mlp.fc2):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x), hw=hw))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PyramidStage(nn.Module):
+    """(B, C_in, H, W) → patch embed → + position table → blocks → (B, C, H/s, W/s)."""
+
+    def __init__(
+        self,
+        in_chs: int,
+        dim: int,
+        stride: int,
+        blocks: list[PyramidBlock],
+        pos_grid: tuple[int, int] | None,
+    ) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chs, dim, kernel_size=stride, stride=stride)
+        self.norm = nn.LayerNorm(dim)  # PVT's PatchEmbed keeps LayerNorm's default eps
+        self.pos_grid = pos_grid
+        if pos_grid is not None:
+            self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid[0] * pos_grid[1], dim))
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            self.pos_embed = None
+        self.blocks = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
+
+    def position(self, H: int, W: int) -> Tensor:
+        """The position table (1, H·W, C), resampled bilinearly from the build grid when H×W differs."""
+        Hp, Wp = self.pos_grid
+        if (H, W) == (Hp, Wp):
+            return self.pos_embed
+        table = self.pos_embed.reshape(1, Hp, Wp, -1).permute(0, 3, 1, 2)
+        table = F.interpolate(table, size=(H, W), mode="bilinear", align_corners=False)
+        return table.flatten(2).transpose(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj(x)
+        B, C, H, W = x.shape
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        if self.pos_embed is not None:
+            x = x + self.position(H, W)
+        for blk in self.blocks:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, (H, W), use_reentrant=False)
+            else:
+                x = blk(x, (H, W))
+        return x.transpose(1, 2).reshape(B, C, H, W)
+
+
+class PyramidVisionTransformer(nn.Module):
+    """PVT v1 with a per-stage attention pattern; timm model API and ``forward_intermediates``.
+
+    Args:
+        attention: registry name used by the ``'L'`` stages.
+        attn_pattern: 4 characters from {'L', 'S'}; default :func:`default_pattern` of ``attention``.
+        attn_kwargs: extra options for the ``'L'`` attention.
+        sr_ratios: spatial reduction of the ``'S'`` stages.
+        pos_embed: per-stage absolute position tables (resampled to other resolutions).
+        img_size: build resolution of the position tables.
+    """
+
+    def __init__(
+        self,
+        attention: str = "mirror",
+        attn_pattern: str | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+        img_size: int | tuple[int, int] = 224,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        global_pool: str = "avg",
+        embed_dims: tuple[int, ...] = (64, 128, 320, 512),
+        num_heads: tuple[int, ...] = (1, 2, 5, 8),
+        mlp_ratios: tuple[float, ...] = (8, 8, 4, 4),
+        depths: tuple[int, ...] = (3, 4, 6, 3),
+        sr_ratios: tuple[int, ...] = (8, 4, 2, 1),
+        patch_size: int = 4,
+        qkv_bias: bool = True,
+        pos_embed: bool = True,
+        drop_rate: float = 0.0,
+        proj_drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if attention not in list_attentions():
+            raise ValueError(f"unknown attention {attention!r}; valid names: {', '.join(list_attentions())}")
+        pattern = default_pattern(attention) if attn_pattern is None else attn_pattern
+        for arg, val in dict(embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths,
+                             sr_ratios=sr_ratios, attn_pattern=pattern).items():  # fmt: skip
+            if len(val) != 4:
+                raise ValueError(f"{arg} must have 4 entries (one per stage), got {val!r}")
+        if set(pattern) - {"L", "S"}:
+            raise ValueError(f"attn_pattern must use 'L' (linear) and 'S' (softmax) only, got {pattern!r}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        self.attention, self.attn_pattern = attention, pattern
+        self.num_classes, self.global_pool = num_classes, global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dims[-1]
+        self.grad_checkpointing = False
+
+        total = sum(depths)  # stochastic depth rises linearly 0 → drop_path_rate (python: works on meta)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
+        stages, self.feature_info = [], []
+        in_chs, reduction, cursor = in_chans, 1, 0
+        for i in range(4):
+            stride = patch_size if i == 0 else 2
+            reduction *= stride
+            grid = (img_size[0] // reduction, img_size[1] // reduction) if pos_embed else None
+            blocks = []
+            for j in range(depths[i]):
+                if pattern[i] == "L":
+                    attn = create_attention(
+                        attention,
+                        embed_dims[i],
+                        num_heads[i],
+                        qkv_bias=qkv_bias,
+                        attn_drop=attn_drop_rate,
+                        proj_drop=proj_drop_rate,
+                        **(attn_kwargs or {}),
+                    )
+                else:
+                    attn = SpatialReductionAttention(
+                        embed_dims[i],
+                        num_heads[i],
+                        qkv_bias=qkv_bias,
+                        attn_drop=attn_drop_rate,
+                        proj_drop=proj_drop_rate,
+                        sr_ratio=sr_ratios[i],
+                    )
+                blocks.append(PyramidBlock(embed_dims[i], attn, mlp_ratios[i], dpr[cursor + j], proj_drop_rate))
+            cursor += depths[i]
+            stages.append(PyramidStage(in_chs, embed_dims[i], stride, blocks, grid))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
+            in_chs = embed_dims[i]
+        self.stages = nn.Sequential(*stages)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head()
+
+    def _init_head(self) -> None:
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    # -- timm model API ---------------------------------------------------------------------
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        out = set()
+        for name, module in self.named_modules():
+            fn = getattr(module, "no_weight_decay", None)
+            if module is not self and callable(fn):
+                out |= {f"{name}.{n}" for n in fn()}
+        return out
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^stages\.0\.(proj|norm|pos_embed)",
+            blocks=r"^stages\.(\d+)" if coarse else [(r"^stages\.(\d+)\.blocks\.(\d+)", None)],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_head()
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Stage outputs (B, C_i, H/r_i, W/r_i) for r_i = 4, 8, 16, 32 (``feature_info``).
+
+        ``indices``: last n stages if int, all if None, else the listed stage indices. There is no
+        final norm, so ``norm`` has nothing to apply and is accepted for timm compatibility.
+        """
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[: max_index + 1] if stop_early else self.stages
+        intermediates = []
+        for i, stage in enumerate(stages):
+            x = stage(x)
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[: max_index + 1]
+        if max_index < 3:
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+        if prune_head or max_index < 3:
+            self.reset_classifier(0, "")
+        return take
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(B, 3, H, W) → last stage map (B, C_4, H/32, W/32)."""
+        return self.stages(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.global_pool == "avg":
+            x = x.mean(dim=(-2, -1))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _build(name: str, *, size: str, attention: str, **kwargs: Any) -> PyramidVisionTransformer:
+    model_args = {**PVT_SIZES[size], **kwargs}
+    return build_model_with_cfg(
+        PyramidVisionTransformer,
+        name,
+        pretrained=False,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+        attention=attention,
+        **model_args,
+    )
+
+
+def register_pvt_models(attention: str) -> list[str]:
+    """Register ``pvt_{tiny,small,medium,large}_{attention}`` with timm; returns the new names."""
+    names = []
+    for size in PVT_SIZES:
+        name = f"pvt_{size}_{attention}"
+
+        def build(name: str, size: str = size, **kwargs: Any) -> PyramidVisionTransformer:
+            return _build(name, size=size, attention=attention, **kwargs)
+
+        doc = (
+            f"PVT-{size.capitalize()} (v1 widths/depths) with {attention!r} attention in its 'L' stages "
+            f"(default pattern {default_pattern(attention)!r}); untrained."
+        )
+        register(name, __name__, build, untrained_cfg(first_conv="stages.0.proj"), doc)
+        names.append(name)
+    return names
