@@ -1,0 +1,90 @@
+"""``mirrorla compare``: table, JSON and figures from a tiny comparison; CLI end-to-end on real data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mirrorla.cli import main
+from mirrorla.compare import BASE, CompareConfig, format_table, run_compare
+from mirrorla.data import DatasetNotFoundError, InMemoryImages, find_fashion_mnist
+from mirrorla.data.datasets import DatasetInfo
+
+TINY = dict(embed_dim=16, depth=1, num_heads=2, patch_size=7, epochs=1, batch_size=16)
+
+
+def _synthetic(n_train=96, n_eval=40):
+    g = torch.Generator().manual_seed(0)
+    templates = torch.randint(0, 256, (10, 1, 28, 28), generator=g).float()
+
+    def make(n):
+        labels = torch.arange(n) % 10
+        return (templates[labels] + torch.randn(n, 1, 28, 28, generator=g) * 60).clamp(0, 255).byte(), labels
+
+    common = dict(mean=(0.5,), std=(0.3,), image_size=28)
+    return (
+        InMemoryImages(*make(n_train), augment=True, **common),
+        InMemoryImages(*make(n_eval), augment=False, **common),
+        DatasetInfo("synthetic", 10, 1, 28, (0.5,), (0.3,), n_train, n_eval),
+    )
+
+
+def test_compare_writes_table_json_and_figures(tmp_path, capsys):
+    cc = CompareConfig(
+        attentions=("softmax", "mirror"),
+        seeds=(0, 1),
+        base=BASE.replace(**TINY),
+        out_dir=str(tmp_path),
+        throughput_batch=8,
+        throughput_warmup=1,
+        throughput_iters=1,
+    )
+    results = run_compare(cc, _synthetic())
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["attentions"] == ["softmax", "mirror"] and saved["seeds"] == [0, 1]
+    for name in ("softmax", "mirror"):
+        m = saved["methods"][name]
+        finals = [m["runs"][s]["final_top1"] for s in ("0", "1")]
+        assert m["top1_mean"] == pytest.approx(sum(finals) / 2)
+        assert m["top1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
+        assert m["params"] > 0 and m["macs"] > 0 and m["eval_img_s"] > 0 and m["train_img_s"] > 0
+        assert len(m["runs"]["0"]["curve_top1"]) == 1
+    assert saved["methods"]["mirror"]["params"] > saved["methods"]["softmax"]["params"]  # θ, α, û per layer
+    table = (tmp_path / "results.md").read_text()
+    assert format_table(results) in table and "| softmax |" in table and "| mirror |" in table
+    assert "±" in table and "MACs" in table and "FlopCounterMode" in table
+    for png in ("accuracy_curves.png", "accuracy_vs_throughput.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| mirror |" in capsys.readouterr().out
+    # --resume reuses the finished runs (no training: the stored numbers come back unchanged).
+    again = run_compare(CompareConfig(**{**cc.__dict__, "resume": True}), _synthetic())
+    assert again["methods"]["mirror"]["runs"]["1"]["wall_s"] == results["methods"]["mirror"]["runs"]["1"]["wall_s"]
+
+
+def test_compare_rejects_unknown_attention(tmp_path):
+    cc = CompareConfig(attentions=("softmax", "does_not_exist"), seeds=(0,), out_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'does_not_exist'; valid names: .*softmax"):
+        run_compare(cc, _synthetic())
+    assert main(["compare", "--attentions", "does_not_exist", "--out", str(tmp_path)]) == 2
+
+
+def _has_fashion_mnist():
+    try:
+        find_fashion_mnist(download=False)
+        return True
+    except DatasetNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not _has_fashion_mnist(), reason="Fashion-MNIST not installed")
+def test_cli_compare_quick_on_real_subset(tmp_path):
+    args = ["compare", "--quick", "--attentions", "softmax,linear_relu", "--train-subset", "64", "--eval-subset",
+            "32", "--epochs", "1", "--embed-dim", "16", "--depth", "1", "--patch-size", "7", "--batch-size", "16",
+            "--throughput-iters", "1", "--no-download", "--out", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["preset"] == "quick" and saved["dataset"]["name"] == "fashion_mnist"
+    assert saved["dataset"]["train_size"] == 64 and saved["seeds"] == [0]
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "accuracy_vs_throughput.png").is_file()
