@@ -114,6 +114,17 @@ class LinearAttention(AttentionBase):
             core_dtype=self.core_dtype,
         )
 
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False
+    ) -> Tensor:
+        """The attention core without projections: feature map, then :meth:`mix`.
+
+        q, k, v (B, H, N, D) as :meth:`project` returns them → (B, H, N, D). Padded values must
+        already be zeroed (``forward`` does it).
+        """
+        phi_q, phi_k = self.feature_map(q, k, key_padding_mask)
+        return self.mix(phi_q, phi_k, v, key_padding_mask, causal)
+
     def forward(
         self,
         x: Tensor,
@@ -134,8 +145,7 @@ class LinearAttention(AttentionBase):
         q, k, v, g = self.project(x)
         if key_padding_mask is not None:
             v = v * key_padding_mask[:, None, :, None].to(v.dtype)
-        phi_q, phi_k = self.feature_map(q, k, key_padding_mask)
-        o = self.merge_heads(self.mix(phi_q, phi_k, v, key_padding_mask, is_causal))
+        o = self.merge_heads(self.attend(q, k, v, key_padding_mask, is_causal))
         if self.dwc is not None:
             o = o + self.dwc(v, self.grid(N, hw), self.num_prefix_tokens)
         if self.out_norm is not None:

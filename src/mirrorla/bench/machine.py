@@ -1,0 +1,111 @@
+"""The machine a benchmark ran on, and its measured matrix-multiply peak.
+
+The GEMM peak is measured in the same run as the attention cases (not taken from a data sheet),
+so "share of peak" compares two numbers taken under the same load, threads and clocks.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+
+import torch
+
+__all__ = ["describe_machine", "measure_gemm_peak", "resolve_device", "synchronize"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False; use --device cpu")
+    return dev
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_machine(device: torch.device | str = "cpu") -> dict:
+    """CPU model, core and thread counts, load, library versions and the accelerator, as a dict."""
+    device = torch.device(device)
+    info = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_model": _cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "device": str(device),
+        "device_name": _cpu_model(),
+    }
+    try:
+        import mirrorla
+
+        info["mirrorla"] = mirrorla.__version__
+    except Exception:  # pragma: no cover - the package always imports inside the repo
+        pass
+    try:
+        import timm
+
+        info["timm"] = timm.__version__
+    except Exception:
+        info["timm"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info["device_name"] = props.name
+        info["device_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def measure_gemm_peak(
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    size: int = 2048,
+    repeats: int = 5,
+) -> dict:
+    """Time ``size³`` matrix products and return the achieved GFLOP/s (2 FLOPs per MAC).
+
+    Returns ``{"size", "dtype", "gflops_best", "gflops_median", "repeats"}``. The best repeat is
+    the peak used for "share of peak": it is what this machine reached under the current load.
+    """
+    device = torch.device(device)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up: BLAS thread pool and workspace
+    synchronize(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    flops = 2.0 * size**3
+    times.sort()
+    return {
+        "size": size,
+        "dtype": str(dtype).replace("torch.", ""),
+        "gflops_best": flops / times[0] / 1e9,
+        "gflops_median": flops / times[len(times) // 2] / 1e9,
+        "repeats": repeats,
+    }

@@ -1,0 +1,195 @@
+"""Cases of ``mirrorla bench ops``: attention layers, attention cores, SDPA and the projections.
+
+Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
+
+Kinds of case (each timed forward and forward+backward at every token count N):
+
+- ``layer``: a registry attention layer (B, N, C) → (B, N, C), projections included.
+- ``core``: the attention part of a linear layer alone, feature map + linear attention, on q, k, v
+  laid out as the layer's qkv projection produces them (views of one (B, N, 3, H, D) tensor).
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` on the same q, k, v (softmax core).
+- ``projections``: the qkv Linear(C, 3C) and output Linear(C, C) alone: the floor every
+  attention layer of this width pays.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mirrorla.bench.macs import count_macs, unfused
+
+__all__ = [
+    "OpsCase",
+    "plan_ops_cases",
+    "build_ops_case",
+    "DEFAULT_SIZES",
+    "QUICK_SIZES",
+    "SDPA",
+    "PROJECTIONS",
+    "SkipCase",
+]
+
+DEFAULT_SIZES = (196, 784, 3136, 4096, 16384, 65536)  # 14², 28², 56², 64², 128², 256²
+QUICK_SIZES = (196, 1024)
+SDPA = "sdpa"
+PROJECTIONS = "projections"
+
+
+@dataclass
+class OpsCase:
+    """What the worker needs to run one case; ``fwd``/``fwdbwd`` return nothing."""
+
+    fwd: Callable[[], None]
+    fwdbwd: Callable[[], None]
+    macs: int | None
+    note: str = ""
+
+
+def plan_ops_cases(methods: list[str], sizes: list[int], core: bool = True) -> list[list[dict]]:
+    """Groups of case descriptions, one group per worker process, sizes ascending in each group.
+
+    A group holds one method's cases (its layer and, for linear layers, its core) so a crash at a
+    large N loses only that method's remaining sizes.
+    """
+    sizes = sorted(set(sizes))
+    groups = [[{"kind": "projections", "method": PROJECTIONS, "N": n} for n in sizes]]
+    groups.append([{"kind": "sdpa", "method": SDPA, "N": n} for n in sizes])
+    for name in methods:
+        group = []
+        for n in sizes:
+            group.append({"kind": "layer", "method": name, "N": n})
+            if core:
+                group.append({"kind": "core", "method": name, "N": n})
+        groups.append(group)
+    return groups
+
+
+def _grid(n: int) -> tuple[int, int] | None:
+    side = math.isqrt(n)
+    return (side, side) if side * side == n else None
+
+
+def _qkv_views(B: int, N: int, H: int, D: int, device, dtype, requires_grad: bool):
+    """q, k, v (B, H, N, D) as views of one (B, N, 3, H, D) tensor, the layout of a fused qkv Linear."""
+    base = torch.randn(B, N, 3 * H * D, device=device, dtype=dtype, requires_grad=requires_grad)
+    q, k, v = base.view(B, N, 3, H, D).permute(2, 0, 3, 1, 4).unbind(0)
+    return base, q, k, v
+
+
+def build_ops_case(case: dict, s: dict) -> OpsCase:
+    """Build the tensors and closures of one case. ``s``: settings (batch, dim, heads, device, dtype)."""
+    from mirrorla.layers.linear import LinearAttention
+    from mirrorla.registry import create_attention
+
+    kind, name, N = case["kind"], case["method"], int(case["N"])
+    B, C, H = int(s["batch"]), int(s["dim"]), int(s["heads"])
+    D = C // H
+    device, dtype = torch.device(s["device"]), getattr(torch, s["dtype"])
+    hw = _grid(N)
+
+    if kind == "projections":
+        qkv = nn.Linear(C, 3 * C).to(device, dtype)
+        proj = nn.Linear(C, C).to(device, dtype)
+        x = torch.randn(B, N, C, device=device, dtype=dtype)
+        o = torch.randn(B, N, C, device=device, dtype=dtype)
+
+        def fwd():
+            with torch.no_grad():
+                qkv(x)
+                proj(o)
+
+        xg, og = x.clone().requires_grad_(True), o.clone().requires_grad_(True)
+        g3, g1 = torch.randn(B, N, 3 * C, device=device, dtype=dtype), torch.randn_like(o)
+
+        def fwdbwd():
+            torch.autograd.backward((qkv(xg), proj(og)), (g3, g1))
+            _clear_grads(qkv, proj, xg, og)
+
+        macs = B * N * (3 * C * C + C * C)
+        return OpsCase(fwd, fwdbwd, macs)
+
+    if kind == "sdpa":
+        _, q, k, v = _qkv_views(B, N, H, D, device, dtype, False)
+        base_g, qg, kg, vg = _qkv_views(B, N, H, D, device, dtype, True)
+        grad = torch.randn(B, H, N, D, device=device, dtype=dtype)
+
+        def fwd():
+            with torch.no_grad():
+                F.scaled_dot_product_attention(q, k, v)
+
+        def fwdbwd():
+            F.scaled_dot_product_attention(qg, kg, vg).backward(grad)
+            base_g.grad = None
+
+        macs = 2 * B * H * N * N * D  # QKᵀ and AV; the fused kernel is invisible to counters
+        return OpsCase(fwd, fwdbwd, macs)
+
+    layer = create_attention(name, C, num_heads=H).to(device, dtype)
+    if kind == "core":
+        if not (isinstance(layer, LinearAttention) and hasattr(layer, "attend")):
+            raise SkipCase(f"{type(layer).__name__} is not a LinearAttention composition; no separate core")
+        _, q, k, v = _qkv_views(B, N, H, D, device, dtype, False)
+        base_g, qg, kg, vg = _qkv_views(B, N, H, D, device, dtype, True)
+        grad = torch.randn(B, H, N, D, device=device, dtype=dtype)
+
+        def fwd():
+            with torch.no_grad():
+                layer.attend(q, k, v)
+
+        def fwdbwd():
+            layer.attend(qg, kg, vg).backward(grad)
+            base_g.grad = None
+            _clear_grads(layer)
+
+        def fake_core():
+            _, fq, fk, fv = _qkv_views(B, N, H, D, device, dtype, False)
+            layer.attend(fq, fk, fv)
+
+        return OpsCase(fwd, fwdbwd, _try_count(fake_core))
+
+    if kind != "layer":
+        raise ValueError(f"unknown ops case kind {kind!r}")
+    x = torch.randn(B, N, C, device=device, dtype=dtype)
+    xg = x.clone().requires_grad_(True)
+    grad = torch.randn(B, N, C, device=device, dtype=dtype)
+
+    def fwd():
+        with torch.no_grad():
+            layer(x, hw=hw)
+
+    def fwdbwd():
+        layer(xg, hw=hw).backward(grad)
+        xg.grad = None
+        _clear_grads(layer)
+
+    def fake_layer():
+        with unfused(layer):
+            layer(torch.empty(B, N, C, device=device, dtype=dtype), hw=hw)
+
+    return OpsCase(fwd, fwdbwd, _try_count(fake_layer))
+
+
+class SkipCase(Exception):
+    """A case that does not apply (reported as skipped with the message)."""
+
+
+def _try_count(run) -> int | None:
+    try:
+        return count_macs(run)
+    except Exception:  # a layer with data-dependent control flow cannot run on fake tensors
+        return None
+
+
+def _clear_grads(*objs) -> None:
+    for obj in objs:
+        if isinstance(obj, nn.Module):
+            for p in obj.parameters():
+                p.grad = None
+        else:
+            obj.grad = None

@@ -1,0 +1,313 @@
+"""Tables, JSON, log-log plots with fitted scaling exponents, and the issue's efficiency targets.
+
+A scaling exponent e is the least-squares slope of log(y) against log(N) over the sizes N ≥
+``fit_from`` (time ∝ N^e): ≈ 1 for linear attention at large N, ≈ 2 for softmax.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+__all__ = [
+    "fit_exponent",
+    "pivot_tables",
+    "detail_table",
+    "exponent_table",
+    "evaluate_targets",
+    "targets_table",
+    "crossovers",
+    "plot_ops",
+    "plot_models",
+    "write_json",
+    "series",
+]
+
+MIB = 2**20
+
+
+def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
+    """Slope of the least-squares line through (log x, log y); None with fewer than 2 usable points."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x and y and x > 0 and y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    if sxx == 0:
+        return None
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+
+
+def _metric(rec: dict, metric: str) -> float | None:
+    if rec.get("status") != "ok":
+        return None
+    if metric in ("fwd", "fwdbwd"):
+        t = rec.get(metric)
+        return t["median_ms"] if t else None
+    if metric in ("mem_fwd", "mem_fwdbwd"):
+        b = rec.get(f"{metric}_bytes")
+        return b / MIB if b is not None else None
+    if metric == "images_per_s":
+        t = rec.get("fwd")
+        return rec["batch"] * 1e3 / t["median_ms"] if t else None
+    raise ValueError(metric)
+
+
+def series(results: list[dict], metric: str) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """{(kind, method): [(N, value), ...]} sorted by N, ok cases only."""
+    out: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for r in results:
+        v = _metric(r, metric)
+        if v is not None:
+            out[(r["kind"], r["method"])].append((r["N"], v))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    if v is None:
+        return "–"
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def pivot_tables(results: list[dict], metrics: dict[str, str], size_label: str = "N") -> str:
+    """One Markdown table per metric: rows (kind, method), columns the sizes; '–' = not run."""
+    sizes = sorted({r["N"] for r in results})
+    rows = list(dict.fromkeys((r["kind"], r["method"]) for r in results))
+    by = {(r["kind"], r["method"], r["N"]): r for r in results}
+    out = []
+    for metric, title in metrics.items():
+        out.append(f"**{title}**\n")
+        out.append("| kind | method | " + " | ".join(f"{size_label}={n:,}" for n in sizes) + " |")
+        out.append("|---|---|" + "---:|" * len(sizes))
+        for kind, method in rows:
+            cells = []
+            for n in sizes:
+                rec = by.get((kind, method, n))
+                v = _metric(rec, metric) if rec else None
+                cells.append(_fmt(v) if v is not None else ("skip" if rec and rec["status"] == "skipped" else "–"))
+            out.append(f"| {kind} | {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def detail_table(results: list[dict], gemm_gflops: float | None) -> str:
+    """Every case: median [min–max] ms, peak MiB, GMACs, achieved GFLOP/s and share of the GEMM peak."""
+    lines = [
+        "| kind | method | N | fwd ms median [min–max] | fwd+bwd ms median [min–max] | peak MiB fwd | "
+        "peak MiB fwd+bwd | GMACs fwd | fwd GFLOP/s (% GEMM peak) | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+
+        def t(mode, r=r):
+            x = r.get(mode)
+            return f"{_fmt(x['median_ms'])} [{_fmt(x['min_ms'])}–{_fmt(x['max_ms'])}]" if x else "–"
+
+        macs = r.get("macs")
+        rate = ""
+        if r.get("fwd") and macs:
+            gf = 2 * macs / (r["fwd"]["median_ms"] / 1e3) / 1e9
+            rate = f"{gf:.1f}" + (f" ({100 * gf / gemm_gflops:.0f}%)" if gemm_gflops else "")
+        lines.append(
+            f"| {r['kind']} | {r['method']} | {r['N']:,} | {t('fwd')} | {t('fwdbwd')} | "
+            f"{_fmt(_metric(r, 'mem_fwd'))} | {_fmt(_metric(r, 'mem_fwdbwd'))} | "
+            f"{_fmt(macs / 1e9, 3) if macs else '–'} | {rate or '–'} | {r.get('note', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def exponent_table(results: list[dict], fit_from: int, metrics: dict[str, str]) -> tuple[str, dict]:
+    """Scaling exponents per (kind, method) and metric over N ≥ ``fit_from``; Markdown and dict."""
+    data: dict[str, dict[str, float | None]] = {}
+    per_metric = {m: series(results, m) for m in metrics}
+    keys = list(dict.fromkeys((r["kind"], r["method"]) for r in results))
+    lines = ["| kind | method | " + " | ".join(metrics.values()) + " |", "|---|---|" + "---:|" * len(metrics)]
+    for key in keys:
+        row = {}
+        for m in metrics:
+            pts = [(n, v) for n, v in per_metric[m].get(key, []) if n >= fit_from]
+            row[m] = fit_exponent([p[0] for p in pts], [p[1] for p in pts]) if len(pts) >= 2 else None
+        data[f"{key[0]}:{key[1]}"] = row
+        lines.append(f"| {key[0]} | {key[1]} | " + " | ".join(_fmt(row[m], 2) for m in metrics) + " |")
+    return "\n".join(lines), data
+
+
+def crossovers(results: list[dict], metric: str = "fwd", reference: tuple[str, str] = ("layer", "softmax")) -> dict:
+    """Smallest N (log-log interpolated) from which each layer is faster than ``reference``."""
+    s = series(results, metric)
+    ref = dict(s.get(reference, []))
+    out = {}
+    for (kind, method), pts in s.items():
+        if kind != reference[0] or (kind, method) == reference:
+            continue
+        common = [(n, v / ref[n]) for n, v in pts if n in ref]
+        if not common:
+            continue
+        ratio = dict(common)
+        ns = sorted(ratio)
+        if all(ratio[n] < 1 for n in ns):
+            out[method] = {"n": ns[0], "note": f"faster at every measured N (from {ns[0]:,})"}
+            continue
+        if ratio[ns[-1]] >= 1:
+            out[method] = {"n": None, "note": f"not faster up to N={ns[-1]:,}"}
+            continue
+        last_slower = max(n for n in ns if ratio[n] >= 1)
+        nxt = min(n for n in ns if n > last_slower)
+        r0, r1 = ratio[last_slower], ratio[nxt]
+        # log-log interpolation of the time ratio to 1.
+        f = math.log(r0) / (math.log(r0) - math.log(r1))
+        n_cross = math.exp(math.log(last_slower) + f * (math.log(nxt) - math.log(last_slower)))
+        out[method] = {"n": round(n_cross), "note": f"between N={last_slower:,} and {nxt:,}"}
+    return out
+
+
+def _get(results, kind, method, n):
+    for r in results:
+        if r["kind"] == kind and r["method"] == method and r["N"] == n and r.get("status") == "ok":
+            return r
+    return None
+
+
+def evaluate_targets(results: list[dict], gemm_gflops: float | None, linear_methods: list[str]) -> list[dict]:
+    """The five targets of the efficiency issue, each with its value, threshold and status."""
+    n1, n2, lo = 16384, 65536, 4096
+    out = []
+
+    def add(name, value, op, threshold, detail):
+        met = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
+        out.append({"target": name, "value": value, "op": op, "threshold": threshold, "met": met, "detail": detail})
+
+    m, r = _get(results, "layer", "mirror", n1), _get(results, "layer", "linear_relu", n1)
+    add(
+        "MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384)",
+        m["fwdbwd"]["median_ms"] / r["fwdbwd"]["median_ms"] if m and r else None,
+        "<=",
+        1.15,
+        "median fwd+bwd latency ratio",
+    )
+    p = _get(results, "projections", "projections", n1)
+    add(
+        "MirrorLA layer fwd / its q,k,v,output projections fwd (N=16,384)",
+        m["fwd"]["median_ms"] / p["fwd"]["median_ms"] if m and p else None,
+        "<=",
+        1.3,
+        "median forward latency ratio",
+    )
+    c, sd = _get(results, "core", "mirror", n1), _get(results, "sdpa", "sdpa", n1)
+    add(
+        "SDPA fwd / MirrorLA core fwd on the same q,k,v (N=16,384)",
+        sd["fwd"]["median_ms"] / c["fwd"]["median_ms"] if c and sd else None,
+        ">=",
+        60,
+        "core = feature map + linear attention; speed-up factor",
+    )
+    worst, worst_name = None, None
+    for name in linear_methods:
+        pts = [(n, v) for n, v in series(results, "mem_fwdbwd").get(("layer", name), []) if lo <= n <= n2]
+        if len(pts) >= 2 and pts[0][0] == lo and pts[-1][0] == n2:
+            e = fit_exponent([x for x, _ in pts], [y for _, y in pts])
+            if e is not None and (worst is None or e > worst):
+                worst, worst_name = e, name
+    add(
+        "max peak-memory growth exponent of the linear layers (fwd+bwd, N=4,096…65,536)",
+        worst,
+        "<=",
+        1.05,
+        f"worst: {worst_name}" if worst_name else "not all sizes measured",
+    )
+    m2 = _get(results, "layer", "mirror", n2)
+    share = None
+    if m2 and m2.get("macs") and gemm_gflops:
+        share = 2 * m2["macs"] / (m2["fwd"]["median_ms"] / 1e3) / 1e9 / gemm_gflops
+    add("MirrorLA layer fwd share of the GEMM peak (N=65,536)", share, ">=", 0.5, "matmul MACs / time / peak")
+    return out
+
+
+def targets_table(targets: list[dict]) -> str:
+    lines = ["| target | measured | required | status | detail |", "|---|---:|---:|---|---|"]
+    for t in targets:
+        v = t["value"]
+        status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        lines.append(
+            f"| {t['target']} | {'–' if v is None else f'{v:.3g}'} | {t['op']} {t['threshold']:g} | {status} | "
+            f"{t['detail']} |"
+        )
+    return "\n".join(lines)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1, sort_keys=False)
+        f.write("\n")
+
+
+def _plot_panels(panels, path, title, xlabel, fit_from):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
+    for ax, (label, data) in zip(axes[0], panels, strict=True):
+        cmap = plt.get_cmap("tab20")
+        for i, (name, pts) in enumerate(sorted(data.items())):
+            if not pts:
+                continue
+            xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            fit = [(x, y) for x, y in pts if x >= fit_from]
+            e = fit_exponent([p[0] for p in fit], [p[1] for p in fit])
+            style = "--" if name.startswith(("sdpa", "softmax", "projections", "window")) else "-"
+            ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i % 20), label=f"{name} (e={e:.2f})" if e else name)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title + f"  (e = fitted exponent over x ≥ {fit_from:,})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ops(results: list[dict], out_dir: str | Path, fit_from: int, subtitle: str) -> list[str]:
+    """``ops_layers.png`` (layers: time and memory vs N) and ``ops_cores.png`` (cores vs SDPA)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fname, kinds in (("ops_layers.png", ("layer", "projections")), ("ops_cores.png", ("core", "sdpa"))):
+        panels = []
+        for metric, label in (
+            ("fwd", "forward ms"),
+            ("fwdbwd", "forward+backward ms"),
+            ("mem_fwdbwd", "peak MiB, forward+backward"),
+        ):
+            s = series(results, metric)
+            panels.append((label, {f"{m}" if k == "layer" else f"{k}:{m}": v for (k, m), v in s.items() if k in kinds}))
+        path = out_dir / fname
+        _plot_panels(panels, path, f"{fname[:-4]}: {subtitle}", "tokens N", fit_from)
+        paths.append(str(path))
+    return paths
+
+
+def plot_models(results: list[dict], out_dir: str | Path, subtitle: str) -> str:
+    """``models.png``: ms per image and peak MiB against pixels (exponents over R ≥ 512)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = []
+    for metric, label in (("fwd", "ms per image (forward)"), ("mem_fwd", "peak MiB (forward)")):
+        data = {}
+        for (_k, m), pts in series(results, metric).items():
+            batch = next(r["batch"] for r in results if r["method"] == m)
+            scale = 1.0 / batch if metric == "fwd" else 1.0
+            data[m] = [(n * n, v * scale) for n, v in pts]
+        panels.append((label, data))
+    path = out_dir / "models.png"
+    _plot_panels(panels, path, f"models: {subtitle}", "pixels (resolution²)", 512 * 512)
+    return str(path)

@@ -1,0 +1,124 @@
+"""The benchmark runs end to end on a tiny sweep and writes valid JSON, Markdown and PNG files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mirrorla.bench import report
+from mirrorla.bench.worker import _extrapolate, _skip_reason
+from mirrorla.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+
+def test_bench_ops_tiny_sweep_writes_json_md_png(tmp_path):
+    argv = ["bench", "ops", "--sizes", "16,64", "--methods", "linear_relu,mirror", "--dim", "32", "--heads", "2"]
+    argv += ["--repeats", "1", "--threads", "1", "--no-isolate", "--no-progress", "--gemm-size", "256"]
+    assert main(argv + ["--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "ops.json").read_text())
+    assert payload["machine"]["torch_threads"] == 1 and payload["machine"]["cpu_model"]
+    assert payload["gemm"]["gflops_best"] > 0
+    kinds = {(r["kind"], r["method"]) for r in payload["results"]}
+    assert kinds == {
+        ("projections", "projections"),
+        ("sdpa", "sdpa"),
+        ("layer", "linear_relu"),
+        ("core", "linear_relu"),
+        ("layer", "mirror"),
+        ("core", "mirror"),
+    }
+    assert len(payload["results"]) == 12
+    for r in payload["results"]:
+        assert r["status"] == "ok", r
+        for mode in ("fwd", "fwdbwd"):
+            t = r[mode]
+            assert 0 < t["min_ms"] <= t["median_ms"] <= t["max_ms"]
+        assert r["macs"] > 0
+    # Analytic check of the counted MACs: projections 4·N·C² (B=1, C=32); SDPA 2·H·N²·D.
+    proj = next(r for r in payload["results"] if r["kind"] == "projections" and r["N"] == 64)
+    assert proj["macs"] == 4 * 64 * 32 * 32
+    layer = next(
+        r for r in payload["results"] if r["method"] == "linear_relu" and r["kind"] == "layer" and r["N"] == 64
+    )
+    # + the linear-attention core φKᵀV and φQ·S̄ (2·N·H·D·D), + N·H·D if the denominator φQ·z̄ is a matmul.
+    base = 4 * 64 * 32 * 32 + 2 * 64 * 2 * 16 * 16
+    assert base <= layer["macs"] <= base + 64 * 2 * 16
+    assert len(payload["targets"]) == 5
+    assert "Forward latency" in (tmp_path / "ops.md").read_text()
+    for name in ("ops_layers.png", "ops_cores.png"):
+        _check_png(tmp_path / name)
+
+
+@pytest.mark.slow
+def test_bench_models_tiny_sweep(tmp_path):
+    argv = ["bench", "models", "--models", "vit_tiny_patch16_224,vit_tiny_patch16_224:mirror"]
+    argv += ["--resolutions", "32,64", "--repeats", "1", "--threads", "1", "--no-isolate", "--no-progress"]
+    argv += ["--gemm-size", "256"]
+    argv += ["--out", str(tmp_path)]
+    assert main(argv) == 0
+    payload = json.loads((tmp_path / "models.json").read_text())
+    assert len(payload["results"]) == 4
+    assert all(r["status"] == "ok" and r["fwd"]["median_ms"] > 0 for r in payload["results"])
+    _check_png(tmp_path / "models.png")
+
+
+def test_fit_exponent_recovers_power_laws():
+    xs = [1024, 4096, 16384, 65536]
+    assert report.fit_exponent(xs, [3e-5 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert report.fit_exponent(xs, [5 + 0 * x for x in xs]) == pytest.approx(0.0)
+    assert report.fit_exponent(xs, [7e-3 * x**1.04 for x in xs]) == pytest.approx(1.04)
+    assert report.fit_exponent([10], [1]) is None
+
+
+def _rec(kind, method, n, fwd, fwdbwd=None, mem=None, macs=None):
+    t = lambda ms: {"median_ms": ms, "min_ms": ms, "max_ms": ms, "repeats": 1}  # noqa: E731
+    return {
+        "kind": kind, "method": method, "N": n, "status": "ok", "note": "", "batch": 1, "macs": macs,
+        "fwd": t(fwd), "fwdbwd": t(fwdbwd or 3 * fwd), "mem_fwd_bytes": mem, "mem_fwdbwd_bytes": mem,
+    }  # fmt: skip
+
+
+def test_targets_and_crossover_from_synthetic_results():
+    res = []
+    for n in (4096, 16384, 65536):
+        s = n / 16384
+        res += [
+            _rec("layer", "mirror", n, 110 * s, 330 * s, mem=2**20 * n, macs=int(1e9 * s)),
+            _rec("layer", "linear_relu", n, 100 * s, 300 * s, mem=2**20 * n),
+            _rec("layer", "softmax", n, 50 * s * s, 150 * s * s),
+            _rec("projections", "projections", n, 100 * s),
+            _rec("core", "mirror", n, 10 * s),
+            _rec("sdpa", "sdpa", n, 700 * s * s),
+        ]
+    ratio, floor, core, memory, share = report.evaluate_targets(res, gemm_gflops=100.0, linear_methods=["mirror"])
+    assert ratio["value"] == pytest.approx(1.1) and ratio["met"]
+    assert floor["value"] == pytest.approx(1.1) and floor["met"]
+    assert core["value"] == pytest.approx(70) and core["met"]
+    assert memory["value"] == pytest.approx(1.0) and memory["met"]
+    # 4 GMACs in 0.44 s = 18.2 GFLOP/s of a 100 GFLOP/s peak: missed.
+    assert share["value"] == pytest.approx(2 * 4e9 / 0.44 / 1e9 / 100) and share["met"] is False
+    cross = report.crossovers(res, "fwd")
+    # softmax 50·s², mirror 110·s: equal at s = 2.2, i.e. N ≈ 36,000 (log-log interpolation).
+    assert 16384 < cross["mirror"]["n"] < 65536
+    assert math.isclose(cross["mirror"]["n"], 2.2 * 16384, rel_tol=0.05)
+
+
+def test_skip_policy_extrapolates_earlier_sizes():
+    assert _extrapolate([(1000, 1.0), (2000, 4.0)], 4000, 1.0) == pytest.approx(16.0)
+    assert _extrapolate([(1000, 1.0)], 4000, 2.0) == pytest.approx(16.0)
+    settings = {"warmup": 1, "min_repeats": 3, "max_case_seconds": 60}
+    history = [{"N": 1000, "seconds_per_run": 1.0}, {"N": 2000, "seconds_per_run": 4.0}]
+    assert _skip_reason({"N": 4000}, history, settings, None).startswith("skipped: predicted")
+    assert _skip_reason({"N": 2500}, history, settings, None) is None
+    # No history: MACs at a quarter of the GEMM peak decide.
+    settings["gemm_gflops"] = 100.0
+    assert _skip_reason({"N": 1}, [], settings, macs=10**13) is not None
+    assert _skip_reason({"N": 1}, [], settings, macs=10**6) is None
