@@ -12,8 +12,6 @@ Source: STILL (arXiv 2602.02180), official ``still/models/still/modeling_still.p
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -72,10 +70,11 @@ class NPMap(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        # u ~ N(0, 1); W_h with nn.Linear's default kaiming-uniform init (official code, §7.2).
+        # u ~ N(0, 1); W_h kaiming-uniform with the default gain (a = 0), as the official
+        # ``StillHedgehogFeatureMap.FeatureMapMLP.init_weights_`` re-initialises its per-head Linears.
         nn.init.normal_(self.householder)
         for h in range(self.num_heads):
-            nn.init.kaiming_uniform_(self.weight.data[h], a=math.sqrt(5))
+            nn.init.kaiming_uniform_(self.weight.data[h])
 
     @property
     def output_dim(self) -> int:

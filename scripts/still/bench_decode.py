@@ -1,0 +1,128 @@
+"""Prefill and per-token decode cost of a softmax model (KV cache) and its STILL version (StillState).
+
+For every prompt length N, each model runs in a fresh subprocess (so peak memory is its own): prefill
+N tokens into a cache (logits of the last position only), then greedy-decode ``--decode`` tokens one
+by one. Reported: prefill seconds, median seconds per decoded token, bytes held by the cache after
+decoding (KV tensors, or the STILL state: selected tokens + ≤ 2 chunks + linear state), and the peak
+resident-memory increase of the process over its level after loading the model.
+
+    python scripts/still/bench_decode.py --softmax runs/still/base --still runs/still/still \
+        --lengths 1024,2048,4096,8192,16384 --decode 32 --threads 1 --json runs/still/bench.json
+
+Works on any Llama-family checkpoint folder and the STILL checkpoint made from it by ``mirrorla linearize``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cache_bytes(cache) -> int:
+    from mirrorla.still.hf import StillCacheLayer
+
+    total = 0
+    for layer in cache.layers:
+        if isinstance(layer, StillCacheLayer):
+            total += layer.state.nbytes() if layer.state is not None else 0
+        elif getattr(layer, "keys", None) is not None:
+            total += layer.keys.numel() * layer.keys.element_size() + layer.values.numel() * layer.values.element_size()
+    return total
+
+
+def measure(model_path: str, length: int, n_decode: int, threads: int, seed: int) -> dict:
+    import torch
+    from transformers import DynamicCache
+
+    from mirrorla.still.cli import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(model_path)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
+    base_rss = _rss_kib()
+    with torch.no_grad():
+        cache = DynamicCache(config=model.config)
+        t0 = time.perf_counter()
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        prefill = time.perf_counter() - t0
+        token = out.logits[:, -1:].argmax(-1)
+        step_times = []
+        for _ in range(n_decode):
+            t0 = time.perf_counter()
+            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            step_times.append(time.perf_counter() - t0)
+            token = out.logits[:, -1:].argmax(-1)
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "model": model_path,
+        "still": getattr(model, "still_config", None) is not None,
+        "length": length,
+        "prefill_s": prefill,
+        "decode_ms_per_token": 1e3 * statistics.median(step_times),
+        "cache_mib": cache_bytes(cache) / 2**20,
+        "peak_rss_increase_mib": max(0, peak_kib - base_rss) / 1024,
+        "tokens_in_cache": cache.get_seq_length(),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--softmax", required=True, help="plain HF checkpoint folder")
+    ap.add_argument("--still", required=True, help="STILL checkpoint folder (mirrorla linearize --out)")
+    ap.add_argument("--lengths", default="1024,2048,4096,8192,16384")
+    ap.add_argument("--decode", type=int, default=32, help="tokens decoded after the prefill")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.one:
+        result = measure(args.one[0], int(args.one[1]), args.decode, args.threads, args.seed)
+        print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    rows = []
+    for length in [int(x) for x in args.lengths.split(",")]:
+        for path in (args.softmax, args.still):
+            cmd = [sys.executable, __file__, "--softmax", args.softmax, "--still", args.still, "--one", path]
+            cmd += [str(length), "--decode", str(args.decode), "--threads", str(args.threads), "--seed", str(args.seed)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+            if proc.returncode != 0 or not lines:
+                raise SystemExit(f"measurement failed for {path} at {length}:\n{proc.stderr[-3000:]}")
+            row = json.loads(lines[-1][len("RESULT ") :])
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    print(f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, threads={args.threads}")
+    print("| tokens | model | prefill s | decode ms/token | cache MiB | peak RSS increase MiB |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for row in rows:
+        name = "STILL" if row["still"] else "softmax + KV cache"
+        print(
+            f"| {row['length']} | {name} | {row['prefill_s']:.2f} | {row['decode_ms_per_token']:.2f} | "
+            f"{row['cache_mib']:.2f} | {row['peak_rss_increase_mib']:.0f} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": platform.platform(), "threads": args.threads, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
