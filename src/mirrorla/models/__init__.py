@@ -2,16 +2,19 @@
 
 Names follow ``{arch}_{size}_{attention}`` for every attention in :func:`mirrorla.list_attentions`:
 ``deit_{tiny,small,base}_*`` (timm ViT with the attention swapped in) and
-``pvt_{tiny,small,medium,large}_*`` (4-stage pyramid, per-stage pattern ``attn_pattern='LLSS'``).
+``pvt_{tiny,small,medium,large}_*`` (4-stage pyramid, per-stage pattern ``attn_pattern='LLSS'``),
+and ``l2vit_{tiny,small,base}``, ``l2vit_base_384`` (its attentions are part of the architecture).
 Attentions registered after import get their model names from :func:`register_attention_models`.
 """
 
 from mirrorla.models._timm import list_models
+from mirrorla.models.l2vit import L2ViT
 from mirrorla.models.pyramid import PyramidVisionTransformer, SpatialReductionAttention, register_pvt_models
 from mirrorla.models.vit import LinearVisionTransformer, register_deit_models
 from mirrorla.registry import list_attentions
 
 __all__ = [
+    "L2ViT",
     "LinearVisionTransformer",
     "PyramidVisionTransformer",
     "SpatialReductionAttention",
