@@ -4,3 +4,8 @@ from mirrorla.feature_maps.base import ELUFeatureMap, FeatureMap, IdentityFeatur
 from mirrorla.feature_maps.mirror import MirrorFeatureMap
 
 __all__ = ["FeatureMap", "IdentityFeatureMap", "ReLUFeatureMap", "ELUFeatureMap", "MirrorFeatureMap"]
+from mirrorla.feature_maps.focused import FocusedFeatureMap  # noqa: E402
+from mirrorla.feature_maps.norm_aware import NormAwareFeatureMap  # noqa: E402
+from mirrorla.feature_maps.polarity import PolarityFeatureMap  # noqa: E402
+
+__all__ += ["FocusedFeatureMap", "PolarityFeatureMap", "NormAwareFeatureMap"]

@@ -52,3 +52,20 @@ register_attention(
 register_attention(
     "window_softmax", LocalWindowAttention, "softmax in non-overlapping 7x7 windows, padded keys masked (L²ViT LWA)"
 )
+# FLatten, PolaFormer, NaLaFormer (METHODS.md §3–5): configurations of the shared linear-attention parts.
+from mirrorla.layers.flatten import FocusedLinearAttention  # noqa: E402
+from mirrorla.layers.grid_linear import GridLinearAttention  # noqa: E402
+from mirrorla.layers.nala import NormAwareLinearAttention  # noqa: E402
+from mirrorla.layers.pola import PolaLinearAttention  # noqa: E402
+
+__all__ += ["GridLinearAttention", "FocusedLinearAttention", "PolaLinearAttention", "NormAwareLinearAttention"]
+register_attention("flatten", FocusedLinearAttention, "FLatten focused linear attention (p=3, 5x5 DWC, learned P)")
+register_attention(
+    "pola", PolaLinearAttention, "PolaFormer: polarity split, learnable power, ± streams, linear gate, DWC, P"
+)
+register_attention(
+    "nala", NormAwareLinearAttention, "NaLaFormer, released-code form: norm-aware power, RoPE numerator, LN, SiLU gate"
+)
+register_attention(
+    "nala_cos", NormAwareLinearAttention, "NaLaFormer, paper cosine-inhibit form (option)", nala_form="cosine"
+)

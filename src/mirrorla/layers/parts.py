@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["resolve_grid", "DepthwiseConvBranch"]
+__all__ = ["resolve_grid", "DepthwiseConvBranch", "LearnedPositionEmbedding"]
 
 
 def resolve_grid(num_tokens: int, num_prefix_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
@@ -67,3 +69,38 @@ class DepthwiseConvBranch(nn.Module):
         if num_prefix_tokens:
             out = nn.functional.pad(out, (0, 0, num_prefix_tokens, 0))
         return out
+
+
+class LearnedPositionEmbedding(nn.Module):
+    """P: a learned table (1, Hp·Wp, C) over the construction grid, added to the keys (FLatten, PolaFormer).
+
+    [Code] FLatten ``models/flatten_swin.py`` and PolaFormer keep ``positional_encoding`` of shape
+    (1, window_h·window_w, C), zero-initialised, and fail at any other resolution. [Design] At a
+    runtime grid other than the construction grid the table is resized bicubically
+    (``align_corners=False``, no antialias; METHODS.md §3); at the construction grid it is used as is.
+    Prefix (cls) tokens get no embedding (zero rows).
+
+    Args:
+        dim: C. grid: (Hp, Wp), the construction grid.
+    """
+
+    def __init__(self, dim: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        if len(grid) != 2 or min(grid) <= 0:
+            raise ValueError(f"position-embedding grid must be (H, W) with positive sides, got {grid!r}")
+        self.grid = (int(grid[0]), int(grid[1]))
+        self.weight = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], dim))
+
+    def forward(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
+        """The embedding for a runtime grid (Hg, Wg): (1, P + Hg·Wg, C), prefix rows zero."""
+        pe = self.weight
+        if tuple(grid) != self.grid:
+            C = pe.shape[-1]
+            img = pe.transpose(1, 2).reshape(1, C, *self.grid)
+            pe = F.interpolate(img, size=tuple(grid), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+        if num_prefix_tokens:
+            pe = F.pad(pe, (0, 0, num_prefix_tokens, 0))
+        return pe
+
+    def extra_repr(self) -> str:
+        return f"grid={self.grid}, dim={self.weight.shape[-1]}"

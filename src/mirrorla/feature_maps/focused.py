@@ -1,0 +1,107 @@
+"""FLatten's focused feature map (METHODS.md §3).
+
+Dimension letters: B batch, H heads, N tokens, D head dim, C = H·D.
+
+Source: D. Han et al., "FLatten Transformer", ICCV 2023; official ``models/flatten_swin.py``,
+class ``FocusedLinearAttention`` (the feature-map lines of ``forward``):
+
+    x₁ = (ReLU(x) + 1e-6) / softplus(s)                    s ∈ R^C, init 0, shared by q and k
+    φ(x) = ‖x₁‖ · x₁^{∘p} / ‖x₁^{∘p}‖                       p = 3, norms over all C channels
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mirrorla.feature_maps.base import FeatureMap
+
+__all__ = ["FocusedFeatureMap", "focus"]
+
+NORM_SCOPES = ("full", "head")
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def focus(x: Tensor, power: float, dims: tuple[int, ...]) -> Tensor:
+    """f_p(x) = ‖x‖ · x^{∘p} / ‖x^{∘p}‖ for x > 0, norms over ``dims``.
+
+    Evaluated as ‖x‖ · (x/m)^{∘p} / ‖(x/m)^{∘p}‖ with m = max x over ``dims`` (detached). The
+    result is identical in exact arithmetic (x^{∘p} is p-homogeneous) and the gradient w.r.t. m is
+    zero, but (x/m)^{∘p} ≤ 1 with one entry equal to 1, so ‖(x/m)^{∘p}‖ ≥ 1 can neither underflow
+    (the fp16 NaN of §3: (1e-6/ln 2)³ = 0) nor overflow; no clamp is needed. [Design]
+    """
+    norm = x.norm(dim=dims, keepdim=True)
+    m = x.detach().amax(dim=dims, keepdim=True)
+    xp = (x / m) ** power
+    return xp * (norm / xp.norm(dim=dims, keepdim=True))
+
+
+class FocusedFeatureMap(FeatureMap):
+    """φ = f_p((ReLU(x) + 1e-6) / softplus(s)), FLatten's focused map, on (B, H, N, D).
+
+    Args:
+        num_heads: H. head_dim: D.
+        focusing_factor: p (3, fixed, not learned).
+        norm_scope: ``"full"`` (default, [Code]: norms over all C = H·D channels of a token) or
+            ``"head"`` (over the D channels of each head; FLatten issue #30).
+        offset: the 1e-6 added after the ReLU [Code]; keeps every entry > 0 so the norms are > 0.
+
+    Parameters:
+        ``scale`` (1, 1, C), init 0 → softplus(0) = ln 2; the official shape, channel c = head-major
+        index (c // D, c % D). Not exempt from weight decay: the official Swin training code only
+        exempts 1-D parameters and biases, and this one is 3-D.
+
+    Evaluated in fp32 with autocast off (METHODS.md §1.1, precision rule 2); float64 stays float64.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        *,
+        focusing_factor: float = 3.0,
+        norm_scope: str = "full",
+        offset: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if norm_scope not in NORM_SCOPES:
+            raise ValueError(f"norm_scope must be one of {NORM_SCOPES}, got {norm_scope!r}")
+        if not focusing_factor > 0:
+            raise ValueError(f"focusing_factor must be > 0 (FLatten uses 3), got {focusing_factor}")
+        if not offset > 0:
+            raise ValueError(f"offset must be > 0 (FLatten uses 1e-6): it keeps the norms positive, got {offset}")
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.focusing_factor, self.norm_scope, self.offset = float(focusing_factor), norm_scope, float(offset)
+        self.scale = nn.Parameter(torch.zeros(1, 1, num_heads * head_dim))
+
+    def channel_scale(self) -> Tensor:
+        """softplus(s) laid out as (1, H, 1, D) for head-split tensors."""
+        return F.softplus(self.scale).view(1, self.num_heads, 1, self.head_dim)
+
+    def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_heads(q, k, self.num_heads, self.head_dim, type(self).__name__)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k = _upcast(q), _upcast(k)
+            s = self.channel_scale().to(q.dtype)
+            dims = (1, 3) if self.norm_scope == "full" else (3,)
+            phi_q = focus((F.relu(q) + self.offset) / s, self.focusing_factor, dims)
+            phi_k = focus((F.relu(k) + self.offset) / s, self.focusing_factor, dims)
+        return phi_q, phi_k
+
+    def extra_repr(self) -> str:
+        return (
+            f"heads={self.num_heads}, head_dim={self.head_dim}, p={self.focusing_factor}, norm_scope={self.norm_scope}"
+        )
+
+
+def _upcast(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in _HALF else x
+
+
+def _check_heads(q: Tensor, k: Tensor, H: int, D: int, who: str) -> None:
+    for name, t in (("q", q), ("k", k)):
+        if t.dim() != 4 or t.shape[1] != H or t.shape[-1] != D:
+            raise ValueError(
+                f"{who}(num_heads={H}, head_dim={D}) expects {name} of shape (B, {H}, N, {D}), got {tuple(t.shape)}"
+            )

@@ -1,0 +1,80 @@
+"""PolaFormer's polarity-aware feature map (METHODS.md §4).
+
+Dimension letters: B batch, H heads, N tokens, D head dim, C = H·D, F = 2D feature dim.
+
+Source: W. Meng et al., "PolaFormer: Polarity-aware Linear Attention for Vision Transformers",
+ICLR 2025; official ``models/pola_swin.py`` / ``models/pola_pvt.py`` (class ``PolaLinearAttention``),
+mirrored in flash-bidirectional-linear-attention ``flash_bla/layers/polaformer.py``:
+
+    x ← x / softplus(s)                       s ∈ R^C, init 0, shared by q and k, before any ReLU
+    p = 1 + α·sigmoid(w)                      w ∈ R^{H×D}, init 0, α = 4  →  p = 3 at init
+    φ(q) = [ReLU(q)^p ; ReLU(−q)^p],  φ(k) = [ReLU(k)^p ; ReLU(−k)^p]       (no ε, no rescaling)
+
+This map returns the *same-sign* pair (φ(q), φ(k)); the opposite-sign query [q⁻ ; q⁺] is the same
+tensor with its halves swapped (:func:`swap_polarity`), which PolaFormer's value path applies.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.feature_maps.focused import _check_heads, _upcast
+
+__all__ = ["PolarityFeatureMap", "polarity_split", "swap_polarity"]
+
+
+def polarity_split(x: Tensor, power: Tensor | float) -> Tensor:
+    """[ReLU(x)^p ; ReLU(−x)^p] along the last dim: (..., D) → (..., 2D)."""
+    return torch.cat([F.relu(x) ** power, F.relu(-x) ** power], dim=-1)
+
+
+def swap_polarity(phi: Tensor) -> Tensor:
+    """[a ; b] → [b ; a] along the last dim (the opposite-sign query of PolaFormer)."""
+    pos, neg = phi.chunk(2, dim=-1)
+    return torch.cat([neg, pos], dim=-1)
+
+
+class PolarityFeatureMap(FeatureMap):
+    """φ(x) = [ReLU(x/σ)^p ; ReLU(−x/σ)^p], σ = softplus(s), p = 1 + α·sigmoid(w) per head and channel.
+
+    Args:
+        num_heads: H. head_dim: D.
+        alpha: α (4, the ImageNet config ``LA.ALPHA``; the LRA runs use 3, 5, 7). p ∈ (1, 1 + α).
+
+    Parameters:
+        ``scale`` (1, 1, C), init 0 (official shape and name).
+        ``power`` (1, H, 1, D), init 0 → p = 1 + α/2 (official shape and name); shared by q, k and
+        the two polarity halves.
+
+    ``feature_dim(D) = 2D``. Evaluated in fp32 with autocast off (METHODS.md §1.1): (|q|/ln 2)^5
+    exceeds the fp16 maximum once |q| > 6.4.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, *, alpha: float = 4.0) -> None:
+        super().__init__()
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0 (PolaFormer uses 4), got {alpha}")
+        self.num_heads, self.head_dim, self.alpha = num_heads, head_dim, float(alpha)
+        self.scale = nn.Parameter(torch.zeros(1, 1, num_heads * head_dim))
+        self.power = nn.Parameter(torch.zeros(1, num_heads, 1, head_dim))
+
+    def feature_dim(self, head_dim: int) -> int:
+        return 2 * head_dim
+
+    def exponent(self) -> Tensor:
+        """p = 1 + α·sigmoid(w), (1, H, 1, D)."""
+        return 1.0 + self.alpha * torch.sigmoid(self.power)
+
+    def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_heads(q, k, self.num_heads, self.head_dim, type(self).__name__)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k = _upcast(q), _upcast(k)
+            s = F.softplus(self.scale).view(1, self.num_heads, 1, self.head_dim).to(q.dtype)
+            p = self.exponent().to(q.dtype)
+            return polarity_split(q / s, p), polarity_split(k / s, p)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, head_dim={self.head_dim}, alpha={self.alpha}"
