@@ -83,7 +83,7 @@ def test_unknown_attention_lists_valid_names():
         create_classifier(TrainConfig(attention="no_such_attention"), 10, 1, 28)
 
 
-def test_one_epoch_decreases_loss_and_writes_outputs(tmp_path, data):
+def test_one_epoch_decreases_loss_and_writes_outputs(tmp_path, data, capsys):
     cfg = TrainConfig(
         attention="softmax", epochs=1, batch_size=16, lr=2e-3, warmup_epochs=0.0, out_dir=str(tmp_path), **TINY
     )
@@ -103,6 +103,12 @@ def test_one_epoch_decreases_loss_and_writes_outputs(tmp_path, data):
     model = create_classifier(cfg, 10, 1, 28)
     model.load_state_dict(ck["model"])
     assert evaluate(model, data[1], cfg)["top1"] == record["eval_top1"]
+    if data[2].name == "fashion_mnist":  # `mirrorla eval` rebuilds the same subset from the saved config
+        from mirrorla.cli import main
+
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path), "--eval-subset", str(len(data[1])), "--device", "cpu"]) == 0
+        assert json.loads(capsys.readouterr().out)["top1"] == record["eval_top1"]
 
 
 class _Crash(Exception):
