@@ -100,3 +100,15 @@ def test_count_params_and_unfused_context():
     assert model.blocks[0].attn.fused_attn is True
     with pytest.raises(ValueError, match="input_size"):
         count_macs(model, (224, 224))
+
+
+def test_cli_models_and_flops(capsys):
+    from mirrorla.cli import main
+
+    assert main(["models", "l2vit_*"]) == 0
+    assert "l2vit_tiny" in capsys.readouterr().out
+    assert main(["models", "no_such_*"]) == 1
+    assert main(["flops", "deit_tiny_mirror", "--img-size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "| `deit_tiny_mirror` | 5.72 |" in out and "unfused" in out
+    assert main(["flops", "no_such_*"]) == 1

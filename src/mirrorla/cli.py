@@ -44,7 +44,13 @@ def _load_commands() -> None:
 
 
 # Modules that define subcommands (each calls ``command`` at import time).
-_COMMAND_MODULES = ["mirrorla.demo", "mirrorla.train_cli", "mirrorla.bench.cli", "mirrorla.still.cli"]
+_COMMAND_MODULES = [
+    "mirrorla.demo",
+    "mirrorla.train_cli",
+    "mirrorla.bench.cli",
+    "mirrorla.still.cli",
+    "mirrorla.models.commands",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

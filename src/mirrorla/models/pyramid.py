@@ -395,10 +395,12 @@ def register_pvt_models(attention: str) -> list[str]:
         def build(name: str, size: str = size, **kwargs: Any) -> PyramidVisionTransformer:
             return _build(name, size=size, attention=attention, **kwargs)
 
-        doc = (
-            f"PVT-{size.capitalize()} (v1 widths/depths) with {attention!r} attention in its 'L' stages "
-            f"(default pattern {default_pattern(attention)!r}); untrained."
-        )
+        if attention == "softmax":
+            doc = f"PVT-{size.capitalize()} v1: spatial-reduction softmax in every stage (pattern 'SSSS'); untrained."
+        else:
+            doc = (
+                f"PVT-{size.capitalize()} v1 widths/depths, {attention!r} attention in all stages ('LLLL'); untrained."
+            )
         register(name, __name__, build, untrained_cfg(first_conv="stages.0.proj"), doc)
         names.append(name)
     return names
