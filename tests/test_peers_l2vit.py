@@ -88,8 +88,8 @@ def test_lga_parameters_and_count():
 
 @pytest.mark.parametrize("min_den", [100.0, 1e-3])  # clamp active everywhere / nowhere at this size
 def test_lga_gradcheck_float64(min_den):
-    m = LinearGlobalAttention(8, num_heads=2, min_denominator=min_den).double()
-    x = torch.randn(1, 6, 8, dtype=torch.float64) * 3
+    m = LinearGlobalAttention(4, num_heads=2, min_denominator=min_den).double()
+    x = torch.randn(1, 5, 4, dtype=torch.float64) * 3
     assert torch.autograd.gradcheck(m, (x.requires_grad_(),))
 
 
@@ -198,10 +198,10 @@ def test_window_attention_parameters_and_count():
 
 @pytest.mark.parametrize("compat", [False, True])
 def test_window_attention_gradcheck_float64(compat):
-    m = LocalWindowAttention(8, num_heads=2, window_size=2, l2vit_compat=compat).double()
+    m = LocalWindowAttention(4, num_heads=2, window_size=2, l2vit_compat=compat).double()
     m.fused = False
-    x = torch.randn(1, 12, 8, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: m(t, hw=(3, 4)), (x,))
+    x = torch.randn(1, 6, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: m(t, hw=(3, 2)), (x,))  # pads 3 → 4 rows
 
 
 def test_window_attention_large_inputs_finite():
@@ -286,11 +286,11 @@ def test_lcm_cpe_parameters_and_counts():
 
 
 def test_lcm_cpe_gradcheck_float64():
-    lcm = LocalConcentrationModule(4, kernel_size=3).double()  # train-mode BN: batch statistics
-    cpe = ConvPositionEncoding(4).double()
-    x = torch.randn(2, 12, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: lcm(t, hw=(3, 4)), (x,))
-    assert torch.autograd.gradcheck(lambda t: cpe(t, hw=(3, 4)), (x,))
+    lcm = LocalConcentrationModule(2, kernel_size=3).double()  # train-mode BN: batch statistics
+    cpe = ConvPositionEncoding(2).double()
+    x = torch.randn(2, 6, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: lcm(t, hw=(2, 3)), (x,))
+    assert torch.autograd.gradcheck(lambda t: cpe(t, hw=(2, 3)), (x,))
 
 
 def test_lcm_cpe_bad_input():
