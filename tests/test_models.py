@@ -233,3 +233,13 @@ def test_mirrorla_pyramid_runs_at_512_on_cpu():
     with torch.no_grad():
         out = model(torch.randn(1, 3, 512, 512))
     assert out.shape == (1, 10) and torch.isfinite(out).all()
+
+
+def test_no_weight_decay_includes_attention_exclusions():
+    deit = timm.create_model("deit_tiny_mirror", **TINY["deit"])
+    nwd = deit.no_weight_decay()
+    assert {"pos_embed", "cls_token"} <= nwd
+    assert "blocks.0.attn.feature_map.theta" in nwd
+    assert set(dict(deit.named_parameters())) >= {n for n in nwd if n.startswith("blocks.")}
+    pvt = timm.create_model("pvt_tiny_mirror", **TINY["pvt"])
+    assert "stages.3.blocks.0.attn.feature_map.theta" in pvt.no_weight_decay()

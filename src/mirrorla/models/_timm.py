@@ -13,8 +13,9 @@ from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
+from torch import nn
 
-__all__ = ["register", "untrained_cfg", "list_models", "MODEL_NAMES"]
+__all__ = ["register", "untrained_cfg", "list_models", "submodule_no_weight_decay", "MODEL_NAMES"]
 
 #: Every timm name registered by mirrorla, in registration order.
 MODEL_NAMES: list[str] = []
@@ -79,3 +80,13 @@ def list_models(pattern: str | None = None) -> list[str]:
 
     names = sorted(MODEL_NAMES)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def submodule_no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that submodules (e.g. MirrorLA's angles) exclude from weight decay."""
+    out: set[str] = set()
+    for prefix, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if module is not model and callable(fn):
+            out |= {f"{prefix}.{n}" for n in fn()}
+    return out

@@ -38,7 +38,7 @@ from mirrorla.layers.l2vit import (
     LocalConcentrationModule,
     LocalWindowAttention,
 )
-from mirrorla.models._timm import register, untrained_cfg
+from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
 
 __all__ = ["L2ViT", "L2VIT_SIZES", "L2VIT_PUBLISHED"]
 
@@ -199,7 +199,9 @@ class L2ViT(nn.Module):
     # -- timm model API ---------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        return {n for n, _ in self.named_parameters() if n.endswith("attn.temperature")}
+        # The official recipe decays τ (a (H, 1, 1) tensor) like any weight; only what a layer
+        # itself excludes is listed here.
+        return submodule_no_weight_decay(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

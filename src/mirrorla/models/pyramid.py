@@ -34,7 +34,7 @@ from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
 from mirrorla.layers.base import AttentionBase
-from mirrorla.models._timm import register, untrained_cfg
+from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
 from mirrorla.ops.softmax import softmax_attention
 from mirrorla.registry import create_attention, get_attention_entry, list_attentions
 
@@ -291,12 +291,7 @@ class PyramidVisionTransformer(nn.Module):
     # -- timm model API ---------------------------------------------------------------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        out = set()
-        for name, module in self.named_modules():
-            fn = getattr(module, "no_weight_decay", None)
-            if module is not self and callable(fn):
-                out |= {f"{name}.{n}" for n in fn()}
-        return out
+        return submodule_no_weight_decay(self)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:

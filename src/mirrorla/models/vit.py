@@ -20,7 +20,7 @@ import torch
 from timm.models import build_model_with_cfg
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from mirrorla.models._timm import register, untrained_cfg
+from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
 from mirrorla.registry import attention_layer, create_attention, list_attentions
 
 __all__ = ["LinearVisionTransformer", "DEIT_SIZES", "SKIPPED", "register_deit_models", "set_grid_size"]
@@ -66,6 +66,11 @@ class LinearVisionTransformer(VisionTransformer):
         layer = attention_layer(attention, num_prefix_tokens=num_prefix, **(attn_kwargs or {}))
         super().__init__(attn_layer=layer, **kwargs)
         self.attention = attention
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """timm's (position table, cls token) plus what the attention layers exclude (e.g. angles)."""
+        return set(super().no_weight_decay()) | submodule_no_weight_decay(self)
 
     def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
         # Every path (forward_features, forward_intermediates, features_only) embeds patches here:
