@@ -132,6 +132,8 @@ def test_grid_is_not_needed_without_grid_parts():
     for name, kw in (("flatten", dict(kernel_size=0, pe="none")), ("nala", dict(kernel_size=0, rope=False))):
         m = create_attention(name, 64, num_heads=2, **kw)
         assert m(torch.randn(1, 50, 64)).shape == (1, 50, 64)
+        with pytest.raises(ValueError, match=r"H\*W"):  # a given hw is still checked
+            m(torch.randn(1, 50, 64), hw=(7, 7))
 
 
 def test_construction_errors():
