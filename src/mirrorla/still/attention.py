@@ -13,7 +13,8 @@ with s_tj = q_t·k_j/√D, m_t = max_{j∈E_t} s_tj, KV_i = Σ_{j∈L_i} φk_j v
 Selection (top-K self-saliency per chunk and head) is decided for a chunk only once it has left the
 two-chunk local window ("delayed selection"), which makes prefill and decoding compute the same thing:
 the chunk form's outputs and the decode loop's outputs agree (compat="clean", §7.8; the official code's
-prefill/decode differences Q1-Q4 are not reproduced). Everything runs in fp32 with autocast off; the
+prefill/decode differences Q1-Q4 are not reproduced). A key-padding mask (Q5) removes padded tokens
+from the windows, the selection, the exact branch and the linear state. Everything runs in fp32 with autocast off; the
 output is cast back to v's dtype.
 """
 
@@ -40,6 +41,7 @@ class StillState:
         prev_k, prev_v, prev_phi_k, prev_score: the previous chunk, L tokens (or 0 before the second chunk).
         cur_k, cur_v, cur_phi_k, cur_score: the current chunk, 1…L tokens.
         kv, z: (B, H, F, D) and (B, H, F) linear state of non-selected old tokens; ``None`` without linear.
+        sel_keep, prev_keep, cur_keep: (B, H, ·) bool, False for padded tokens.
     """
 
     n_seen: int
@@ -55,6 +57,9 @@ class StillState:
     cur_score: Tensor
     kv: Tensor | None
     z: Tensor | None
+    sel_keep: Tensor
+    prev_keep: Tensor
+    cur_keep: Tensor
 
     def tensors(self) -> list[Tensor]:
         return [t for t in vars(self).values() if isinstance(t, Tensor)]
@@ -76,6 +81,7 @@ class StillState:
             return torch.zeros(B, H, 0, width, device=device, dtype=dtype)
 
         score = torch.zeros(B, H, 0, device=device, dtype=dtype)
+        keep = torch.zeros(B, H, 0, device=device, dtype=torch.bool)
         return cls(
             n_seen=0,
             sel_k=tokens(D),
@@ -90,6 +96,9 @@ class StillState:
             cur_score=score.clone(),
             kv=torch.zeros(B, H, F, D, device=device, dtype=dtype) if use_linear else None,
             z=torch.zeros(B, H, F, device=device, dtype=dtype) if use_linear else None,
+            sel_keep=keep,
+            prev_keep=keep.clone(),
+            cur_keep=keep.clone(),
         )
 
 
@@ -114,19 +123,30 @@ def _check(q: Tensor, k: Tensor, v: Tensor, phi_q: Tensor | None, phi_k: Tensor 
         raise ValueError(f"gate must have v's shape {tuple(v.shape)}, got {tuple(gate.shape)}")
 
 
-def _exact_part(q: Tensor, keys: Tensor, values: Tensor, n_causal: int) -> tuple[Tensor, Tensor]:
+def _exact_part(
+    q: Tensor, keys: Tensor, values: Tensor, n_causal: int, key_keep: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Unnormalised softmax numerator and denominator with the row max subtracted.
 
-    The last ``n_causal`` keys are the query block itself (causal mask); all earlier keys are visible.
+    The last ``n_causal`` keys are the query block itself (causal mask); all earlier keys are visible
+    unless ``key_keep`` (B, H, m) is False for them. A row with no visible key gives 0 and 0.
     Returns (B, H, n, D) and (B, H, n, 1).
     """
     logits = (q @ keys.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, n, m)
+    n, m = logits.shape[-2:]
+    hidden = None
     if n_causal > 1:
-        n, m = logits.shape[-2:]
         future = torch.ones(n, n_causal, dtype=torch.bool, device=q.device).triu(1)
-        mask = torch.cat([future.new_zeros(n, m - n_causal), future], dim=1)
-        logits = logits.masked_fill(mask, float("-inf"))
-    weights = torch.exp(logits - logits.amax(-1, keepdim=True))
+        hidden = torch.cat([future.new_zeros(n, m - n_causal), future], dim=1)
+    if key_keep is not None:
+        padded = ~key_keep[:, :, None, :]
+        hidden = padded if hidden is None else hidden | padded
+    if hidden is None:
+        weights = torch.exp(logits - logits.amax(-1, keepdim=True))
+    else:
+        # finfo.min, not −inf: a fully hidden row (a padded query) stays finite and ends up 0.
+        logits = logits.masked_fill(hidden, torch.finfo(logits.dtype).min)
+        weights = torch.exp(logits - logits.amax(-1, keepdim=True)).masked_fill(hidden, 0.0)
     return weights @ values, weights.sum(-1, keepdim=True)
 
 
@@ -150,6 +170,7 @@ def still_attention(
     topk: int = 4,
     eps: float = 1e-6,
     saliency_eps: float = 1e-8,
+    key_padding_mask: Tensor | None = None,
     return_state: bool = False,
 ) -> Tensor | tuple[Tensor, StillState]:
     """Chunk-parallel STILL attention (training and prefill).
@@ -160,6 +181,8 @@ def still_attention(
         gate: (B, H, N, D) output gate g = sigmoid(W_g x) on the linear numerator, or ``None`` (g = 1).
         chunk_size: L. topk: K selected tokens per old chunk and head (0 disables the sparse exact part).
         eps: added to the shared denominator. saliency_eps: smoothing of the self-saliency score.
+        key_padding_mask: (B, N) bool, True = real token. Padded tokens are never attended to, selected
+            or added to the linear state; outputs at padded positions are finite and meaningless.
         return_state: also return the :class:`StillState` to continue decoding from.
 
     Returns:
@@ -175,13 +198,22 @@ def still_attention(
     out_dtype = v.dtype
     dtype = _core_dtype(q, k, v, phi_q, phi_k, gate)
     use_linear = phi_q is not None
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool or tuple(key_padding_mask.shape) != (B, N):
+            raise ValueError(
+                f"key_padding_mask must be a bool (B, N) = {(B, N)} tensor with True = keep, got "
+                f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}"
+            )
+        keep = key_padding_mask[:, None, :].expand(B, H, N)
+    else:
+        keep = torch.ones(B, H, N, dtype=torch.bool, device=q.device)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         if use_linear:
             phi_q, phi_k = phi_q.to(dtype), phi_k.to(dtype)
         if gate is not None:
             gate = gate.to(dtype)
-        scores = saliency_scores(q, k, L, saliency_eps).to(dtype)  # (B, H, N)
+        scores = saliency_scores(q, k, L, saliency_eps, key_padding_mask).to(dtype)  # (B, H, N)
 
         n_full = N // L
         full_scores = scores[:, :, : n_full * L].reshape(B, H, n_full, L)
@@ -196,6 +228,7 @@ def still_attention(
 
         selected_k: list[Tensor] = []
         selected_v: list[Tensor] = []
+        selected_keep: list[Tensor] = []
         kv = q.new_zeros(B, H, phi_q.shape[-1], D) if use_linear else None
         z = q.new_zeros(B, H, phi_q.shape[-1]) if use_linear else None
         outs = []
@@ -205,15 +238,19 @@ def still_attention(
                 old = i - 2
                 selected_k.append(gather_selected(k, old))
                 selected_v.append(gather_selected(v, old))
+                selected_keep.append(chunk(keep, old).gather(2, sel_idx[:, :, old]))
                 if use_linear:
-                    keep = torch.ones(B, H, L, dtype=dtype, device=q.device).scatter(2, sel_idx[:, :, old], 0.0)
-                    phi_old = chunk(phi_k, old) * keep.unsqueeze(-1)
+                    linear_keep = chunk(keep, old).to(dtype).scatter(2, sel_idx[:, :, old], 0.0)
+                    phi_old = chunk(phi_k, old) * linear_keep.unsqueeze(-1)
                     kv = kv + phi_old.transpose(-2, -1) @ chunk(v, old)
                     z = z + phi_old.sum(2)
             qi = chunk(q, i)
             keys = torch.cat([*selected_k, k[:, :, max(0, i - 1) * L : (i + 1) * L]], dim=2)
             values = torch.cat([*selected_v, v[:, :, max(0, i - 1) * L : (i + 1) * L]], dim=2)
-            num, den = _exact_part(qi, keys, values, n_causal=qi.shape[2])
+            key_keep = None
+            if key_padding_mask is not None:
+                key_keep = torch.cat([*selected_keep, keep[:, :, max(0, i - 1) * L : (i + 1) * L]], dim=2)
+            num, den = _exact_part(qi, keys, values, n_causal=qi.shape[2], key_keep=key_keep)
             phi_qi = chunk(phi_q, i) if use_linear else None
             gate_i = None if gate is None else chunk(gate, i)
             outs.append(_combine(num, den, phi_qi, kv, z, gate_i, eps))
@@ -240,6 +277,9 @@ def still_attention(
             cur_score=scores[:, :, cur],
             kv=kv.detach() if use_linear else None,
             z=z.detach() if use_linear else None,
+            sel_keep=torch.cat([keep.new_zeros(B, H, 0), *selected_keep], dim=2),
+            prev_keep=keep[:, :, prev],
+            cur_keep=keep[:, :, cur],
         )
     return out, state
 
@@ -262,7 +302,8 @@ def still_decode_step(
 
     Args:
         state: from :func:`still_attention` (``return_state=True``) or an earlier step; ``None`` = empty.
-        q_t, k_t, v_t: (B, H, D) the new token. phi_q_t, phi_k_t: (B, H, F) or both ``None`` (no linear).
+        q_t, k_t, v_t: (B, H, D) the new token (a real token; padding comes only from a prefill).
+        phi_q_t, phi_k_t: (B, H, F) or both ``None`` (no linear).
         gate_t: (B, H, D) or ``None``.
 
     Returns:
@@ -293,28 +334,34 @@ def still_decode_step(
                 idx = select_topk(s.prev_score, topk)  # (B, H, K)
                 s.sel_k = torch.cat([s.sel_k, s.prev_k.gather(2, idx[..., None].expand(-1, -1, -1, D))], dim=2)
                 s.sel_v = torch.cat([s.sel_v, s.prev_v.gather(2, idx[..., None].expand(-1, -1, -1, D))], dim=2)
+                s.sel_keep = torch.cat([s.sel_keep, s.prev_keep.gather(2, idx)], dim=2)
                 if use_linear:
-                    keep = torch.ones(B, H, L, dtype=dtype, device=q_t.device).scatter(2, idx, 0.0)
-                    phi_old = s.prev_phi_k * keep.unsqueeze(-1)
+                    linear_keep = s.prev_keep.to(dtype).scatter(2, idx, 0.0)
+                    phi_old = s.prev_phi_k * linear_keep.unsqueeze(-1)
                     s.kv = s.kv + phi_old.transpose(-2, -1) @ s.prev_v
                     s.z = s.z + phi_old.sum(2)
             s.prev_k, s.prev_v, s.prev_phi_k, s.prev_score = s.cur_k, s.cur_v, s.cur_phi_k, s.cur_score
+            s.prev_keep = s.cur_keep
             s.cur_k, s.cur_v = s.cur_k[:, :, :0], s.cur_v[:, :, :0]
-            s.cur_phi_k, s.cur_score = s.cur_phi_k[:, :, :0], s.cur_score[:, :, :0]
+            s.cur_phi_k, s.cur_score, s.cur_keep = s.cur_phi_k[:, :, :0], s.cur_score[:, :, :0], s.cur_keep[:, :, :0]
 
         q, k, v = q_t.to(dtype), k_t.to(dtype), v_t.to(dtype)
         s.cur_k = torch.cat([s.cur_k, k.unsqueeze(2)], dim=2)
         s.cur_v = torch.cat([s.cur_v, v.unsqueeze(2)], dim=2)
         if use_linear:
             s.cur_phi_k = torch.cat([s.cur_phi_k, phi_k_t.to(dtype).unsqueeze(2)], dim=2)
+        s.cur_keep = torch.cat([s.cur_keep, s.cur_keep.new_ones(B, H, 1)], dim=2)
         window = torch.cat([s.prev_k, s.cur_k], dim=2)[:, :, -L:]
-        score = saliency_step(q, window, saliency_eps).to(dtype)
+        key_keep = torch.cat([s.sel_keep, s.prev_keep, s.cur_keep], dim=2)
+        has_padding = not bool(key_keep.all())  # padded tokens come only from a padded prefill
+        window_keep = key_keep[:, :, -window.shape[2] :] if has_padding else None
+        score = saliency_step(q, window, saliency_eps, window_keep).to(dtype)
         s.cur_score = torch.cat([s.cur_score, score.unsqueeze(2)], dim=2)
         s.n_seen = state.n_seen + 1
 
         keys = torch.cat([s.sel_k, s.prev_k, s.cur_k], dim=2)
         values = torch.cat([s.sel_v, s.prev_v, s.cur_v], dim=2)
-        num, den = _exact_part(q.unsqueeze(2), keys, values, n_causal=1)
+        num, den = _exact_part(q.unsqueeze(2), keys, values, n_causal=1, key_keep=key_keep if has_padding else None)
         o = _combine(
             num,
             den,

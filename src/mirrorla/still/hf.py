@@ -118,14 +118,30 @@ def _still_cache_layer(cache: Cache, layer_idx: int) -> StillCacheLayer:
     return layers[layer_idx]
 
 
-def _has_padding(attention_mask: Tensor | None) -> bool:
-    """True if the (B, 1, N, M) mask hides a past key from the last query (left/right padding)."""
-    if attention_mask is None or not isinstance(attention_mask, Tensor) or attention_mask.dim() != 4:
-        return False
-    last = attention_mask[:, :, -1, :]
-    if attention_mask.dtype == torch.bool:
-        return not bool(last.all())
-    return bool((last < 0).any())
+def _key_padding_mask(attention_mask: Tensor | None, n_past: int, n_new: int) -> Tensor | None:
+    """(B, n_past + n_new) bool keep-mask of the keys from the model's (B, 1, N, M) mask, or None.
+
+    The causal mask itself is rebuilt inside STILL; what the 4-D mask adds is padding. The last query
+    row shows which keys are padding. A mask that is not "causal and padding" (packed sequences,
+    custom masks) cannot be honoured by STILL's routing and raises.
+    """
+    if attention_mask is None or not isinstance(attention_mask, Tensor):
+        return None
+    if attention_mask.dim() != 4 or attention_mask.shape[-1] != n_past + n_new:
+        raise NotImplementedError(
+            f"STILL expects a (B, 1, N, past + N) causal/padding mask, got shape {tuple(attention_mask.shape)}"
+        )
+    allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask >= 0
+    keep = allowed[:, 0, -1, :]  # (B, M)
+    if bool(keep.all()):
+        return None
+    rows = allowed[:, 0]  # (B, N, M)
+    causal = torch.ones(n_new, n_past + n_new, dtype=torch.bool, device=rows.device).tril(n_past)
+    expected = causal[None] & keep[:, None, :]
+    real_rows = keep[:, n_past:]  # a padded query's row may be anything (transformers unmasks some)
+    if not bool(((rows == expected).all(-1) | ~real_rows).all()):
+        raise NotImplementedError("STILL supports causal attention with key padding only, not arbitrary masks")
+    return keep
 
 
 class StillAttention(nn.Module):
@@ -180,11 +196,6 @@ class StillAttention(nn.Module):
         """(B, N, C) → ((B, N, C), None); decoding state lives in ``past_key_values``."""
         if position_embeddings is None:
             raise ValueError("StillAttention needs position_embeddings (cos, sin) from the model's rotary embedding")
-        if _has_padding(attention_mask):
-            raise NotImplementedError(
-                "STILL does not support padded batches yet (the attention mask hides past tokens); run samples "
-                "separately or pack them without padding"
-            )
         B, N, _ = hidden_states.shape
         D = self.head_dim
         q = self.q_proj(hidden_states).view(B, N, -1, D).transpose(1, 2)
@@ -199,29 +210,36 @@ class StillAttention(nn.Module):
         phi_k = self.feature_map_k(k) if cfg.use_linear else None
         kw = dict(chunk_size=cfg.chunk_size, topk=cfg.topk, eps=cfg.eps, saliency_eps=cfg.saliency_eps)
 
-        if past_key_values is None:
-            out = still_attention(q, k, v, phi_q, phi_k, gate, **kw)
+        cache_layer = None if past_key_values is None else _still_cache_layer(past_key_values, self.layer_idx)
+        n_past = 0 if cache_layer is None else cache_layer.get_seq_length()
+        keep = _key_padding_mask(attention_mask, n_past, N)
+        if cache_layer is None or cache_layer.state is None:
+            padding = None if keep is None else keep[:, n_past:]
+            out = still_attention(
+                q, k, v, phi_q, phi_k, gate, key_padding_mask=padding, return_state=cache_layer is not None, **kw
+            )
+            if cache_layer is not None:
+                out, cache_layer.state = out
         else:
-            cache_layer = _still_cache_layer(past_key_values, self.layer_idx)
-            if cache_layer.state is None:
-                out, cache_layer.state = still_attention(q, k, v, phi_q, phi_k, gate, return_state=True, **kw)
-            else:  # continue token by token from the stored state
-                outs = []
-                state = cache_layer.state
-                for t in range(N):
-                    o, state = still_decode_step(
-                        state,
-                        q[:, :, t],
-                        k[:, :, t],
-                        v[:, :, t],
-                        None if phi_q is None else phi_q[:, :, t],
-                        None if phi_k is None else phi_k[:, :, t],
-                        gate[:, :, t],
-                        **kw,
-                    )
-                    outs.append(o)
-                cache_layer.state = state
-                out = torch.stack(outs, dim=2)
+            if keep is not None and not bool(keep[:, n_past:].all()):
+                raise NotImplementedError("STILL can continue a cache only with real (unpadded) tokens")
+            # continue token by token from the stored state
+            outs = []
+            state = cache_layer.state
+            for t in range(N):
+                o, state = still_decode_step(
+                    state,
+                    q[:, :, t],
+                    k[:, :, t],
+                    v[:, :, t],
+                    None if phi_q is None else phi_q[:, :, t],
+                    None if phi_k is None else phi_k[:, :, t],
+                    gate[:, :, t],
+                    **kw,
+                )
+                outs.append(o)
+            cache_layer.state = state
+            out = torch.stack(outs, dim=2)
 
         if self.attention_transfer:
             with torch.no_grad():

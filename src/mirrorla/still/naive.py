@@ -18,23 +18,33 @@ def _dtype(*ts: Tensor | None) -> torch.dtype:
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
 
 
-def naive_saliency(q: Tensor, k: Tensor, chunk_size: int, eps: float = 1e-8) -> Tensor:
-    """KL(ā ‖ ā′) over the window {j : t − L < j ≤ t}, from the full (N, N) logit matrix. Returns (B, H, N)."""
+def naive_saliency(
+    q: Tensor, k: Tensor, chunk_size: int, eps: float = 1e-8, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """KL(ā ‖ ā′) over the window {j : t − L < j ≤ t, j not padded}, from the full (N, N) logits.
+
+    Padded tokens score −∞. Returns (B, H, N).
+    """
     dt = _dtype(q, k)
     q, k = q.to(dt), k.to(dt)
     N, D = q.shape[2], q.shape[3]
     t = torch.arange(N)[:, None]
     j = torch.arange(N)[None, :]
     window = (j <= t) & (j > t - chunk_size)
+    if key_padding_mask is not None:
+        window = window & key_padding_mask[:, None, None, :]
     eye = j == t
     logits = q @ k.transpose(-2, -1) / math.sqrt(D)
-    a = torch.softmax(logits.masked_fill(~window, float("-inf")), -1)
-    a_nodiag = torch.softmax(logits.masked_fill(~window | eye, float("-inf")), -1).nan_to_num(0.0)  # row t=0: all 0
+    a = torch.softmax(logits.masked_fill(~window, float("-inf")), -1).nan_to_num(0.0)  # padded rows: all 0
+    a_nodiag = torch.softmax(logits.masked_fill(~window | eye, float("-inf")), -1).nan_to_num(0.0)  # t=0: all 0
     n = window.sum(-1, keepdim=True).to(dt)
     a_bar = (a + eps) / (1 + n * eps)
     a_bar_nodiag = (a_nodiag + eps) / (1 + n * eps)
     terms = a_bar * torch.log(a_bar / a_bar_nodiag)
-    return torch.where(window, terms, torch.zeros_like(terms)).sum(-1)
+    scores = torch.where(window, terms, torch.zeros_like(terms)).sum(-1)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
+    return scores
 
 
 def naive_selection(scores: Tensor, chunk_size: int, topk: int) -> Tensor:
@@ -60,12 +70,14 @@ def naive_still_attention(
     topk: int = 4,
     eps: float = 1e-6,
     saliency_eps: float = 1e-8,
+    key_padding_mask: Tensor | None = None,
     return_masks: bool = False,
 ):
     """STILL output from explicit masks.
 
     exact[t, j]  = j ≤ t and (chunk(j) ≥ chunk(t) − 1 or (selected j and chunk(j) ≤ chunk(t) − 2))
     linear[t, j] = chunk(j) ≤ chunk(t) − 2 and j not selected
+    (both also require j not padded when ``key_padding_mask`` is given)
     y = [P V + g ⊙ (A_lin V)] / [P 1 + A_lin 1 + ε],  P = exp(s − max s) on exact, A_lin = φq φkᵀ on linear.
 
     Returns (B, H, N, D) in v's dtype, plus ``(exact, linear, selected)`` masks if ``return_masks``.
@@ -74,7 +86,7 @@ def naive_still_attention(
     out_dtype = v.dtype
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     N, D = q.shape[2], q.shape[3]
-    scores = naive_saliency(q, k, chunk_size, saliency_eps)
+    scores = naive_saliency(q, k, chunk_size, saliency_eps, key_padding_mask)
     selected = naive_selection(scores, chunk_size, topk)  # (B, H, N)
     pos = torch.arange(N)
     chunk = pos // chunk_size
@@ -83,9 +95,12 @@ def naive_still_attention(
     old = chunk[None, :] <= chunk[:, None] - 2
     exact = causal & (local | (old & selected[:, :, None, :]))  # (B, H, N, N)
     linear = old & ~selected[:, :, None, :]
+    if key_padding_mask is not None:  # padded keys are in no branch; a row with no key gives 0
+        exact = exact & key_padding_mask[:, None, None, :]
+        linear = linear & key_padding_mask[:, None, None, :]
 
     logits = (q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~exact, float("-inf"))
-    p = torch.exp(logits - logits.amax(-1, keepdim=True))
+    p = torch.exp(logits - logits.amax(-1, keepdim=True)).nan_to_num(0.0)
     num = p @ v
     den = p.sum(-1, keepdim=True)
     if phi_q is not None:
