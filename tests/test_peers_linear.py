@@ -101,7 +101,7 @@ def test_inputs_times_100_stay_finite(name):
     assert all(torch.isfinite(p.grad).all() for p in m.parameters())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + ["l2vit_lga", "window_softmax"])
 def test_stage1_map_56x56_forward_backward(name):
     # The acceptance size: [2, 3136, 64] on CPU, grid inferred (square).
     m = create_attention(name, 64, num_heads=2)
