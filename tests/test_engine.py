@@ -103,6 +103,14 @@ def test_one_epoch_decreases_loss_and_writes_outputs(tmp_path, data, capsys):
     model = create_classifier(cfg, 10, 1, 28)
     model.load_state_dict(ck["model"])
     assert evaluate(model, data[1], cfg)["top1"] == record["eval_top1"]
+    # `mirrorla train --resume DIR` alone takes the run's settings; options given override them.
+    from mirrorla.cli import build_parser
+    from mirrorla.train_cli import config_from_args
+
+    resumed_cfg = config_from_args(build_parser().parse_args(["train", "--resume", str(tmp_path)]))
+    assert resumed_cfg == cfg.replace(resume=str(tmp_path))
+    changed = config_from_args(build_parser().parse_args(["train", "--resume", str(tmp_path), "--lr", "0.5"]))
+    assert changed.lr == 0.5 and changed.attention == "softmax"
     if data[2].name == "fashion_mnist":  # `mirrorla eval` rebuilds the same subset from the saved config
         from mirrorla.cli import main
 

@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 __all__ = ["main", "command"]
 
-COMMANDS: dict[
-    str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]
-] = {}
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {}
 
 
 def command(name: str, help: str):

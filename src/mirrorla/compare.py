@@ -75,6 +75,13 @@ class CompareConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
+def _require(module: str, purpose: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"{purpose} need the package {module}: pip install 'mirrorla[train]'", name=module)
+
+
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
@@ -84,6 +91,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     from mirrorla.data import build_datasets
 
     check_attentions(list(cc.attentions))
+    _require("matplotlib", "the figures")  # fail now, not after hours of training
     base = cc.base
     if base.threads:
         torch.set_num_threads(base.threads)

@@ -146,23 +146,46 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     _add_optim_args(p, d)
     _add_run_args(p, d)
     g = p.add_argument_group("output")
-    g.add_argument("--out", dest="out_dir", default="runs/train", help="run directory (metrics, checkpoints)")
+    g.add_argument(
+        "--out",
+        dest="out_dir",
+        default=None,
+        help="run directory for metrics and checkpoints (default: runs/train, or the resumed run's directory)",
+    )
     g.add_argument(
         "--resume",
         default=None,
-        help="continue from a run directory or checkpoint file; needs the same settings as that run",
+        help="continue from a run directory or checkpoint file with that run's settings; options given here "
+        "override them, and any that would change the result are refused",
     )
     g.add_argument("--no-checkpoints", dest="save_checkpoints", action="store_false", help="write no checkpoints")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="how many epochs to keep")
 
 
 def config_from_args(args: argparse.Namespace):
+    """The TrainConfig of parsed ``train`` arguments.
+
+    With ``--resume``, the resumed run's saved settings are the base and only options that differ
+    from their defaults on this command line override them (so ``mirrorla train --resume DIR`` alone
+    continues the run as it was started).
+    """
     from mirrorla.engine.config import TrainConfig
 
     fields = set(TrainConfig.__dataclass_fields__)
     values = {k: v for k, v in vars(args).items() if k in fields}
     values["attention_kwargs"] = dict(getattr(args, "attn_opt", []) or [])
-    return TrainConfig(**values)
+    if not args.resume:
+        values["out_dir"] = values["out_dir"] or "runs/train"
+        return TrainConfig(**values)
+    from mirrorla.engine.checkpoint import load_checkpoint
+
+    parser = argparse.ArgumentParser()
+    add_train_args(parser)
+    defaults = {k: v for k, v in vars(parser.parse_args([])).items() if k in fields}
+    defaults["attention_kwargs"] = {}
+    saved = load_checkpoint(args.resume)["state"]["config"]
+    given = {k: v for k, v in values.items() if v != defaults.get(k)}
+    return TrainConfig.from_dict({**saved, **given, "resume": args.resume})
 
 
 @command("train", "train a model (default: the small ViT on Fashion-MNIST); runs under torchrun for DDP")(

@@ -177,6 +177,11 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if (cfg.save_checkpoints and cfg.out_dir) or cfg.resume:
+        import importlib.util
+
+        if importlib.util.find_spec("safetensors") is None:  # fail before training, not at the first save
+            raise ModuleNotFoundError("checkpoints need the package safetensors: pip install 'mirrorla[train]'")
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None:
         _check_resume_config(cfg, resume["state"]["config"])

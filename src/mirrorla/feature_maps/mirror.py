@@ -10,6 +10,7 @@ same reflections — under modulation the same Θ per sample — so ⟨Hq, Hk⟩
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -17,9 +18,39 @@ from torch import Tensor, nn
 
 from mirrorla.feature_maps.base import FeatureMap
 from mirrorla.ops.naive import dense_block_reflection, dense_cross_head_reflection
-from mirrorla.ops.reflections import block_reflect, block_variance, cross_head_reflect, modulated_angle
+from mirrorla.ops.reflections import (
+    block_reflect,
+    block_variance,
+    cross_head_reflect,
+    mirror_features,
+    modulated_angle,
+)
 
-__all__ = ["MirrorFeatureMap"]
+__all__ = ["MirrorFeatureMap", "set_fast_path", "set_compile"]
+
+# Backend switches with a global default (STYLE.md, like timm's fused_attn): each feature map copies
+# them into its ``fast_path`` and ``compile`` attributes when it is built.
+#   fast_path (default on, MIRRORLA_FAST_PATH=0 turns it off): the fused op
+#       :func:`mirrorla.ops.reflections.mirror_features`; off = the reference composition of
+#       ``cross_head_reflect`` / ``block_variance`` / ``block_reflect`` and a ReLU.
+#   compile (default off, MIRRORLA_COMPILE=1 turns it on): run the reference composition through
+#       ``torch.compile`` (one generated kernel per shape; the first call compiles, which takes
+#       seconds to minutes and needs a C++ compiler on CPU). Takes precedence over fast_path.
+_FAST_PATH_DEFAULT = os.environ.get("MIRRORLA_FAST_PATH", "1") != "0"
+_COMPILE_DEFAULT = os.environ.get("MIRRORLA_COMPILE", "0") == "1"
+
+
+def set_fast_path(enable: bool) -> None:
+    """Default of ``fast_path`` for MirrorLA feature maps built from now on (existing ones: set the attribute)."""
+    global _FAST_PATH_DEFAULT
+    _FAST_PATH_DEFAULT = bool(enable)
+
+
+def set_compile(enable: bool) -> None:
+    """Default of ``compile`` for MirrorLA feature maps built from now on (existing ones: set the attribute)."""
+    global _COMPILE_DEFAULT
+    _COMPILE_DEFAULT = bool(enable)
+
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -36,6 +67,10 @@ class MirrorFeatureMap(FeatureMap):
         alpha_init: initial value of every α entry (default 0.1·π).
         variance_eps: ε in 1/(σ² + ε).
         detach_variance: compute σ² without gradient.
+
+    Attributes ``fast_path`` (default on) and ``compile`` (default off) select the backend; their
+    defaults come from :func:`set_fast_path` / :func:`set_compile` (or the environment variables
+    ``MIRRORLA_FAST_PATH=0`` / ``MIRRORLA_COMPILE=1``). All backends compute the same φ.
 
     Parameters (all exempt from weight decay, see :meth:`no_weight_decay`):
         ``u_c`` (C,) ~ N(0, 1); ``theta`` (H, D/2); ``alpha`` (H, D/2).
@@ -74,6 +109,8 @@ class MirrorFeatureMap(FeatureMap):
         self.variance_eps = variance_eps
         self.detach_variance = detach_variance
         self.token_local = not variance_modulation
+        self.fast_path = _FAST_PATH_DEFAULT
+        self.compile = _COMPILE_DEFAULT
         J = head_dim // 2
         if cross_head:
             self.u_c = nn.Parameter(torch.randn(num_heads * head_dim))
@@ -113,9 +150,78 @@ class MirrorFeatureMap(FeatureMap):
         if q.dtype in _HALF:
             # Precision policy §1.1: the variance and 1/(σ² + ε) are evaluated in fp32.
             with torch.autocast(device_type=q.device.type, enabled=False):
-                rq, rk = self.reflect(q.float(), k.float(), key_padding_mask)
-        else:
-            rq, rk = self.reflect(q, k, key_padding_mask)
+                return self._features(q.float(), k.float(), key_padding_mask)
+        return self._features(q, k, key_padding_mask)
+
+    def _features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.compile:
+            return _compiled_reference()(self, q, k, key_padding_mask)
+        if not self.fast_path:
+            return self.reference_features(q, k, key_padding_mask)
+        return mirror_features(
+            q,
+            k,
+            self.u_c if self.cross_head else None,
+            self.theta if self.block_reflection else None,
+            self.alpha if self.variance_modulation else None,
+            variance_eps=self.variance_eps,
+            detach_variance=self.detach_variance,
+            key_padding_mask=key_padding_mask,
+        )
+
+    def fold_projection(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+        """Fold the constant part of φ into a fused qkv(g) projection, for the fast layer path.
+
+        Returns ``(W', b')`` whose q and k row blocks (rows 0…C−1 and C…2C−1) are multiplied by
+        P = S·H_c (H_c the cross-head reflection, S the odd-channel sign flip when the block
+        reflection is on), so that ``F.linear(x, W', b')`` yields S·H_c·q and S·H_c·k directly;
+        :meth:`prefolded_features` finishes φ from them. Costs O(C²) per call instead of
+        O(N·C) per token pass. Returns None when ``fast_path`` is off or ``compile`` is on.
+        """
+        if self.compile or not self.fast_path or not (self.cross_head or self.block_reflection):
+            return None
+        C = self.num_heads * self.head_dim
+        u_hat = self.u_c / self.u_c.norm().clamp_min(1e-6) if self.cross_head else None
+        sign = _odd_sign_full(C, weight) if self.block_reflection else None
+
+        def fold(rows: Tensor) -> Tensor:  # rows: (C, C_in) or (C,)
+            if u_hat is not None:
+                u = u_hat.to(rows.dtype)
+                rows = rows - 2.0 * (u[:, None] * (u @ rows)[None] if rows.dim() == 2 else u * (u @ rows))
+            if sign is not None:
+                rows = rows * (sign[:, None] if rows.dim() == 2 else sign)
+            return rows
+
+        w = torch.cat((fold(weight[:C]), fold(weight[C : 2 * C]), weight[2 * C :]))
+        b = None if bias is None else torch.cat((fold(bias[:C]), fold(bias[C : 2 * C]), bias[2 * C :]))
+        return w, b
+
+    def prefolded_features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """φ from q, k produced by a projection folded with :meth:`fold_projection` (same φ as forward)."""
+        _check_heads(q, self.num_heads, self.head_dim)
+        if not self.block_reflection:
+            return F.relu(q), F.relu(k)
+        if q.dtype in _HALF:
+            with torch.autocast(device_type=q.device.type, enabled=False):
+                return self._prefolded(q.float(), k.float(), key_padding_mask)
+        return self._prefolded(q, k, key_padding_mask)
+
+    def _prefolded(self, q, k, key_padding_mask):
+        return mirror_features(
+            q,
+            k,
+            None,
+            self.theta,
+            self.alpha if self.variance_modulation else None,
+            variance_eps=self.variance_eps,
+            detach_variance=self.detach_variance,
+            key_padding_mask=key_padding_mask,
+            odd_negated=True,
+        )
+
+    def reference_features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """φ by the reference composition (one op per formula); the fast path is tested against it."""
+        rq, rk = self.reflect(q, k, key_padding_mask)
         return F.relu(rq), F.relu(rk)
 
     def reflection_matrix(self) -> Tensor:
@@ -142,6 +248,21 @@ class MirrorFeatureMap(FeatureMap):
         )
 
 
+_COMPILED = None
+
+
+def _odd_sign_full(C: int, like: Tensor) -> Tensor:
+    return torch.tensor([1.0, -1.0], dtype=like.dtype, device=like.device).repeat(C // 2)
+
+
+def _compiled_reference():
+    """``torch.compile`` of the reference composition, built on first use (compiling is slow)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(MirrorFeatureMap.reference_features, dynamic=True)
+    return _COMPILED
+
+
 def _init_theta(theta_init: str | float, H: int, J: int) -> Tensor:
     if theta_init == "uniform":
         # U[0, π) covers every 2-D reflection exactly once (H(Θ) is π-periodic).
@@ -163,6 +284,5 @@ def _param_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype]:
 def _check_heads(x: Tensor, H: int, D: int) -> None:
     if x.dim() != 4 or x.shape[1] != H or x.shape[-1] != D:
         raise ValueError(
-            f"MirrorFeatureMap(num_heads={H}, head_dim={D}) expects (B, {H}, N, {D}) tensors, got "
-            f"{tuple(x.shape)}"
+            f"MirrorFeatureMap(num_heads={H}, head_dim={D}) expects (B, {H}, N, {D}) tensors, got {tuple(x.shape)}"
         )

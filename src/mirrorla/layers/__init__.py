@@ -12,9 +12,7 @@ register_attention("softmax", SoftmaxAttention, "softmax attention (scaled_dot_p
 register_attention("linear_relu", LinearAttention, "linear attention, φ = ReLU", feature_map="relu")
 register_attention("linear_elu", LinearAttention, "linear attention, φ = ELU + 1", feature_map="elu")
 # MirrorLA and its ablation rows (METHODS.md §2.8).
-register_attention(
-    "mirror", MirrorLinearAttention, "MirrorLA (R3): block + variance + cross-head reflections"
-)
+register_attention("mirror", MirrorLinearAttention, "MirrorLA (R3): block + variance + cross-head reflections")
 register_attention(
     "mirror_block",
     MirrorLinearAttention,

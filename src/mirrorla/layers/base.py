@@ -48,13 +48,10 @@ class AttentionBase(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(dim, int) or not isinstance(num_heads, int) or dim <= 0 or num_heads <= 0:
-            raise TypeError(
-                f"dim and num_heads must be positive ints, got dim={dim!r}, num_heads={num_heads!r}"
-            )
+            raise TypeError(f"dim and num_heads must be positive ints, got dim={dim!r}, num_heads={num_heads!r}")
         if dim % num_heads:
             raise ValueError(
-                f"dim ({dim}) must be divisible by num_heads ({num_heads}); e.g. num_heads="
-                f"{_divisors_hint(dim)}"
+                f"dim ({dim}) must be divisible by num_heads ({num_heads}); e.g. num_heads={_divisors_hint(dim)}"
             )
         if qk_norm:
             raise NotImplementedError(
@@ -87,8 +84,7 @@ class AttentionBase(nn.Module):
             raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.dim:
             raise ValueError(
-                f"{type(self).__name__}(dim={self.dim}) expects x of shape (B, N, {self.dim}), got "
-                f"{tuple(x.shape)}"
+                f"{type(self).__name__}(dim={self.dim}) expects x of shape (B, N, {self.dim}), got {tuple(x.shape)}"
             )
         if key_padding_mask is not None:
             from mirrorla.ops._checks import check_key_padding_mask

@@ -80,9 +80,7 @@ class LinearAttention(AttentionBase):
         self.gate = gate
         n_proj = 4 if gate else 3
         self.qkv = nn.Linear(dim, n_proj * dim, bias=qkv_bias, **self._factory)
-        self.dwc = (
-            DepthwiseConvBranch(num_heads, self.head_dim, dwc_kernel, dwc_shared) if dwc_kernel else None
-        )
+        self.dwc = DepthwiseConvBranch(num_heads, self.head_dim, dwc_kernel, dwc_shared) if dwc_kernel else None
         self.out_norm = nn.LayerNorm(dim, **self._factory) if out_norm else None
         self._init_linear(self.qkv, self.proj)
 
@@ -92,14 +90,30 @@ class LinearAttention(AttentionBase):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """x (B, N, C) → q, k, v (B, H, N, D) and the gate g (B, N, C) or None."""
-        B, N, C = x.shape
-        parts = self.qkv(x).view(B, N, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        g = parts[3].transpose(1, 2).reshape(B, N, C) if self.gate else None
+        return self._split_qkv(self.qkv(x))
+
+    def _split_qkv(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        B, N, _ = t.shape
+        parts = t.view(B, N, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        g = parts[3].transpose(1, 2).reshape(B, N, self.dim) if self.gate else None
         return parts[0], parts[1], parts[2], g
 
-    def mix(
-        self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool
-    ) -> Tensor:
+    def _folded_projection(self, x: Tensor):
+        """Fast path: q, k with the feature map's constant transform folded into the weights, or None.
+
+        A feature map may offer ``fold_projection(W, b)`` (MirrorLA: the cross-head reflection and a
+        sign flip, O(C²) per call) and ``prefolded_features(q, k, mask)``; then the per-token passes
+        of those transforms disappear. Subclasses that override :meth:`project` keep their own path.
+        """
+        fold = getattr(self.feature_map, "fold_projection", None)
+        if fold is None or type(self).project is not LinearAttention.project:
+            return None
+        folded = fold(self.qkv.weight, self.qkv.bias)
+        if folded is None:
+            return None
+        return self._split_qkv(F.linear(x, *folded))
+
+    def mix(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
         """The value path: (B, H, N, F), (B, H, N, F), (B, H, N, D) → (B, H, N, D)."""
         return linear_attention(
             phi_q,
@@ -142,10 +156,15 @@ class LinearAttention(AttentionBase):
         if is_causal:
             self._check_causal(key_padding_mask)
         N = x.shape[1]
-        q, k, v, g = self.project(x)
+        folded = self._folded_projection(x)
+        q, k, v, g = folded if folded is not None else self.project(x)
         if key_padding_mask is not None:
             v = v * key_padding_mask[:, None, :, None].to(v.dtype)
-        o = self.merge_heads(self.attend(q, k, v, key_padding_mask, is_causal))
+        if folded is not None:
+            phi_q, phi_k = self.feature_map.prefolded_features(q, k, key_padding_mask)
+            o = self.merge_heads(self.mix(phi_q, phi_k, v, key_padding_mask, is_causal))
+        else:
+            o = self.merge_heads(self.attend(q, k, v, key_padding_mask, is_causal))
         if self.dwc is not None:
             o = o + self.dwc(v, self.grid(N, hw), self.num_prefix_tokens)
         if self.out_norm is not None:
@@ -161,9 +180,7 @@ class LinearAttention(AttentionBase):
                 "leak future tokens under is_causal=True; disable it (e.g. variance_modulation=False)"
             )
         if self.dwc is not None:
-            raise ValueError(
-                "the depthwise-conv branch mixes future tokens; use dwc_kernel=0 with is_causal=True"
-            )
+            raise ValueError("the depthwise-conv branch mixes future tokens; use dwc_kernel=0 with is_causal=True")
         if key_padding_mask is not None:
             raise ValueError("key_padding_mask is not supported together with is_causal=True")
         if self.min_denominator is not None:

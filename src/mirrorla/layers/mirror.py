@@ -43,9 +43,7 @@ class MirrorLinearAttention(LinearAttention):
         **kwargs,
     ) -> None:
         if "feature_map" in kwargs:
-            raise TypeError(
-                "MirrorLinearAttention builds its own feature map; use LinearAttention for others"
-            )
+            raise TypeError("MirrorLinearAttention builds its own feature map; use LinearAttention for others")
 
         def feature_map(num_heads: int, head_dim: int) -> MirrorFeatureMap:
             return MirrorFeatureMap(

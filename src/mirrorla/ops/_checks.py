@@ -28,9 +28,7 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, same_length: bool = False) -> 
             "k (B, H, M, F), v (B, H, M, D)"
         )
     if same_length and q.shape[2] != k.shape[2]:
-        raise ValueError(
-            f"causal attention needs as many queries as keys, got N={q.shape[2]}, M={k.shape[2]}"
-        )
+        raise ValueError(f"causal attention needs as many queries as keys, got N={q.shape[2]}, M={k.shape[2]}")
 
 
 def check_key_padding_mask(mask: Tensor, B: int, M: int) -> None:

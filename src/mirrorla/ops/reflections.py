@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["cross_head_reflect", "block_reflect", "block_variance", "modulated_angle"]
+__all__ = ["cross_head_reflect", "block_reflect", "block_variance", "modulated_angle", "mirror_features"]
 
 
 def cross_head_reflect(x: Tensor, u: Tensor) -> Tensor:
@@ -87,3 +87,123 @@ def modulated_angle(theta: Tensor, alpha: Tensor, variance: Tensor, eps: float =
     """
     dt = variance.dtype
     return theta.to(dt) + alpha.to(dt) * torch.sigmoid(1.0 / (variance + eps))
+
+
+# -- fast path -------------------------------------------------------------------------------------
+# The functions above are the reference: one op per formula of METHODS.md §2.2–2.4, easy to check.
+# ``mirror_features`` computes the same φ = ReLU(H_blk(Θ)·H_c·x) with fewer passes over the
+# (B, H, N, D) tensors; tests/test_fast_path.py checks it against the reference (fp32, rel. < 1e-5).
+
+
+def mirror_features(
+    q: Tensor,
+    k: Tensor,
+    u: Tensor | None = None,
+    theta: Tensor | None = None,
+    alpha: Tensor | None = None,
+    *,
+    variance_eps: float = 1e-6,
+    detach_variance: bool = False,
+    key_padding_mask: Tensor | None = None,
+    odd_negated: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """φq, φk = ReLU(H_blk(Θ)·H_c·q), ReLU(H_blk(Θ)·H_c·k) in a few fused elementwise ops.
+
+    Args:
+        q: (B, H, N, D), k: (B, H, M, D), floating point (fp32 or fp64; half is upcast by the caller).
+        u: (C,) cross-head vector, or None to skip the cross-head reflection.
+        theta: (H, J) block angles, or None to skip the block reflection.
+        alpha: (H, J) modulation amplitudes, or None for Θ = θ (no variance modulation).
+        variance_eps, detach_variance, key_padding_mask: as in :class:`MirrorFeatureMap`.
+        odd_negated: q and k arrive as S·x, x the tensors entering the block reflection and S the
+            sign flip of every odd channel (2j+1); a layer folds S (and H_c) into its projection
+            weights, see :meth:`MirrorFeatureMap.fold_projection`. Needs ``u=None``. φ is unchanged.
+
+    How (same maths as the reference, fewer memory passes):
+        * cross-head: one matrix-vector product x·û over the (B, N, C) view of the heads and one
+          ``addcmul`` x − 2(x·û)û, instead of an einsum plus broadcast temporaries;
+        * σ²: two passes (channel sums, then Σ(x − μ_block)²) reduced over tokens, where the
+          reference builds (B, H, N, J, 2) temporaries; a key-padding mask uses the reference;
+        * block reflection: each channel pair is a complex number z = x₂ⱼ + i·x₂ⱼ₊₁, and
+          H(Θ)z = w·conj(z) = conj(w̄·z) with w = −e^{2iΘ}, so the reflection is one complex
+          multiply of a strided view (no stack/interleave copy). conj(z) is exactly the pair with
+          its odd channel negated: given S·x it is free, otherwise the sign flip is applied to the
+          product, together with the ReLU.
+
+    Returns:
+        (φq, φk) with q's and k's shapes, non-negative, in the input dtype.
+    """
+    if u is not None:
+        if odd_negated:
+            raise ValueError("odd_negated=True describes inputs after the cross-head reflection; pass u=None")
+        u_hat = (u.reshape(-1) / u.norm().clamp_min(1e-6)).to(q.dtype)
+        q, k = _cross_head_fast(q, u_hat), _cross_head_fast(k, u_hat)
+    if theta is None:
+        return torch.relu(q), torch.relu(k)
+    odd_sign = _odd_sign(q.shape[-1], q.dtype, q.device)  # (D,) = (1, −1, 1, −1, …)
+    if alpha is None:
+        angle = theta.unsqueeze(0)
+    else:
+        if key_padding_mask is not None:
+            qx, kx = (q * odd_sign, k * odd_sign) if odd_negated else (q, k)
+            stats = lambda: block_variance(qx, kx, key_padding_mask)  # noqa: E731
+        else:
+            stats = lambda: _block_variance_fast(q, k, odd_sign if odd_negated else None)  # noqa: E731
+        if detach_variance:
+            with torch.no_grad():
+                var = stats()
+        else:
+            var = stats()
+        angle = modulated_angle(theta, alpha, var, variance_eps)
+    two = (2.0 * angle).unsqueeze(2).to(q.dtype)  # (B|1, H, 1, J)
+    cos, sin = torch.cos(two), torch.sin(two)
+    if odd_negated:
+        w = torch.complex(-cos, -sin)  # H z = w·conj(z), and conj(z) is the input pair
+        return _reflect_relu(q, w, None), _reflect_relu(k, w, None)
+    w_bar = torch.complex(-cos, sin)  # H z = conj(w̄·z)
+    sign = odd_sign[:2]
+    return _reflect_relu(q, w_bar, sign), _reflect_relu(k, w_bar, sign)
+
+
+def _odd_sign(D: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.tensor([1.0, -1.0], dtype=dtype, device=device).repeat(D // 2)
+
+
+def _cross_head_fast(x: Tensor, u_hat: Tensor) -> Tensor:
+    """x − 2(x·û)û on (B, H, N, D) via the (B, N, C) view (a view for qkv-projection layouts)."""
+    B, H, N, D = x.shape
+    xc = x.transpose(1, 2).reshape(B, N, H * D)
+    proj = (xc @ u_hat).unsqueeze(-1)  # (B, N, 1)
+    return torch.addcmul(xc, proj, u_hat, value=-2.0).view(B, N, H, D).transpose(1, 2)
+
+
+def _block_variance_fast(q: Tensor, k: Tensor, odd_sign: Tensor | None = None) -> Tensor:
+    """σ² per (B, H, J) over the q and k entries of each block: two passes, reductions over tokens.
+
+    With ``odd_sign`` the inputs are S·x (odd channels negated); since (S·x − S·μ)² = (x − μ)², the
+    second pass subtracts S·μ and the statistics are those of x.
+    """
+    dt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k = q.to(dt), k.to(dt)
+    count = 2.0 * (q.shape[2] + k.shape[2])
+    sums = q.sum(2) + k.sum(2)  # (B, H, D)
+    if odd_sign is not None:
+        sums = sums * odd_sign.to(dt)
+    mu = sums.unflatten(-1, (-1, 2)).sum(-1) / count  # (B, H, J)
+    mu_d = mu.repeat_interleave(2, dim=-1)  # (B, H, D)
+    if odd_sign is not None:
+        mu_d = mu_d * odd_sign.to(dt)
+    mu_d = mu_d.unsqueeze(2)
+    sq = (q - mu_d).square().sum(2) + (k - mu_d).square().sum(2)  # (B, H, D)
+    return sq.unflatten(-1, (-1, 2)).sum(-1) / count
+
+
+def _reflect_relu(x: Tensor, w: Tensor, sign: Tensor | None) -> Tensor:
+    """ReLU of the channel pairs of x, as complex numbers, times w (then times ``sign`` per pair slot)."""
+    pairs = x.unflatten(-1, (-1, 2))
+    if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
+        pairs = pairs.contiguous()  # view_as_complex needs (re, im) adjacent and even strides/offset
+    y = torch.view_as_real(w * torch.view_as_complex(pairs))
+    if sign is not None:
+        y = y * sign
+    return torch.relu(y).flatten(-2)

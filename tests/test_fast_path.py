@@ -1,0 +1,160 @@
+"""The fast default path equals the reference path (fp32, relative RMS error < 1e-5).
+
+Fast paths: :func:`mirrorla.ops.reflections.mirror_features` (used by MirrorFeatureMap when
+``fast_path`` is on) against the reference composition ``reflect`` + ReLU. The test runs over every
+registered attention, so a new method that adds a switchable fast path is covered when it lands;
+layers without one compare a path with itself, which still checks that toggling is harmless.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from helpers import rel_err
+
+from mirrorla import create_attention, list_attentions
+from mirrorla.feature_maps import MirrorFeatureMap
+from mirrorla.layers.linear import LinearAttention
+from mirrorla.ops.naive import naive_linear_attention
+from mirrorla.ops.reflections import mirror_features
+
+TOL = 1e-5
+
+
+def _set_fast(module: torch.nn.Module, fast: bool) -> int:
+    n = 0
+    for m in module.modules():
+        if hasattr(m, "fast_path"):
+            m.fast_path, n = fast, n + 1
+    return n
+
+
+def _run(layer, x, hw, mask):
+    x = x.clone().requires_grad_(True)
+    y = layer(x, hw=hw, key_padding_mask=mask)
+    g = torch.randn_like(y, generator=torch.Generator().manual_seed(1))
+    y.backward(g)
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    layer.zero_grad(set_to_none=True)
+    return y.detach(), x.grad, grads
+
+
+@pytest.mark.parametrize("name", list_attentions())
+def test_layer_fast_equals_reference(name):
+    torch.manual_seed(0)
+    layer = create_attention(name, 64, num_heads=4)
+    hw, B = (7, 7), 2
+    x = torch.randn(B, 49, 64) * 2
+    mask = None
+    if getattr(layer, "is_linear", False) and name not in ("window_softmax",):
+        mask = torch.ones(B, 49, dtype=torch.bool)
+        mask[1, 40:] = False
+    for m in (None, mask) if mask is not None else (None,):
+        try:
+            _set_fast(layer, True)
+            fast = _run(layer, x, hw, m)
+        except (ValueError, NotImplementedError):
+            continue  # this layer does not take a key-padding mask at all
+        _set_fast(layer, False)
+        ref = _run(layer, x, hw, m)
+        assert rel_err(fast[0], ref[0]) < TOL
+        assert rel_err(fast[1], ref[1]) < TOL
+        assert fast[2].keys() == ref[2].keys()
+        for n in ref[2]:
+            assert rel_err(fast[2][n], ref[2][n]) < TOL, n
+
+
+SWITCHES = [
+    dict(block_reflection=b, variance_modulation=v, cross_head=c)
+    for b, v, c in itertools.product((True, False), repeat=3)
+    if b or not v
+]
+
+
+@pytest.mark.parametrize("switches", SWITCHES, ids=lambda s: "".join("1" if v else "0" for v in s.values()))
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("layout", ["qkv_view", "contiguous"])
+def test_mirror_features_equal_reference(switches, masked, layout):
+    torch.manual_seed(0)
+    B, H, N, D = 2, 3, 37, 8
+    fm = MirrorFeatureMap(H, D, **switches)
+    with torch.no_grad():
+        for p in fm.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    base = (torch.randn(B, N, 3 * H * D) * 1.5 + 0.2).requires_grad_(True)
+    if layout == "qkv_view":
+        q, k, _ = base.view(B, N, 3, H, D).permute(2, 0, 3, 1, 4)
+    else:
+        q, k = base[..., : H * D].reshape(B, N, H, D).transpose(1, 2).contiguous(), base[..., H * D : 2 * H * D]
+        k = k.reshape(B, N, H, D).transpose(1, 2).contiguous()
+    mask = None
+    if masked:
+        mask = torch.ones(B, N, dtype=torch.bool)
+        mask[0, 30:] = False
+    outs = {}
+    for fast in (True, False):
+        fm.fast_path = fast
+        pq, pk = fm(q, k, mask)
+        assert (pq >= 0).all() and (pk >= 0).all()
+        grads = torch.autograd.grad((pq * 1.3 + pk.square()).sum(), [base, *fm.parameters()])
+        outs[fast] = (pq.detach(), pk.detach(), grads)
+    for a, b in zip(outs[True][:2], outs[False][:2], strict=True):
+        assert rel_err(a, b) < TOL
+    for a, b in zip(outs[True][2], outs[False][2], strict=True):
+        assert rel_err(a, b) < TOL
+
+
+def test_mirror_features_odd_offset_input_and_detach():
+    # A view at an odd storage offset cannot be viewed as complex pairs: the op copies it first.
+    torch.manual_seed(0)
+    fm = MirrorFeatureMap(2, 4, detach_variance=True)
+    raw = torch.randn(1 * 2 * 9 * 4 + 1)
+    q = raw[1:].view(1, 2, 9, 4)
+    k = torch.randn(1, 2, 9, 4)
+    fm.fast_path = True
+    fast = fm(q, k)
+    fm.fast_path = False
+    ref = fm(q, k)
+    assert rel_err(fast[0], ref[0]) < TOL and rel_err(fast[1], ref[1]) < TOL
+
+
+def test_mirror_features_gradcheck_float64():
+    torch.manual_seed(0)
+    q = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    theta = torch.rand(2, 2, dtype=torch.float64, requires_grad=True)
+    alpha = torch.full((2, 2), 0.3, dtype=torch.float64, requires_grad=True)
+    fn = lambda *a: mirror_features(*a)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, u, theta, alpha))
+
+
+@pytest.mark.parametrize("name", [n for n in list_attentions() if n != "softmax"])
+def test_linear_core_equals_quadratic_oracle(name):
+    """Each LinearAttention with the shared value path: attend() = the (N, M) oracle of METHODS.md §1.1."""
+    torch.manual_seed(0)
+    layer = create_attention(name, 64, num_heads=4)
+    if not isinstance(layer, LinearAttention) or type(layer).mix is not LinearAttention.mix:
+        pytest.skip("not the shared linear-attention value path")
+    if layer.min_denominator is not None or layer.normalizer != "mean":
+        pytest.skip("oracle below covers the default mean normaliser")
+    base = torch.randn(2, 49, 3 * 64)
+    q, k, v = base.view(2, 49, 3, 4, 16).permute(2, 0, 3, 1, 4)
+    out = layer.attend(q, k, v)
+    phi_q, phi_k = layer.feature_map(q, k)
+    ref = naive_linear_attention(phi_q, phi_k, v, eps=layer.eps)
+    assert rel_err(out, ref) < TOL
+
+
+@pytest.mark.slow
+def test_compiled_reference_equals_fast_path():
+    torch.manual_seed(0)
+    fm = MirrorFeatureMap(2, 8)
+    q, k = torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    fm.compile = True
+    compiled = fm(q, k)
+    fm.compile = False
+    fast = fm(q, k)
+    assert rel_err(compiled[0], fast[0]) < TOL and rel_err(compiled[1], fast[1]) < TOL
