@@ -18,6 +18,12 @@ _SCRIPT = r"""
 import json, torch
 from mirrorla.bench.memory import exact_cpu_accounting, measure_peak_memory
 torch.set_num_threads(1)
+# A fragmented heap, as a benchmark's timing phase leaves it before exact accounting is switched
+# on: freeing a 16 MiB mmapped block raises glibc's dynamic mmap threshold, so the next 4 MiB
+# blocks come from the heap; freeing all but the last leaves ~76 MiB of free chunks below it.
+big = torch.ones(16 * 2**20 // 4); del big
+blocks = [torch.ones(2**20) for _ in range(20)]
+keep = blocks[-1]; del blocks
 assert exact_cpu_accounting()
 MIB = 2**20
 def single():

@@ -41,6 +41,19 @@ CUDA_METHOD = "torch.cuda.max_memory_allocated after reset_peak_memory_stats, mi
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc malloc.h
 
 
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> None:
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def exact_cpu_accounting() -> bool:
     """Make freed CPU buffers leave the RSS at once (glibc ``mallopt``); irreversible for the process.
 
@@ -105,6 +118,7 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device | str) ->
         return int(torch.cuda.max_memory_allocated(device) - before)
     if not cpu_peak_supported():
         return None
+    _malloc_trim()  # free heap chunks leave the RSS, so reusing them is counted
     _reset_hwm()
     before = _status_kib("VmRSS")
     fn()
