@@ -7,7 +7,10 @@ decoding (KV tensors, or the STILL state: selected tokens + ≤ 2 chunks + linea
 resident-memory increase of the process over its level after loading the model.
 
     python scripts/still/bench_decode.py --softmax runs/still/base --still runs/still/still \
-        --lengths 1024,2048,4096,8192,16384 --decode 32 --threads 1 --json runs/still/bench.json
+        --lengths 1024,2048,4096,8192,16384 --decode 32 --threads 1 --json runs/still/bench.json \
+        --png runs/still/decode_cost.png
+
+``--from-json FILE`` prints the table and draws the figure of an earlier run without measuring again.
 
 Works on any Llama-family checkpoint folder and the STILL checkpoint made from it by ``mirrorla linearize``.
 """
@@ -88,13 +91,21 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=32, help="tokens decoded after the prefill")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", default=None)
+    ap.add_argument("--json", default=None, help="write every number here")
+    ap.add_argument("--png", default=None, help="draw prefill, decode and cache curves here (needs matplotlib)")
+    ap.add_argument("--from-json", default=None, help="report an earlier --json file instead of measuring")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "LENGTH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.one:
         result = measure(args.one[0], int(args.one[1]), args.decode, args.threads, args.seed)
         print("RESULT " + json.dumps(result), flush=True)
+        return
+
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        report(saved["rows"], saved["machine"], saved["threads"], args.png)
         return
 
     rows = []
@@ -110,7 +121,14 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    print(f"\nmachine: {platform.platform()}, {platform.processor() or platform.machine()}, threads={args.threads}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": platform.platform(), "threads": args.threads, "rows": rows}, f, indent=1)
+    report(rows, platform.platform(), args.threads, args.png)
+
+
+def report(rows: list[dict], machine: str, threads: int, png: str | None) -> None:
+    print(f"\nmachine: {machine}, threads={threads}")
     print("| tokens | model | prefill s | decode ms/token | cache MiB | peak RSS increase MiB |")
     print("|---:|---|---:|---:|---:|---:|")
     for row in rows:
@@ -119,9 +137,36 @@ def main() -> None:
             f"| {row['length']} | {name} | {row['prefill_s']:.2f} | {row['decode_ms_per_token']:.2f} | "
             f"{row['cache_mib']:.2f} | {row['peak_rss_increase_mib']:.0f} |"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": platform.platform(), "threads": args.threads, "rows": rows}, f, indent=1)
+    if png:
+        plot(rows, png, f"{machine}, {threads} thread(s)")
+
+
+def plot(rows: list[dict], path: str, subtitle: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("prefill_s", "prefill (s)"),
+        ("decode_ms_per_token", "decode (ms / token)"),
+        ("cache_mib", "cache after decoding (MiB)"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for still, name, marker in ((False, "softmax + KV cache", "o"), (True, "STILL", "s")):
+            pts = sorted((r["length"], r[key]) for r in rows if r["still"] == still)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("prompt tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"Prefill and decode cost vs prompt length ({subtitle})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

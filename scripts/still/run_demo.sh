@@ -49,4 +49,4 @@ $MIRRORLA lm-eval --model "$OUT/still" "${ev[@]}" --still topk=0 --json "$OUT/ev
 $MIRRORLA lm-eval --model "$BASE" "${ev[@]}" --still topk=0,use_linear=false --json "$OUT/eval/window.json"
 
 $PY scripts/still/bench_decode.py --softmax "$BASE" --still "$OUT/still" --lengths 1024,2048,4096,8192,16384 \
-  --decode 32 --threads "$THREADS" --json "$OUT/bench.json"
+  --decode 32 --threads "$THREADS" --json "$OUT/bench.json" --png "$OUT/decode_cost.png"
