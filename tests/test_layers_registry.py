@@ -92,3 +92,16 @@ def test_wrong_input_shapes_raise(name):
         layer(torch.randn(49, DIM))
     with pytest.raises(ValueError, match=r"\(B, N, 64\)"):
         layer(torch.randn(1, 49, DIM + 1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_device_and_dtype_reach_every_parameter_and_buffer(name):
+    # timm's Block passes device/dtype; feature maps and conv branches must follow them too.
+    layer = build(name, dtype=torch.float64)
+    tensors = list(layer.named_parameters()) + list(layer.named_buffers())
+    wrong = [n for n, t in tensors if t.is_floating_point() and t.dtype != torch.float64]
+    assert not wrong, f"not float64: {wrong}"
+    y = layer(torch.randn(1, GRID[0] * GRID[1], DIM, dtype=torch.float64), hw=GRID)
+    assert y.dtype == torch.float64
+    meta = build(name, device="meta")
+    assert all(t.device.type == "meta" for _, t in list(meta.named_parameters()) + list(meta.named_buffers()))

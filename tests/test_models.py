@@ -243,3 +243,15 @@ def test_no_weight_decay_includes_attention_exclusions():
     assert set(dict(deit.named_parameters())) >= {n for n in nwd if n.startswith("blocks.")}
     pvt = timm.create_model("pvt_tiny_mirror", **TINY["pvt"])
     assert "stages.3.blocks.0.attn.feature_map.theta" in pvt.no_weight_decay()
+
+
+def test_spatial_reduction_attention_follows_dtype():
+    sra = SpatialReductionAttention(32, 4, sr_ratio=2, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in sra.parameters())
+    assert sra(torch.randn(1, 36, 32, dtype=torch.float64), hw=(6, 6)).dtype == torch.float64
+
+
+def test_timm_dtype_reaches_mirrorla_layers():
+    model = timm.create_model("deit_tiny_mirror", num_classes=3, img_size=32, patch_size=8, dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64

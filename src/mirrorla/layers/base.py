@@ -14,6 +14,8 @@ backbone that cannot pass ``hw`` through timm's ``Block``), else infer a square 
 
 from __future__ import annotations
 
+import functools
+
 from torch import Tensor, nn
 
 from mirrorla.layers.parts import resolve_grid
@@ -78,6 +80,22 @@ class AttentionBase(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias, **self._factory)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        # ``device``/``dtype`` (timm's Block passes them) must reach every parameter and buffer, including
+        # those of feature maps and convolution branches built without them: each subclass ``__init__``
+        # ends by moving the layer there. Moving consumes no random numbers, so seeded inits are unchanged.
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            original = cls.__init__
+
+            @functools.wraps(original)
+            def __init__(self, *args, **kw) -> None:
+                original(self, *args, **kw)
+                if any(v is not None for v in self._factory.values()):
+                    self.to(**{k: v for k, v in self._factory.items() if v is not None})
+
+            cls.__init__ = __init__
+
     # -- helpers for subclasses -------------------------------------------------------------
     def check_input(self, x: Tensor, key_padding_mask: Tensor | None) -> None:
         if not isinstance(x, Tensor):
@@ -104,6 +122,13 @@ class AttentionBase(nn.Module):
 
     def grid(self, num_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
         return resolve_grid(num_tokens, self.num_prefix_tokens, hw if hw is not None else self.grid_size)
+
+    def _input_linear(self, n: int, in_features: int | None = None) -> nn.Linear:
+        """The fused input projection ``Linear(in_features or C, n·C)`` with the layer's qkv_bias, device
+        and dtype (n = 3 for qkv, 4 with a gate, 1 for q, 2 for kv). Not initialised here: subclasses
+        call :meth:`_init_linear` once all their modules exist, so the seeded initialisation order stays
+        the same for every layer."""
+        return nn.Linear(in_features or self.dim, n * self.dim, bias=self._qkv_bias, **self._factory)
 
     def _init_linear(self, *linears: nn.Linear) -> None:
         # METHODS.md §0.3: Linear trunc_normal(std 0.02), bias 0.

@@ -152,7 +152,7 @@ class LocalWindowAttention(AttentionBase):
             )
         self.window_size = window_size
         self.l2vit_compat = bool(l2vit_compat)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **self._factory)
+        self.qkv = self._input_linear(3)
         self.fused = _softmax_layer._FUSED_DEFAULT
         self._init_linear(self.qkv, self.proj)
 

@@ -79,7 +79,7 @@ class LinearAttention(AttentionBase):
         self.core_dtype, self.chunk_size = core_dtype, chunk_size
         self.gate = gate
         n_proj = 4 if gate else 3
-        self.qkv = nn.Linear(dim, n_proj * dim, bias=qkv_bias, **self._factory)
+        self.qkv = self._input_linear(n_proj)
         self.dwc = DepthwiseConvBranch(num_heads, self.head_dim, dwc_kernel, dwc_shared) if dwc_kernel else None
         self.out_norm = nn.LayerNorm(dim, **self._factory) if out_norm else None
         self._init_linear(self.qkv, self.proj)

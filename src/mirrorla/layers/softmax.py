@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from mirrorla.layers.base import AttentionBase
 from mirrorla.ops.softmax import softmax_attention
@@ -47,7 +47,7 @@ class SoftmaxAttention(AttentionBase):
         **kwargs,
     ) -> None:
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **self._factory)
+        self.qkv = self._input_linear(3)
         self.fused = _FUSED_DEFAULT
         self._init_linear(self.qkv, self.proj)
 

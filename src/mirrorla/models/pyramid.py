@@ -94,11 +94,11 @@ class SpatialReductionAttention(AttentionBase):
         if not isinstance(sr_ratio, int) or sr_ratio < 1:
             raise ValueError(f"sr_ratio must be an int >= 1, got {sr_ratio!r}")
         self.sr_ratio = sr_ratio
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.q = self._input_linear(1)
+        self.kv = self._input_linear(2)
         if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
-            self.norm = nn.LayerNorm(dim)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, **self._factory)
+            self.norm = nn.LayerNorm(dim, **self._factory)
         self.fused = True
         self._init_linear(self.q, self.kv, self.proj)
 
