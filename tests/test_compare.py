@@ -11,6 +11,7 @@ from mirrorla.cli import main
 from mirrorla.compare import BASE, CompareConfig, format_table, run_compare
 from mirrorla.data import DatasetNotFoundError, InMemoryImages, find_fashion_mnist
 from mirrorla.data.datasets import DatasetInfo
+from mirrorla.engine.model import measure_throughput_rounds
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2, patch_size=7, epochs=1, batch_size=16)
 
@@ -40,6 +41,7 @@ def test_compare_writes_table_json_and_figures(tmp_path, capsys):
         throughput_batch=8,
         throughput_warmup=1,
         throughput_iters=1,
+        throughput_rounds=2,
     )
     results = run_compare(cc, _synthetic())
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -50,17 +52,48 @@ def test_compare_writes_table_json_and_figures(tmp_path, capsys):
         assert m["top1_mean"] == pytest.approx(sum(finals) / 2)
         assert m["top1_std"] == pytest.approx(abs(finals[0] - finals[1]) / 2**0.5)
         assert m["params"] > 0 and m["macs"] > 0 and m["eval_img_s"] > 0 and m["train_img_s"] > 0
+        assert len(m["eval_img_s_rounds"]) == 2 and m["eval_img_s"] == pytest.approx(
+            sum(m["eval_img_s_rounds"]) / 2
+        )  # median of two rounds
         assert len(m["runs"]["0"]["curve_top1"]) == 1
     assert saved["methods"]["mirror"]["params"] > saved["methods"]["softmax"]["params"]  # θ, α, û per layer
     table = (tmp_path / "results.md").read_text()
     assert format_table(results) in table and "| softmax |" in table and "| mirror |" in table
     assert "±" in table and "MACs" in table and "FlopCounterMode" in table
+    assert f"training threads per run: {torch.get_num_threads()}." in table
+    assert saved["methods"]["mirror"]["runs"]["0"]["threads"] == torch.get_num_threads()
     for png in ("accuracy_curves.png", "accuracy_vs_throughput.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| mirror |" in capsys.readouterr().out
     # --resume reuses the finished runs (no training: the stored numbers come back unchanged).
     again = run_compare(CompareConfig(**{**cc.__dict__, "resume": True}), _synthetic())
     assert again["methods"]["mirror"]["runs"]["1"]["wall_s"] == results["methods"]["mirror"]["runs"]["1"]["wall_s"]
+
+
+def test_throughput_rounds_let_the_models_take_turns():
+    calls = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name, self.w = name, torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x * self.w
+
+    rounds = measure_throughput_rounds({"a": Probe("a"), "b": Probe("b")}, 1, 4, 2, warmup=2, iters=3, rounds=3)
+    assert [len(v) for v in rounds.values()] == [3, 3] and all(v > 0 for vs in rounds.values() for v in vs)
+    # round 1: 2 warm-up + 3 timed per model; later rounds: 1 + 3; a and b alternate by round
+    assert calls == ["a"] * 5 + ["b"] * 5 + (["a"] * 4 + ["b"] * 4) * 2
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        measure_throughput_rounds({"a": Probe("a")}, 1, 4, rounds=0)
+
+
+def test_partial_table_marks_unmeasured_throughput():
+    results = {"seeds": [0], "methods": {"mirror": dict(top1_mean=80.0, top1_std=None, params=1000, macs=2e6,
+               train_img_s=10.0, eval_img_s=None)}}  # fmt: skip
+    assert "| mirror | 80.00 | 1.00K | 2.00M | 10 | – |" in format_table(results)
 
 
 def test_compare_rejects_unknown_attention(tmp_path):

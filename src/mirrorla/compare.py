@@ -2,8 +2,8 @@
 
 For each attention the job builds the project's small ViT (timm ``VisionTransformer`` with the
 attention from the registry, :func:`mirrorla.engine.model.create_classifier`), counts parameters and
-MACs, measures inference throughput, trains it once per seed with :func:`mirrorla.engine.train` and
-evaluates it. It writes to the output directory:
+MACs, trains it once per seed with :func:`mirrorla.engine.train` and evaluates it. Inference
+throughput is measured at the end, for all attentions together in interleaved rounds. It writes to the output directory:
 
 - ``results.md``   the Markdown table (also printed): top-1 mean ± std over seeds, params, MACs,
                    training and evaluation images/s,
@@ -26,7 +26,13 @@ import torch
 
 from mirrorla.engine.checkpoint import atomic_write_bytes
 from mirrorla.engine.config import TrainConfig
-from mirrorla.engine.model import check_attentions, count_macs, count_params, create_classifier, measure_throughput
+from mirrorla.engine.model import (
+    check_attentions,
+    count_macs,
+    count_params,
+    create_classifier,
+    measure_throughput_rounds,
+)
 from mirrorla.engine.trainer import environment_summary, train
 
 __all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table"]
@@ -61,6 +67,7 @@ class CompareConfig:
     throughput_batch: int = 128
     throughput_warmup: int = 5
     throughput_iters: int = 10
+    throughput_rounds: int = 5
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -70,7 +77,7 @@ class CompareConfig:
             raise ValueError(f"attentions contains duplicates: {self.attentions}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        for name in ("throughput_batch", "throughput_warmup", "throughput_iters"):
+        for name in ("throughput_batch", "throughput_warmup", "throughput_iters", "throughput_rounds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -117,27 +124,25 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
         "dataset": info.__dict__,
         "environment": environment_summary(),
         "throughput_protocol": (
-            f"eval mode, batch {cc.throughput_batch}, {cc.throughput_warmup} warm-up + {cc.throughput_iters} "
-            f"timed forwards, {torch.get_num_threads()} threads"
+            f"eval mode, batch {cc.throughput_batch}, {cc.throughput_warmup} warm-up forwards, then "
+            f"{cc.throughput_rounds} rounds of {cc.throughput_iters} timed forwards with the attentions taking "
+            f"turns, median over rounds, {torch.get_num_threads()} threads"
         ),
         "methods": {},
     }
+    probes: dict[str, torch.nn.Module] = {}  # seed-0 initialisations, timed after training
     for name in cc.attentions:
         cfg = base.replace(attention=name)
         torch.manual_seed(0)
-        probe = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
+        probe = probes[name] = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
         macs, counter = count_macs(probe, info.in_chans, info.image_size)
-        eval_img_s = measure_throughput(
-            probe, info.in_chans, info.image_size, cc.throughput_batch, cc.throughput_warmup, cc.throughput_iters
-        )
         method: dict[str, Any] = {
             "params": count_params(probe),
             "macs": macs,
             "mac_counter": counter,
-            "eval_img_s": eval_img_s,
+            "eval_img_s": None,  # measured below, all attentions together
             "runs": {},
         }
-        del probe
         for seed in cc.seeds:
             run_cfg = cfg.replace(seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"))
             method["runs"][str(seed)] = _run_one(run_cfg, datasets, cc.resume)
@@ -148,6 +153,15 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
         method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
         results["methods"][name] = method
         _write_outputs(out, results)  # partial results survive an interruption
+    # Inference throughput last, the attentions taking turns, so that load changes on a shared machine
+    # (and the training just finished) do not favour whichever attention was timed in a quiet moment.
+    rounds = measure_throughput_rounds(
+        probes, info.in_chans, info.image_size, cc.throughput_batch, cc.throughput_warmup, cc.throughput_iters,
+        cc.throughput_rounds,
+    )  # fmt: skip
+    for name, values in rounds.items():
+        results["methods"][name]["eval_img_s"] = statistics.median(values)
+        results["methods"][name]["eval_img_s_rounds"] = values
     results["wall_s"] = time.perf_counter() - t_start
     _write_outputs(out, results, figures=True)
     return results
@@ -158,6 +172,9 @@ def _run_one(cfg: TrainConfig, datasets, resume: bool) -> dict[str, Any]:
     if resume and path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("result_key") == json.loads(json.dumps(cfg.result_key())) and saved.get("epochs") == cfg.epochs:
+            if "threads" not in saved:  # results written before threads were recorded: the run's own config
+                config = Path(cfg.out_dir) / "config.json"
+                saved["threads"] = json.loads(config.read_text()).get("threads") if config.is_file() else None
             return saved
     t0 = time.perf_counter()
     out = train(cfg, datasets)
@@ -173,6 +190,7 @@ def _run_one(cfg: TrainConfig, datasets, resume: bool) -> dict[str, Any]:
         "curve_top1": [h["eval_top1"] for h in history],
         "curve_train_loss": [h["train_loss"] for h in history],
         "wall_s": time.perf_counter() - t0,
+        "threads": torch.get_num_threads(),
     }
     atomic_write_bytes(path, json.dumps(result, indent=2).encode())
     return result
@@ -197,9 +215,14 @@ def format_table(results: dict[str, Any]) -> str:
         acc = f"{m['top1_mean']:.2f} ± {m['top1_std']:.2f}" if m["top1_std"] is not None else f"{m['top1_mean']:.2f}"
         lines.append(
             f"| {name} | {acc} | {_human(m['params'])} | {_human(m['macs'])} | {m['train_img_s']:.0f} | "
-            f"{m['eval_img_s']:.0f} |"
+            f"{'–' if m['eval_img_s'] is None else format(m['eval_img_s'], '.0f')} |"
         )
     return "\n".join(lines)
+
+
+def _train_threads(results: dict[str, Any]) -> str:
+    threads = {r.get("threads") for m in results["methods"].values() for r in m["runs"].values()}
+    return ", ".join(sorted("unknown" if t is None else str(t) for t in threads)) or "–"
 
 
 def _write_outputs(out: Path, results: dict[str, Any], figures: bool = False) -> None:
@@ -208,8 +231,9 @@ def _write_outputs(out: Path, results: dict[str, Any], figures: bool = False) ->
         f"Dataset {info['name']} ({info['train_size']} train / {info['eval_size']} eval images, "
         f"{info['image_size']}×{info['image_size']}); ViT embed {cfg['embed_dim']}, depth {cfg['depth']}, "
         f"heads {cfg['num_heads']}, patch {cfg['patch_size']}; {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
-        f"AdamW lr {cfg['lr']}, seeds {results['seeds']}. Machine: {env['cpu_count']} CPUs, {env['threads']} threads, "
-        f"torch {env['torch']}. Top-1 = final-epoch accuracy on the evaluation split. MACs per image: "
+        f"AdamW lr {cfg['lr']}, seeds {results['seeds']}. Machine: {env['cpu_count']} CPUs, torch {env['torch']}; "
+        f"training threads per run: {_train_threads(results)}. Top-1 = final-epoch accuracy on the evaluation "
+        f"split. Train img/s: median over epochs, then over seeds. MACs per image: "
         f"{next(iter(results['methods'].values()))['mac_counter'] if results['methods'] else ''}. "
         f"Eval img/s: {results['throughput_protocol']}."
     )
@@ -226,6 +250,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, m in results["methods"].items():
@@ -233,6 +258,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
         mean = [statistics.fmean(c[i] for c in curves) for i in range(len(curves[0]))]
         ax.plot(range(1, len(mean) + 1), mean, marker="o", label=name)
     ax.set(xlabel="epoch", ylabel="eval top-1 % (mean over seeds)", title="Accuracy per epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -292,7 +292,13 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--throughput-iters", type=int, default=10, help="timed forwards for eval img/s")
+    p.add_argument("--throughput-iters", type=int, default=10, help="timed forwards per round for eval img/s")
+    p.add_argument(
+        "--throughput-rounds",
+        type=int,
+        default=5,
+        help="eval img/s is the median over this many rounds, the attentions taking turns (after training)",
+    )
     p.add_argument("--progress", action="store_true", help="show per-epoch progress bars")
 
 
@@ -328,6 +334,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
         out_dir=args.out,
         resume=args.resume,
         throughput_iters=args.throughput_iters,
+        throughput_rounds=args.throughput_rounds,
         preset=args.preset,
     )
     results = run_compare(cc)

@@ -2,7 +2,13 @@
 
 from mirrorla.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from mirrorla.engine.config import TrainConfig
-from mirrorla.engine.model import count_macs, count_params, create_classifier, measure_throughput
+from mirrorla.engine.model import (
+    count_macs,
+    count_params,
+    create_classifier,
+    measure_throughput,
+    measure_throughput_rounds,
+)
 from mirrorla.engine.trainer import TrainingDivergedError, evaluate, train, warmup_cosine
 
 __all__ = [
@@ -15,6 +21,7 @@ __all__ = [
     "evaluate",
     "load_checkpoint",
     "measure_throughput",
+    "measure_throughput_rounds",
     "save_checkpoint",
     "train",
     "warmup_cosine",

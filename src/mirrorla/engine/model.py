@@ -17,7 +17,14 @@ from torch import nn
 from mirrorla.engine.config import TrainConfig
 from mirrorla.registry import attention_layer, list_attentions
 
-__all__ = ["create_classifier", "check_attentions", "count_params", "count_macs", "measure_throughput"]
+__all__ = [
+    "create_classifier",
+    "check_attentions",
+    "count_params",
+    "count_macs",
+    "measure_throughput",
+    "measure_throughput_rounds",
+]
 
 
 def check_attentions(names: list[str]) -> None:
@@ -130,3 +137,29 @@ def measure_throughput(
     elapsed = time.perf_counter() - t0
     model.train(was_training)
     return batch_size * iters / elapsed
+
+
+def measure_throughput_rounds(
+    models: dict[str, nn.Module],
+    in_chans: int,
+    image_size: int,
+    batch_size: int = 128,
+    warmup: int = 5,
+    iters: int = 10,
+    rounds: int = 5,
+) -> dict[str, list[float]]:
+    """Inference images/s of several models, ``rounds`` times each, the models taking turns.
+
+    Each round times every model once with :func:`measure_throughput` (``warmup`` forwards before the
+    first round, one before later rounds). Taking turns means a change of load on a shared machine hits
+    all models alike instead of whichever model happened to be measured at that moment; report the
+    median over rounds. Returns {name: [img/s of round 1, …]}.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    out: dict[str, list[float]] = {name: [] for name in models}
+    for r in range(rounds):
+        for name, model in models.items():
+            n_warm = warmup if r == 0 else 1
+            out[name].append(measure_throughput(model, in_chans, image_size, batch_size, n_warm, iters))
+    return out
