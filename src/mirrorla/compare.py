@@ -43,8 +43,9 @@ DEFAULT_ATTENTIONS = (
     "mirror", "mirror_block", "mirror_block_var", "mirror_cross",
 )  # fmt: skip
 
-#: Budgets. ``quick`` ≈ 5 minutes and ``default`` ≈ 2 hours for the ten default attentions on 2 CPU
-#: cores (docs/training.md has the measured times); model: ViT, patch 4 on 28×28 → 49 tokens + cls.
+#: Budgets. ``quick`` ≈ 5 minutes on 2 CPU cores; ``default`` took 187 minutes of 1-thread run time for
+#: the ten default attentions on a 2-core VM (docs/training.md: timings and how to split it into shards).
+#: Model: ViT, patch 4 on 28×28 → 49 tokens + cls.
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(seeds=(0,), epochs=3, train_subset=5000, eval_subset=2000),
     "default": dict(seeds=(0, 1, 2), epochs=3, train_subset=None, eval_subset=None),
