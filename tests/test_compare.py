@@ -70,6 +70,21 @@ def test_compare_writes_table_json_and_figures(tmp_path, capsys):
     assert again["methods"]["mirror"]["runs"]["1"]["wall_s"] == results["methods"]["mirror"]["runs"]["1"]["wall_s"]
 
 
+def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
+    common = dict(attentions=("softmax", "mirror"), seeds=(0, 1), throughput_batch=8, throughput_warmup=1,
+                  throughput_iters=1, throughput_rounds=1)  # fmt: skip
+    base = BASE.replace(**TINY, threads=1)
+    serial = run_compare(CompareConfig(base=base, out_dir=str(tmp_path / "serial"), **common), _synthetic())
+    parallel = run_compare(CompareConfig(base=base, out_dir=str(tmp_path / "par"), jobs=2, **common), _synthetic())
+    for name in ("softmax", "mirror"):
+        for seed in ("0", "1"):
+            a, b = serial["methods"][name]["runs"][seed], parallel["methods"][name]["runs"][seed]
+            assert a["curve_top1"] == b["curve_top1"] and a["curve_train_loss"] == pytest.approx(b["curve_train_loss"])
+            assert (tmp_path / "par" / "runs" / name / f"seed{seed}" / "result.json").is_file()
+    with pytest.raises(ValueError, match="jobs must be a positive int"):
+        CompareConfig(jobs=0)
+
+
 def test_throughput_rounds_let_the_models_take_turns():
     calls = []
 

@@ -16,6 +16,7 @@ throughput is measured at the end, for all attentions together in interleaved ro
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,9 @@ class CompareConfig:
     throughput_iters: int = 10
     throughput_rounds: int = 5
     preset: str = "custom"
+    #: Training runs at once, each a process with ``base.threads`` (default: cores // jobs) threads.
+    #: ``None`` = one per CPU core on a CPU, 1 on CUDA.
+    jobs: int | None = 1
 
     def __post_init__(self) -> None:
         if not self.attentions:
@@ -78,6 +82,8 @@ class CompareConfig:
             raise ValueError(f"attentions contains duplicates: {self.attentions}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ValueError(f"jobs must be a positive int or None (one per CPU core), got {self.jobs!r}")
         for name in ("throughput_batch", "throughput_warmup", "throughput_iters", "throughput_rounds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -117,6 +123,9 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
             download=base.download,
         )
     info = datasets[2]
+    jobs = _resolve_jobs(cc)
+    if jobs > 1:  # train every run in worker processes first; the loop below then reuses their results
+        _train_in_parallel(cc, base, datasets, out, jobs)
     results: dict[str, Any] = {
         "preset": cc.preset,
         "attentions": list(cc.attentions),
@@ -146,7 +155,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
         }
         for seed in cc.seeds:
             run_cfg = cfg.replace(seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"))
-            method["runs"][str(seed)] = _run_one(run_cfg, datasets, cc.resume)
+            method["runs"][str(seed)] = _run_one(run_cfg, datasets, cc.resume or jobs > 1)
             r = method["runs"][str(seed)]
             print(f"[compare] {name} seed {seed}: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)", flush=True)
         runs = list(method["runs"].values())
@@ -168,15 +177,81 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     return results
 
 
+def _resolve_jobs(cc: CompareConfig) -> int:
+    if cc.jobs is not None:
+        return cc.jobs
+    device = cc.base.device
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return 1
+    return max(1, (os.cpu_count() or 1) // (cc.base.threads or 1))
+
+
+def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path, jobs: int) -> None:
+    """Train every (attention, seed) run not already finished in ``jobs`` worker processes.
+
+    Each worker gets ``base.threads`` threads, or cores // jobs: for a model this small, separate
+    1-thread processes use a CPU better than one process with many threads.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = base.threads or max(1, (os.cpu_count() or 1) // jobs)
+    tasks = []
+    for name in cc.attentions:
+        for seed in cc.seeds:
+            run_dir = str(out / "runs" / name / f"seed{seed}")
+            cfg = base.replace(attention=name, seed=seed, threads=threads, out_dir=run_dir)
+            if not (cc.resume and _saved_result(cfg) is not None):
+                tasks.append(cfg)
+    if not tasks:
+        return
+    print(f"[compare] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each", flush=True)
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(datasets,)) as pool:
+        futures = {pool.submit(_worker_run, cfg): cfg for cfg in tasks}
+        for future in as_completed(futures):
+            cfg = futures[future]
+            try:
+                r = future.result()
+            except Exception as exc:
+                for f in futures:
+                    f.cancel()
+                msg = f"run {cfg.attention} seed {cfg.seed} failed in a worker process: {exc}"
+                raise (ValueError if isinstance(exc, ValueError) else RuntimeError)(msg) from exc
+            print(f"[compare] {cfg.attention} seed {cfg.seed}: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)",
+                  flush=True)  # fmt: skip
+
+
+_WORKER_DATASETS = None
+
+
+def _worker_init(datasets) -> None:
+    global _WORKER_DATASETS
+    _WORKER_DATASETS = datasets
+
+
+def _worker_run(cfg: TrainConfig) -> dict[str, Any]:
+    return _run_one(cfg, _WORKER_DATASETS, resume=False)
+
+
+def _saved_result(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The finished run's ``result.json`` if it was made with exactly ``cfg``'s settings, else None."""
+    path = Path(cfg.out_dir) / "result.json"
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("result_key") != json.loads(json.dumps(cfg.result_key())) or saved.get("epochs") != cfg.epochs:
+        return None
+    if "threads" not in saved:  # results written before threads were recorded: the run's own config
+        config = Path(cfg.out_dir) / "config.json"
+        saved["threads"] = json.loads(config.read_text()).get("threads") if config.is_file() else None
+    return saved
+
+
 def _run_one(cfg: TrainConfig, datasets, resume: bool) -> dict[str, Any]:
     path = Path(cfg.out_dir) / "result.json"
-    if resume and path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("result_key") == json.loads(json.dumps(cfg.result_key())) and saved.get("epochs") == cfg.epochs:
-            if "threads" not in saved:  # results written before threads were recorded: the run's own config
-                config = Path(cfg.out_dir) / "config.json"
-                saved["threads"] = json.loads(config.read_text()).get("threads") if config.is_file() else None
-            return saved
+    if resume and (saved := _saved_result(cfg)) is not None:
+        return saved
     t0 = time.perf_counter()
     out = train(cfg, datasets)
     history = out["history"]
