@@ -156,8 +156,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
         for seed in cc.seeds:
             run_cfg = cfg.replace(seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"))
             method["runs"][str(seed)] = _run_one(run_cfg, datasets, cc.resume or jobs > 1)
-            r = method["runs"][str(seed)]
-            print(f"[compare] {name} seed {seed}: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)", flush=True)
+            _report(name, seed, method["runs"][str(seed)])
         runs = list(method["runs"].values())
         method["top1_mean"], method["top1_std"] = _mean_std([r["final_top1"] for r in runs])
         method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
@@ -175,6 +174,10 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     results["wall_s"] = time.perf_counter() - t_start
     _write_outputs(out, results, figures=True)
     return results
+
+
+def _report(name: str, seed: int, r: dict[str, Any]) -> None:
+    print(f"[compare] {name} seed {seed}: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)", flush=True)
 
 
 def _resolve_jobs(cc: CompareConfig) -> int:
@@ -216,10 +219,10 @@ def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path
             except Exception as exc:
                 for f in futures:
                     f.cancel()
+                # Leaving the pool waits for the runs already going; their results stay for --resume.
                 msg = f"run {cfg.attention} seed {cfg.seed} failed in a worker process: {exc}"
                 raise (ValueError if isinstance(exc, ValueError) else RuntimeError)(msg) from exc
-            print(f"[compare] {cfg.attention} seed {cfg.seed}: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)",
-                  flush=True)  # fmt: skip
+            _report(cfg.attention, cfg.seed, r)
 
 
 _WORKER_DATASETS = None
