@@ -12,6 +12,7 @@ from mirrorla.compare import BASE, CompareConfig, format_table, run_compare
 from mirrorla.data import DatasetNotFoundError, InMemoryImages, find_fashion_mnist
 from mirrorla.data.datasets import DatasetInfo
 from mirrorla.engine.model import measure_throughput_rounds
+from mirrorla.engine.trainer import TrainingDivergedError
 
 TINY = dict(embed_dim=16, depth=1, num_heads=2, patch_size=7, epochs=1, batch_size=16)
 
@@ -85,6 +86,14 @@ def test_parallel_jobs_give_the_same_results_as_one_process(tmp_path):
         CompareConfig(jobs=0)
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_diverging_run_stops_the_job_with_the_trainers_error(tmp_path, jobs):
+    cc = CompareConfig(attentions=("softmax",), seeds=(0,), base=BASE.replace(**TINY, lr=1e30, threads=1),
+                       out_dir=str(tmp_path), jobs=jobs)  # fmt: skip
+    with pytest.raises(TrainingDivergedError, match="loss is .*lower --lr"):
+        run_compare(cc, _synthetic())
+
+
 def test_throughput_rounds_let_the_models_take_turns():
     calls = []
 
@@ -127,7 +136,7 @@ def _has_fashion_mnist():
 
 
 @pytest.mark.skipif(not _has_fashion_mnist(), reason="Fashion-MNIST not installed")
-def test_cli_compare_quick_on_real_subset(tmp_path):
+def test_cli_compare_quick_on_real_subset(tmp_path, capsys):
     args = ["compare", "--quick", "--attentions", "softmax,linear_relu", "--train-subset", "64", "--eval-subset",
             "32", "--epochs", "1", "--embed-dim", "16", "--depth", "1", "--patch-size", "7", "--batch-size", "16",
             "--throughput-iters", "1", "--no-download", "--out", str(tmp_path)]  # fmt: skip
@@ -136,3 +145,6 @@ def test_cli_compare_quick_on_real_subset(tmp_path):
     assert saved["preset"] == "quick" and saved["dataset"]["name"] == "fashion_mnist"
     assert saved["dataset"]["train_size"] == 64 and saved["seeds"] == [0]
     assert (tmp_path / "results.md").is_file() and (tmp_path / "accuracy_vs_throughput.png").is_file()
+    # a diverging run is reported in one line with exit status 2, not a traceback
+    assert main([*args[:-1], str(tmp_path / "diverge"), "--lr", "1e30", "--jobs", "1"]) == 2
+    assert "mirrorla: error: loss is" in capsys.readouterr().err

@@ -34,7 +34,7 @@ from mirrorla.engine.model import (
     create_classifier,
     measure_throughput_rounds,
 )
-from mirrorla.engine.trainer import environment_summary, train
+from mirrorla.engine.trainer import TrainingDivergedError, environment_summary, train
 
 __all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table"]
 
@@ -221,7 +221,8 @@ def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path
                     f.cancel()
                 # Leaving the pool waits for the runs already going; their results stay for --resume.
                 msg = f"run {cfg.attention} seed {cfg.seed} failed in a worker process: {exc}"
-                raise (ValueError if isinstance(exc, ValueError) else RuntimeError)(msg) from exc
+                same_kind = isinstance(exc, (ValueError, TrainingDivergedError))  # errors the CLI reports in one line
+                raise (type(exc) if same_kind else RuntimeError)(msg) from exc
             _report(cfg.attention, cfg.seed, r)
 
 

@@ -44,10 +44,11 @@ def _user_errors(run):
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
         from mirrorla.engine.checkpoint import CheckpointError
+        from mirrorla.engine.trainer import TrainingDivergedError
 
         try:
             return run(args)
-        except (ValueError, FileNotFoundError, CheckpointError) as err:
+        except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as err:
             print(f"mirrorla: error: {err}", file=sys.stderr)
             return 2
 
