@@ -123,12 +123,12 @@ class AttentionBase(nn.Module):
     def grid(self, num_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
         return resolve_grid(num_tokens, self.num_prefix_tokens, hw if hw is not None else self.grid_size)
 
-    def _input_linear(self, n: int, in_features: int | None = None) -> nn.Linear:
-        """The fused input projection ``Linear(in_features or C, n·C)`` with the layer's qkv_bias, device
+    def _input_linear(self, n: int) -> nn.Linear:
+        """The fused input projection ``Linear(C, n·C)`` with the layer's qkv_bias, device
         and dtype (n = 3 for qkv, 4 with a gate, 1 for q, 2 for kv). Not initialised here: subclasses
         call :meth:`_init_linear` once all their modules exist, so the seeded initialisation order stays
         the same for every layer."""
-        return nn.Linear(in_features or self.dim, n * self.dim, bias=self._qkv_bias, **self._factory)
+        return nn.Linear(self.dim, n * self.dim, bias=self._qkv_bias, **self._factory)
 
     def _init_linear(self, *linears: nn.Linear) -> None:
         # METHODS.md §0.3: Linear trunc_normal(std 0.02), bias 0.
