@@ -37,16 +37,12 @@ def check_attentions(names: list[str]) -> None:
 
 def create_classifier(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
     """The model of ``cfg`` for images (B, in_chans, image_size, image_size) → logits (B, num_classes)."""
-    attn = None
     if cfg.attention is not None:
         check_attentions([cfg.attention])
     if cfg.model == "vit":
         if image_size % cfg.patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {cfg.patch_size}")
-        if cfg.attention is not None:
-            attn = attention_layer(cfg.attention, num_prefix_tokens=1, **cfg.attention_kwargs)
-        kwargs: dict[str, Any] = {} if attn is None else {"attn_layer": attn}
-        return timm.models.VisionTransformer(
+        vit_args: dict[str, Any] = dict(
             img_size=image_size,
             patch_size=cfg.patch_size,
             in_chans=in_chans,
@@ -56,7 +52,15 @@ def create_classifier(cfg: TrainConfig, num_classes: int, in_chans: int, image_s
             num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio,
             drop_path_rate=cfg.drop_path,
-            **kwargs,
+        )
+        if cfg.attention is None:
+            return timm.models.VisionTransformer(**vit_args)
+        # The library's ViT: it tells each attention the patch grid and lists the attention layers'
+        # no-weight-decay parameters (the same class as the registered deit_* models).
+        from mirrorla.models.vit import LinearVisionTransformer
+
+        return LinearVisionTransformer(
+            attention=cfg.attention, attn_kwargs=dict(cfg.attention_kwargs), dynamic_img_size=False, **vit_args
         )
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
     if cfg.attention is not None:

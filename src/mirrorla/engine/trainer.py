@@ -39,6 +39,7 @@ from mirrorla.engine.distributed import (
     setup_distributed,
 )
 from mirrorla.engine.model import count_params, create_classifier
+from mirrorla.engine.optim import create_optimizer
 
 __all__ = ["train", "evaluate", "warmup_cosine", "TrainingDivergedError"]
 
@@ -172,7 +173,6 @@ def train(cfg: TrainConfig, datasets: tuple[Dataset, Dataset, Any] | None = None
 def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
     from timm.utils import ModelEmaV3
 
     if cfg.threads:
@@ -202,7 +202,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size).to(env.device)
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = create_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_train_indices(len(train_set), cfg, 0, env))
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = int(round(cfg.warmup_epochs * steps_per_epoch))
@@ -362,7 +362,13 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
     }
     if env.is_main and run_dir is not None:
         atomic_write_bytes(run_dir / "final.json", json.dumps(final, indent=2).encode())
-    return {"history": history, "final": final, "run_dir": str(run_dir) if run_dir else None, "model": model}
+    return {
+        "history": history,
+        "final": final,
+        "run_dir": str(run_dir) if run_dir else None,
+        "model": model,
+        "optimizer": optimizer,
+    }
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ and ``l2vit_{tiny,small,base}``, ``l2vit_base_384`` (its attentions are part of 
 Attentions registered after import get their model names from :func:`register_attention_models`.
 """
 
-from mirrorla.models._timm import list_models
+from mirrorla.models._timm import list_models, no_weight_decay_names
 from mirrorla.models.l2vit import L2ViT
 from mirrorla.models.pyramid import PyramidVisionTransformer, SpatialReductionAttention, register_pvt_models
 from mirrorla.models.vit import LinearVisionTransformer, register_deit_models
@@ -19,6 +19,7 @@ __all__ = [
     "PyramidVisionTransformer",
     "SpatialReductionAttention",
     "list_models",
+    "no_weight_decay_names",
     "register_attention_models",
 ]
 

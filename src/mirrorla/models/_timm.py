@@ -15,7 +15,14 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import register_model
 from torch import nn
 
-__all__ = ["register", "untrained_cfg", "list_models", "submodule_no_weight_decay", "MODEL_NAMES"]
+__all__ = [
+    "register",
+    "untrained_cfg",
+    "list_models",
+    "submodule_no_weight_decay",
+    "no_weight_decay_names",
+    "MODEL_NAMES",
+]
 
 #: Every timm name registered by mirrorla, in registration order.
 MODEL_NAMES: list[str] = []
@@ -90,3 +97,19 @@ def submodule_no_weight_decay(model: nn.Module) -> set[str]:
         if module is not model and callable(fn):
             out |= {f"{prefix}.{n}" for n in fn()}
     return out
+
+
+def no_weight_decay_names(model: nn.Module) -> set[str]:
+    """Every parameter name of ``model`` that must not be weight-decayed.
+
+    The union of the model's own ``no_weight_decay()`` (timm's position table and cls token, if it has
+    one) and every submodule's (e.g. MirrorLA's angles, PolaFormer's power), so a model that does not
+    collect its layers' exclusions itself — any timm model given a registry attention through
+    ``attn_layer=`` — still has them honoured. Names that are not parameters (timm lists
+    ``dist_token`` for every ViT) are dropped.
+    """
+    own = getattr(model, "no_weight_decay", None)
+    names = set(own()) if callable(own) else set()
+    names |= submodule_no_weight_decay(model)
+    params = {n for n, _ in model.named_parameters()}
+    return names & params
