@@ -140,10 +140,17 @@ def naive_pola(m, x, hw, kpm=None):
 
 
 def rope_phases(hw, d, prefix=0):
-    """β (N, d/2) of METHODS.md §5.1 written from the formula: ω_i = 10000^(−i/(d/4 − 1))."""
+    """β (N, d/2) of METHODS.md §5.1 written from the formula: ω_i = 10000^(−i/(d/4 − 1)).
+
+    The official table is float32 (NaLaFormer ``NALA.py``, ``RoPE.__init__``:
+    ``1.0 / (10000 ** torch.linspace(0, 1, d // 4))``); the reference takes those float32 values of ω,
+    so float64 comparisons with the layer see the same angles bit for bit.
+    """
     H, W = hw
     nq = d // 4
-    omega = torch.tensor([10000.0 ** (-(i / (nq - 1))) if nq > 1 else 1.0 for i in range(nq)], dtype=torch.float64)
+    omega = (1.0 / (10000 ** torch.linspace(0, 1, nq, dtype=torch.float32))).double()
+    exact = torch.tensor([10000.0 ** (-(i / (nq - 1))) if nq > 1 else 1.0 for i in range(nq)], dtype=torch.float64)
+    assert torch.allclose(omega, exact, rtol=1e-6, atol=0)  # the float32 table is the formula, rounded
     rows = torch.tensor([r for r in range(H) for _ in range(W)], dtype=torch.float64)
     cols = torch.tensor([c for _ in range(H) for c in range(W)], dtype=torch.float64)
     beta = torch.cat([rows[:, None] * omega, cols[:, None] * omega], dim=-1)

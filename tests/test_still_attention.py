@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mirrorla.still.attention import still_attention, still_decode_step
+from mirrorla.still.attention import still_attention, still_decode_step, window_valid
 from mirrorla.still.config import StillConfig
 from mirrorla.still.naive import naive_saliency, naive_selection, naive_still_attention
 from mirrorla.still.np_map import NPMap, np_map
@@ -83,7 +83,7 @@ def test_prefill_then_decode_matches(N, split):
 
 @pytest.mark.parametrize("N", [9, 45])
 def test_key_padding(N):
-    """Q5: padded tokens are in no window, never selected, in no branch; real rows match the reference."""
+    """Q5: padding is removed from the row: in no window, never selected, in no branch, reference matches."""
     q, k, v, phi_q, phi_k, gate = make_inputs(N, seed=4)
     keep = torch.ones(B, N, dtype=torch.bool)
     keep[0, :L] = False  # left padding by one chunk
@@ -93,11 +93,11 @@ def test_key_padding(N):
         q, k, v, phi_q, phi_k, gate, key_padding_mask=keep, return_masks=True, **kw
     )
     out, state = still_attention(q, k, v, phi_q, phi_k, gate, key_padding_mask=keep, return_state=True, **kw)
-    assert torch.isfinite(out).all()
-    real = keep[:, None, :, None]
-    assert rel_rms(out * real, ref * real) <= 1e-5
+    assert torch.isfinite(out).all() and not out[~keep[:, None, :].expand(B, H, N)].any()  # padded rows give 0
+    assert rel_rms(out, ref) <= 1e-5
     assert not (exact | linear)[..., ~keep[0]][0].any()  # padded keys of sample 0 are in no branch
-    assert not selected[1, :, 3].any()  # its chunk has 7 real tokens ≥ K: the padded one is never picked
+    assert not selected[1, :, 3].any()
+    assert state.length.tolist() == keep.sum(1).tolist() and state.n_seen == N
     # Decoding real tokens after a padded prefill continues the reference.
     split = 12 if N > 12 else N - 1
     head = still_attention(
@@ -106,20 +106,65 @@ def test_key_padding(N):
     )  # fmt: skip
     tail, _ = decode_loop(q, k, v, phi_q, phi_k, gate, state=head[1], start=split, **kw)
     assert rel_rms(tail, ref[:, :, split:]) <= 1e-5
-    # Left padding by whole chunks is the same as running the sample alone (other amounts shift the
-    # chunk boundaries, which changes the routing but never lets padding in).
-    alone = still_attention(*(t[:1, :, L:] for t in (q, k, v, phi_q, phi_k, gate)), **kw)
-    assert rel_rms(out[:1, :, L:], alone) <= 1e-5
+
+
+def make_rows(n_real: list[int], n_new: int, seed: int = 0):
+    """One sequence per row (lengths n_real + n_new), as (B, H, ·, ·) tensors per row: q, k, v, φq, φk, g."""
+    torch.manual_seed(seed)
+    fmap = NPMap(H, D, F_D)
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in n_real:
+        q, k, v = (torch.randn(1, H, n + n_new, D, generator=g) * 1.5 for _ in range(3))
+        rows.append((q, k, v, fmap(q), fmap(k), torch.rand(1, H, n + n_new, D, generator=g)))
+    return rows
+
+
+@pytest.mark.parametrize("pattern", ["left", "right", "holes"])
+def test_padding_equals_rows_alone(pattern):
+    """Any amount of padding (0, 1, 3, L, 2L+1 tokens): every row equals the row alone, in prefill and decoding.
+
+    Rows end at different chunk phases, so the decode steps roll and route at different steps per row.
+    Tolerance: relative RMS 1e-5 in fp32 (the same sums, taken in a different order and batch shape).
+    """
+    pads = [0, 1, 3, L, 2 * L + 1]
+    N, n_new = 40, 19
+    rows = make_rows([N - p for p in pads], n_new)
+    kw = dict(chunk_size=L, topk=K)
+    batch, keep = [], torch.zeros(len(pads), N, dtype=torch.bool)
+    for b, (p, row) in enumerate(zip(pads, rows, strict=True)):
+        real = {"left": torch.arange(p, N), "right": torch.arange(0, N - p)}.get(pattern)
+        if real is None:  # holes spread over the row
+            real = torch.linspace(0, N - 1, N - p).round().long()
+        keep[b, real] = True
+        prompt = [t[:, :, : N - p] for t in row]
+        full = [torch.zeros(1, H, N, t.shape[-1]).index_copy(2, real, t) for t in prompt]
+        new = [t[:, :, N - p :] for t in row]
+        batch.append((full, new))
+    prompt = [torch.cat([full[i] for full, _ in batch]) for i in range(6)]
+    new = [torch.cat([new[i] for _, new in batch]) for i in range(6)]
+    out, state = still_attention(*prompt, key_padding_mask=keep, return_state=True, **kw)
+    tail, state = decode_loop(
+        *(torch.cat([p, n], 2) for p, n in zip(prompt, new, strict=True)), state=state, start=N, **kw
+    )
+    for b, row in enumerate(rows):
+        alone = still_attention(*row, **kw)  # prompt and new tokens in one prefill
+        n_real = N - pads[b]
+        assert rel_rms(out[b : b + 1][:, :, keep[b]], alone[:, :, :n_real]) <= 1e-5, (b, pads[b])
+        assert rel_rms(tail[b : b + 1], alone[:, :, n_real:]) <= 1e-5, (b, pads[b])
+    assert rel_rms(out, naive_still_attention(*prompt, key_padding_mask=keep, **kw)) <= 1e-5
+    assert state.length.tolist() == [N - p + n_new for p in pads]
 
 
 def test_decode_state_is_sparse():
-    """Cache: K of every L old tokens, ≤ 2L raw tokens, and a fixed-size linear state (§7.6)."""
+    """Cache: K of every L old tokens, 2L raw tokens, and a fixed-size linear state (§7.6)."""
     N = 45
     q, k, v, phi_q, phi_k, gate = make_inputs(N)
     _, state = still_attention(q, k, v, phi_q, phi_k, gate, chunk_size=L, topk=K, return_state=True)
     n_chunks = math.ceil(N / L)
     assert state.sel_k.shape == (B, H, (n_chunks - 2) * K, D)
-    assert state.prev_k.shape[2] == L and state.cur_k.shape[2] == N - (n_chunks - 1) * L
+    assert state.win_k.shape == (B, H, 2 * L, D) and state.length.tolist() == [N] * B
+    assert window_valid(state.length, L).sum(1).tolist() == [L + N - (n_chunks - 1) * L] * B
     assert state.kv.shape == (B, H, 2 * F_D, D) and state.z.shape == (B, H, 2 * F_D)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -12,10 +13,23 @@ transformers = pytest.importorskip("transformers")
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mirrorla.still import linearize  # noqa: E402
-from mirrorla.still.hf import StillAttention, StillCacheLayer, load_linearized, save_linearized, still_layers  # noqa: E402
+from mirrorla.still.attention import window_valid  # noqa: E402
+from mirrorla.still.hf import (  # noqa: E402
+    StillAttention,
+    StillCacheLayer,
+    load_linearized,
+    save_linearized,
+    still_layers,
+)
 
 VOCAB = 97
 STILL = dict(chunk_size=8, topk=2, feature_dim=16)
+
+
+def with_cache(model, cache) -> dict:
+    """The cache as a keyword of ``model.forward``: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+    names = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in names else {"past_key_values": cache}
 
 
 @pytest.fixture(scope="module")
@@ -79,16 +93,63 @@ def test_generate_and_cache_match_full_forward(base_model):
         assert generated.shape == (2, 33)
         full = model(generated).logits
         cache = DynamicCache(config=model.config)
-        logits = [model(generated[:, :19], past_key_values=cache, use_cache=True).logits]
+        logits = [model(generated[:, :19], **with_cache(model, cache), use_cache=True).logits]
         for t in range(19, 33):
-            logits.append(model(generated[:, t : t + 1], past_key_values=cache, use_cache=True).logits)
+            logits.append(model(generated[:, t : t + 1], **with_cache(model, cache), use_cache=True).logits)
     assert isinstance(cache.layers[0], StillCacheLayer) and cache.get_seq_length() == 33
+    # fp32: the decode loop and the chunk form sum the same terms in a different order.
     assert (torch.cat(logits, 1) - full).abs().max() <= 1e-4
     # Greedy generation picks the argmax of the full forward at every new position.
     assert torch.equal(full[:, 18:-1].argmax(-1), generated[:, 19:])
     # The state keeps K of every 8 old tokens, not the full sequence.
     state = cache.layers[0].state
-    assert state.sel_k.shape[2] == (33 // 8 - 1) * 2 and state.prev_k.shape[2] + state.cur_k.shape[2] <= 16
+    assert state.sel_k.shape[2] == (33 // 8 - 1) * 2 and int(window_valid(state.length, 8).sum(1).max()) <= 16
+
+
+def test_cached_steps_reach_every_layer_state(base_model):
+    """The cache reaches StillAttention under the name the installed transformers uses.
+
+    If a release passes it under a name StillAttention does not read, the state below stays empty (and
+    StillAttention raises on a Cache under an unknown keyword), instead of decoding without a state.
+    """
+    model = linearize(copy.deepcopy(base_model), **STILL)
+    prompt = tokens(11)
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(prompt, **with_cache(model, cache), use_cache=True)
+        layers = list(cache.layers)
+        assert len(layers) == 2 and all(isinstance(layer, StillCacheLayer) for layer in layers)
+        assert [layer.state.length.tolist() for layer in layers] == [[11, 11]] * 2
+        for n in (12, 13):
+            model(prompt[:, :1], **with_cache(model, cache), use_cache=True)
+            assert [layer.state.n_seen for layer in cache.layers] == [n, n]
+    assert cache.get_seq_length() == 13
+
+
+def test_cache_keywords(base_model):
+    """Every keyword transformers has used for the cache works; two different caches or an unknown name raise."""
+    model = linearize(copy.deepcopy(base_model), **STILL)
+    attn = model.model.layers[0].self_attn
+    hidden = torch.randn(2, 5, 64)
+    rope = model.model.rotary_emb(hidden, torch.arange(5)[None].expand(2, 5))
+    outputs = []
+    for name in ("cache", "past_key_values", "past_key_value"):
+        cache = DynamicCache(config=model.config)
+        with torch.no_grad():
+            outputs.append(attn(hidden, position_embeddings=rope, **{name: cache})[0])
+        assert isinstance(cache.layers[0], StillCacheLayer) and cache.layers[0].state.n_seen == 5, name
+    assert all(torch.equal(out, outputs[0]) for out in outputs)
+    cache = DynamicCache(config=model.config)
+    attn(hidden, position_embeddings=rope, cache=cache, past_key_values=cache)  # the same object twice is fine
+    with pytest.raises(ValueError, match="different caches"):
+        attn(hidden, position_embeddings=rope, cache=cache, past_key_values=DynamicCache(config=model.config))
+    with pytest.raises(TypeError, match="does not read"):
+        attn(hidden, position_embeddings=rope, kv_cache=DynamicCache(config=model.config))
+    with pytest.raises(TypeError, match="use_cache=True but no cache"):
+        attn(hidden, position_embeddings=rope, use_cache=True)
+    layer = StillCacheLayer()  # every abstract method of the installed CacheLayerMixin is implemented
+    assert layer.get_seq_length() == 0 and layer.get_mask_sizes(3) == (3, 0)
+    assert layer.get_mask_sizes(torch.arange(4)) == (4, 0)  # transformers < 5.10 passes cache positions
 
 
 def test_save_and_load_round_trip(base_model, tmp_path):
@@ -134,23 +195,76 @@ def test_errors(base_model):
         linearize(model)
 
 
-def test_left_padding_matches_unpadded(base_model):
-    """Q5 (§7.8): padded keys are never attended, selected or summarised; real rows equal the unpadded run."""
+def test_mask_formats(base_model):
+    """4-D bool (sdpa), 4-D float (eager) and 2-D (flash) padding masks mean the same; other masks raise."""
     model = linearize(copy.deepcopy(base_model), **STILL)
-    ids = tokens(30)
-    pad = 8  # a whole chunk: the real tokens keep their chunk boundaries, so results equal the unpadded run
-    ids[0, :pad] = 0
+    attn = model.model.layers[0].self_attn
+    hidden = torch.randn(2, 11, 64)
+    rope = model.model.rotary_emb(hidden, torch.arange(11)[None].expand(2, 11))
+    keep = torch.ones(2, 11, dtype=torch.bool)
+    keep[0, :3] = False
+    allowed = torch.ones(11, 11, dtype=torch.bool).tril()[None, None] & keep[:, None, None, :]
+    additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        outs = [attn(hidden, position_embeddings=rope, attention_mask=m)[0] for m in (allowed, additive, keep.long())]
+        unmasked = attn(hidden, position_embeddings=rope)[0]
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert not torch.allclose(outs[0][0, 3:], unmasked[0, 3:])  # the padding is not ignored
+    with pytest.raises(NotImplementedError, match="key padding only"):
+        attn(hidden, position_embeddings=rope, attention_mask=allowed & ~torch.eye(11, dtype=torch.bool))
+    with pytest.raises(NotImplementedError, match="tensor attention mask"):
+        attn(hidden, position_embeddings=rope, attention_mask=object())
+
+
+def test_beam_search_scores_match_full_forward(base_model):
+    """Beam search reorders and repeats the STILL states: each returned beam's score is the log-probability
+    of its tokens under a full forward (length_penalty=0: the plain sum; fp32 tolerance 1e-4)."""
+    model = linearize(copy.deepcopy(base_model), **STILL)
+    prompt = tokens(13, seed=1)
+    with torch.no_grad():
+        out = model.generate(
+            prompt, num_beams=3, num_return_sequences=2, max_new_tokens=10, min_new_tokens=10, do_sample=False,
+            length_penalty=0.0, output_scores=True, return_dict_in_generate=True, pad_token_id=0,
+        )  # fmt: skip
+        log_probs = model(out.sequences).logits.log_softmax(-1)
+    chosen = log_probs[:, 12:-1].gather(-1, out.sequences[:, 13:, None]).squeeze(-1).sum(-1)
+    assert out.sequences.shape == (4, 23)
+    assert (out.sequences_scores - chosen).abs().max() <= 1e-4
+
+
+PADS = (0, 1, 3, 8, 17)  # none, less than a chunk (8), a whole chunk, more than two chunks
+
+
+def left_padded_batch(n: int = 40):
+    """Rows of ``n`` tokens, row b left-padded by PADS[b] (token 0) and its real tokens after."""
+    ids = tokens(n, batch=len(PADS), seed=3)
     mask = torch.ones_like(ids)
-    mask[0, :pad] = 0
+    for b, pad in enumerate(PADS):
+        ids[b, :pad] = 0
+        mask[b, :pad] = 0
+    return ids, mask
+
+
+def test_left_padding_matches_unpadded(base_model):
+    """Q5: every left-padded row gives the logits and the greedy continuation of the row alone.
+
+    Any number of pad tokens: the chunk grid starts at a row's first real token, so rows whose real
+    lengths differ modulo the chunk size are at different chunk phases during decoding. Tolerance: 1e-4
+    absolute on the logits (|logits| ≈ 1; fp32, the same sums in another order and batch shape).
+    """
+    model = linearize(copy.deepcopy(base_model), **STILL)
+    ids, mask = left_padded_batch()
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    greedy = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
     with torch.no_grad():
         padded = model(ids, attention_mask=mask, position_ids=positions).logits
-        alone = model(ids[:1, pad:]).logits
         assert torch.isfinite(padded).all()
-        assert (padded[0, pad:] - alone[0]).abs().max() <= 1e-4
-        assert (padded[1] - model(ids[1:]).logits[0]).abs().max() <= 1e-4
-        # generate with a left-padded batch continues sample 0 as if it were alone
-        out = model.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
-        out_alone = model.generate(ids[:1, pad:], max_new_tokens=12, do_sample=False, pad_token_id=0)
-    n = out_alone.shape[1]  # the lone run may stop early at EOS; the batch then pads sample 0
-    assert n > 30 - pad and torch.equal(out[0, pad : pad + n], out_alone[0])
+        out = model.generate(ids, attention_mask=mask, output_logits=True, return_dict_in_generate=True, **greedy)
+        for b, pad in enumerate(PADS):
+            alone = model(ids[b : b + 1, pad:]).logits
+            assert (padded[b, pad:] - alone[0]).abs().max() <= 1e-4, pad
+            out_alone = model.generate(ids[b : b + 1, pad:], output_logits=True, return_dict_in_generate=True, **greedy)
+            assert torch.equal(out.sequences[b, pad:], out_alone.sequences[0]), pad
+            steps = torch.stack([step[b] for step in out.logits])
+            steps_alone = torch.stack([step[0] for step in out_alone.logits])
+            assert (steps - steps_alone).abs().max() <= 1e-4, pad

@@ -83,4 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Commands register on the module ``mirrorla.cli``; run as ``python -m mirrorla.cli`` this file is
+    # ``__main__``, a second copy without them, so hand over to the imported module.
+    from mirrorla import cli as _cli
+
+    sys.exit(_cli.main())

@@ -10,7 +10,14 @@ throughput is measured at the end, for all attentions together in interleaved ro
 - ``results.json`` every number: per-seed histories, the configuration and the environment,
 - ``accuracy_curves.png`` and ``accuracy_vs_throughput.png``,
 - ``runs/<attention>/seed<k>/`` each run's metrics and ``result.json``; with ``--resume`` finished
-  runs with the same settings are reused, so an interrupted comparison continues where it stopped.
+  runs with the same settings (and data files) are reused, so an interrupted comparison continues
+  where it stopped.
+
+Several compare processes may share one output directory (``--resume``, e.g. disjoint
+``--attentions``): each run folder has one writer (:mod:`mirrorla.engine.run_folder`), and the
+results files are written under the lock ``results.lock``, merged with every attention whose runs
+for all seeds are finished in the folder with the same settings, so the last writer's table lists
+them all.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 import torch
 
 from mirrorla.engine.checkpoint import atomic_write_bytes
-from mirrorla.engine.config import TrainConfig
+from mirrorla.engine.config import RESULT_FIELDS, TrainConfig
 from mirrorla.engine.model import (
     check_attentions,
     count_macs,
@@ -34,7 +41,9 @@ from mirrorla.engine.model import (
     create_classifier,
     measure_throughput_rounds,
 )
+from mirrorla.engine.run_folder import FolderLock
 from mirrorla.engine.trainer import TrainingDivergedError, environment_summary, train
+from mirrorla.registry import list_attentions
 
 __all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table"]
 
@@ -55,6 +64,9 @@ BASE = TrainConfig(
     embed_dim=64, depth=4, num_heads=2, patch_size=4, mlp_ratio=2.0, batch_size=128, lr=1e-3, warmup_epochs=0.5,
     label_smoothing=0.1, clip_grad=1.0, save_checkpoints=False, progress=False,
 )  # fmt: skip
+RESULTS_LOCK = "results.lock"
+#: How long a compare process waits for another one to finish writing the shared results files.
+RESULTS_LOCK_WAIT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,9 @@ class CompareConfig:
     base: TrainConfig = field(default_factory=lambda: BASE)
     out_dir: str = "runs/compare"
     resume: bool = False
+    #: Without ``resume``: use an ``out_dir`` that holds files and retrain every run. With ``resume``:
+    #: also retrain finished runs whose settings differ (otherwise the job stops before training).
+    overwrite: bool = False
     throughput_batch: int = 128
     throughput_warmup: int = 5
     throughput_iters: int = 10
@@ -110,6 +125,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     if base.threads:
         torch.set_num_threads(base.threads)
     out = Path(cc.out_dir)
+    _check_out_folder(out, cc)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if datasets is None:
@@ -123,6 +139,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
             download=base.download,
         )
     info = datasets[2]
+    _check_run_folders(cc, out, info.files)
     jobs = _resolve_jobs(cc)
     if jobs > 1:  # train every run in worker processes first; the loop below then reuses their results
         _train_in_parallel(cc, base, datasets, out, jobs)
@@ -142,26 +159,14 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     }
     probes: dict[str, torch.nn.Module] = {}  # seed-0 initialisations, timed after training
     for name in cc.attentions:
-        cfg = base.replace(attention=name)
-        torch.manual_seed(0)
-        probe = probes[name] = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
-        macs, counter = count_macs(probe, info.in_chans, info.image_size)
-        method: dict[str, Any] = {
-            "params": count_params(probe),
-            "macs": macs,
-            "mac_counter": counter,
-            "eval_img_s": None,  # measured below, all attentions together
-            "runs": {},
-        }
+        probes[name], method = _probe(base.replace(attention=name), info)
+        method["eval_img_s"] = None  # measured below, all attentions together
         for seed in cc.seeds:
-            run_cfg = cfg.replace(seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"))
-            method["runs"][str(seed)] = _run_one(run_cfg, datasets, cc.resume or jobs > 1)
+            method["runs"][str(seed)] = _run_one(_run_config(cc, out, name, seed), datasets, cc.resume or jobs > 1)
             _report(name, seed, method["runs"][str(seed)])
-        runs = list(method["runs"].values())
-        method["top1_mean"], method["top1_std"] = _mean_std([r["final_top1"] for r in runs])
-        method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
+        _summarise(method)
         results["methods"][name] = method
-        _write_outputs(out, results)  # partial results survive an interruption
+        _write_outputs(out, results, cc, info)  # partial results survive an interruption
     # Inference throughput last, the attentions taking turns, so that load changes on a shared machine
     # (and the training just finished) do not favour whichever attention was timed in a quiet moment.
     rounds = measure_throughput_rounds(
@@ -172,8 +177,61 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
         results["methods"][name]["eval_img_s"] = statistics.median(values)
         results["methods"][name]["eval_img_s_rounds"] = values
     results["wall_s"] = time.perf_counter() - t_start
-    _write_outputs(out, results, figures=True)
-    return results
+    return _write_outputs(out, results, cc, info, figures=True)
+
+
+def _run_config(cc: CompareConfig, out: Path, name: str, seed: int) -> TrainConfig:
+    # overwrite: the run folder belongs to the comparison, which has already decided to (re)train it
+    # (see _check_out_folder and _check_run_folders).
+    return cc.base.replace(attention=name, seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"), overwrite=True)
+
+
+def _probe(cfg: TrainConfig, info) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The seed-0 model of ``cfg`` and the start of its table row: params and MACs."""
+    torch.manual_seed(0)
+    probe = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
+    macs, counter = count_macs(probe, info.in_chans, info.image_size)
+    return probe, {"params": count_params(probe), "macs": macs, "mac_counter": counter, "runs": {}}
+
+
+def _summarise(method: dict[str, Any]) -> None:
+    runs = list(method["runs"].values())
+    method["top1_mean"], method["top1_std"] = _mean_std([r["final_top1"] for r in runs])
+    method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
+
+
+def _check_out_folder(out: Path, cc: CompareConfig) -> None:
+    """A new comparison does not silently replace what an output folder holds."""
+    if cc.resume or cc.overwrite or not out.is_dir():
+        return
+    present = sorted(p.name for p in out.iterdir() if p.name != RESULTS_LOCK)
+    if present:
+        shown = ", ".join(present[:6]) + (", …" if len(present) > 6 else "")
+        raise ValueError(
+            f"--out {out} already holds files ({shown}): a new comparison would replace them. Pass --resume to "
+            "reuse its finished runs with identical settings and train the others, --overwrite to retrain every "
+            "run, or choose another --out"
+        )
+
+
+def _check_run_folders(cc: CompareConfig, out: Path, data_files) -> None:
+    """Before any training: stop if a run this job would train is finished with other settings (and
+    ``overwrite`` is off) or is being written by another process."""
+    for name in cc.attentions:
+        for seed in cc.seeds:
+            cfg = _run_config(cc, out, name, seed)
+            folder = Path(cfg.out_dir)
+            FolderLock(folder).check_free()
+            saved = _read_result(folder)
+            if saved is None or cc.overwrite:
+                continue
+            differences = _result_differences(saved, cfg, data_files)
+            if cc.resume and not differences:
+                continue  # reused
+            raise ValueError(
+                f"{folder} holds a finished run with other settings than this job's ({'; '.join(differences)}): "
+                "pass --overwrite to retrain it, or choose another --out"
+            )
 
 
 def _report(name: str, seed: int, r: dict[str, Any]) -> None:
@@ -202,9 +260,8 @@ def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path
     tasks = []
     for name in cc.attentions:
         for seed in cc.seeds:
-            run_dir = str(out / "runs" / name / f"seed{seed}")
-            cfg = base.replace(attention=name, seed=seed, threads=threads, out_dir=run_dir)
-            if not (cc.resume and _saved_result(cfg) is not None):
+            cfg = _run_config(cc, out, name, seed).replace(threads=threads)
+            if not (cc.resume and _saved_result(cfg, datasets[2].files) is not None):
                 tasks.append(cfg)
     if not tasks:
         return
@@ -238,13 +295,41 @@ def _worker_run(cfg: TrainConfig) -> dict[str, Any]:
     return _run_one(cfg, _WORKER_DATASETS, resume=False)
 
 
-def _saved_result(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The finished run's ``result.json`` if it was made with exactly ``cfg``'s settings, else None."""
-    path = Path(cfg.out_dir) / "result.json"
+def _read_result(folder: Path) -> dict[str, Any] | None:
+    path = folder / "result.json"
     if not path.is_file():
         return None
-    saved = json.loads(path.read_text())
-    if saved.get("result_key") != json.loads(json.dumps(cfg.result_key())) or saved.get("epochs") != cfg.epochs:
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as err:
+        raise ValueError(
+            f"cannot read {path} ({err}): delete it, and that run is trained again by the next compare --resume"
+        ) from err
+    return saved
+
+
+def _result_differences(saved: dict[str, Any], cfg: TrainConfig, data_files) -> list[str]:
+    """How a finished run's ``result.json`` differs from ``cfg`` and the data files read now.
+
+    Runs written before data files were recorded are compared on their settings only.
+    """
+    key, saved_key = json.loads(json.dumps(cfg.result_key())), saved.get("result_key") or {}
+    differences = [f"{k} {saved_key.get(k)!r} there, {v!r} now" for k, v in key.items() if saved_key.get(k) != v]
+    if saved.get("epochs") != cfg.epochs:
+        differences.append(f"epochs {saved.get('epochs')!r} there, {cfg.epochs!r} now")
+    recorded = saved.get("data_files")
+    if recorded and data_files and sorted(f["sha256"] for f in recorded) != sorted(f["sha256"] for f in data_files):
+        differences.append("data files with other SHA-256: " + ", ".join(f["path"] for f in recorded))
+    return differences
+
+
+def _saved_result(cfg: TrainConfig, data_files=()) -> dict[str, Any] | None:
+    """The finished run's ``result.json`` if it was made with exactly ``cfg``'s settings (and, where
+    recorded, data files with the same contents as ``data_files``), else None."""
+    saved = _read_result(Path(cfg.out_dir))
+    if saved is None or _result_differences(saved, cfg, data_files):
         return None
     if "threads" not in saved:  # results written before threads were recorded: the run's own config
         config = Path(cfg.out_dir) / "config.json"
@@ -254,7 +339,7 @@ def _saved_result(cfg: TrainConfig) -> dict[str, Any] | None:
 
 def _run_one(cfg: TrainConfig, datasets, resume: bool) -> dict[str, Any]:
     path = Path(cfg.out_dir) / "result.json"
-    if resume and (saved := _saved_result(cfg)) is not None:
+    if resume and (saved := _saved_result(cfg, datasets[2].files)) is not None:
         return saved
     t0 = time.perf_counter()
     out = train(cfg, datasets)
@@ -271,6 +356,7 @@ def _run_one(cfg: TrainConfig, datasets, resume: bool) -> dict[str, Any]:
         "curve_train_loss": [h["train_loss"] for h in history],
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
+        "data_files": list(datasets[2].files),
     }
     atomic_write_bytes(path, json.dumps(result, indent=2).encode())
     return result
@@ -305,7 +391,68 @@ def _train_threads(results: dict[str, Any]) -> str:
     return ", ".join(sorted("unknown" if t is None else str(t) for t in threads)) or "–"
 
 
-def _write_outputs(out: Path, results: dict[str, Any], figures: bool = False) -> None:
+def _write_outputs(
+    out: Path, results: dict[str, Any], cc: CompareConfig, info, figures: bool = False
+) -> dict[str, Any]:
+    """Write the results files under the folder's results lock, merged with the finished runs other compare
+    processes left in ``out`` (see :func:`_merge_finished_runs`); returns what was written."""
+    with FolderLock(out, RESULTS_LOCK, purpose="writing the comparison's results").acquire(RESULTS_LOCK_WAIT_S):
+        merged = _merge_finished_runs(out, results, cc, info)
+        _write_files(out, merged, figures)
+    return merged
+
+
+def _merge_finished_runs(out: Path, results: dict[str, Any], cc: CompareConfig, info) -> dict[str, Any]:
+    """``results`` plus a row for each other attention whose runs for all of ``cc.seeds`` are finished in
+    ``out/runs`` with this job's settings and data. Their eval img/s comes from the ``results.json``
+    of the process that measured it (None until it has)."""
+    methods = dict(results["methods"])
+    try:  # only the eval img/s of other processes' rows comes from here; the runs are read from their folders
+        previous = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError):
+        previous = None
+    previous = previous if isinstance(previous, dict) else {}
+    previous_methods = previous.get("methods", {}) if _same_setup(previous.get("config"), cc.base) else {}
+    runs_dir = out / "runs"
+    found = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    found = [n for n in DEFAULT_ATTENTIONS if n in found] + [n for n in found if n not in DEFAULT_ATTENTIONS]
+    merged = []
+    for name in found:
+        if name in cc.attentions or name not in list_attentions():
+            continue  # this job's own rows, or runs this version cannot rebuild
+        runs = {str(s): _saved_result(_run_config(cc, out, name, s), info.files) for s in cc.seeds}
+        if any(r is None for r in runs.values()):
+            continue
+        row = previous_methods.get(name, {})
+        keys = ("params", "macs", "mac_counter", "eval_img_s", "eval_img_s_rounds")
+        method = (
+            {k: row[k] for k in keys if k in row}
+            if "params" in row
+            else _probe(cc.base.replace(attention=name), info)[1]
+        )
+        method.setdefault("eval_img_s", None)
+        method["runs"] = runs
+        _summarise(method)
+        methods[name] = method
+        merged.append(name)
+    return {
+        **results,
+        "attentions": [*results["attentions"], *merged],
+        "methods": methods,
+        "merged_from_folder": merged,
+    }
+
+
+def _same_setup(config: dict[str, Any] | None, base: TrainConfig) -> bool:
+    """Whether a results.json ``config`` describes the same training as ``base`` (attention, seed aside)."""
+    if not isinstance(config, dict):
+        return False
+    mine = json.loads(json.dumps(base.to_dict()))
+    keys = [k for k in RESULT_FIELDS if k not in ("attention", "seed")] + ["epochs"]
+    return all(config.get(k) == mine[k] for k in keys)
+
+
+def _write_files(out: Path, results: dict[str, Any], figures: bool) -> None:
     cfg, info, env = results["config"], results["dataset"], results["environment"]
     header = (
         f"Dataset {info['name']} ({info['train_size']} train / {info['eval_size']} eval images, "
@@ -317,6 +464,11 @@ def _write_outputs(out: Path, results: dict[str, Any], figures: bool = False) ->
         f"{next(iter(results['methods'].values()))['mac_counter'] if results['methods'] else ''}. "
         f"Eval img/s: {results['throughput_protocol']}."
     )
+    if results.get("merged_from_folder"):
+        header += (
+            f" Rows {', '.join(results['merged_from_folder'])}: finished runs that other compare processes wrote "
+            "into this folder, with the eval img/s those processes measured ('–': not yet measured)."
+        )
     table = format_table(results)
     atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
@@ -347,6 +499,8 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, m in results["methods"].items():
+        if m["eval_img_s"] is None:  # a row merged from another process that has not measured it yet
+            continue
         ax.errorbar(m["eval_img_s"], m["top1_mean"], yerr=m["top1_std"] or 0, fmt="o", capsize=3, label=name)
         ax.annotate(name, (m["eval_img_s"], m["top1_mean"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.set(xlabel="evaluation images/s", ylabel="eval top-1 % (mean ± std)", title="Accuracy vs throughput")

@@ -43,13 +43,19 @@ def _user_errors(run):
 
     @functools.wraps(run)
     def wrapper(args: argparse.Namespace) -> int:
-        from mirrorla.engine.checkpoint import CheckpointError
+        from mirrorla.engine.checkpoint import CheckpointError, output_write_error
         from mirrorla.engine.trainer import TrainingDivergedError
 
         try:
             return run(args)
         except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as err:
             print(f"mirrorla: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # disk full, read-only file system, permission denied: the path and what to do
+            explained = output_write_error(err)
+            if explained is None:
+                raise
+            print(f"mirrorla: error: {explained}", file=sys.stderr)
             return 2
 
     return wrapper
@@ -63,8 +69,25 @@ def _attention(text: str) -> str | None:
     return None if text.lower() == "none" else text
 
 
+class _GivenOnly:
+    """An argument group whose options leave no default in the parsed namespace (``argparse.SUPPRESS``).
+
+    ``train``'s namespace thus holds exactly the options given on the command line, so that
+    :func:`config_from_args` can tell ``--lr 0.001`` given from the default 0.001; the default still
+    shows in ``--help``.
+    """
+
+    def __init__(self, group: argparse._ArgumentGroup) -> None:
+        self._group = group
+
+    def add_argument(self, *flags: str, default: Any = None, help: str = "", **kwargs: Any) -> argparse.Action:
+        if kwargs.get("action") not in ("store_true", "store_false") and default not in (None, []):
+            help = f"{help} (default: {default})"
+        return self._group.add_argument(*flags, default=argparse.SUPPRESS, help=help, **kwargs)
+
+
 def _add_data_args(p: argparse.ArgumentParser, d) -> None:
-    g = p.add_argument_group("data")
+    g = _GivenOnly(p.add_argument_group("data"))
     g.add_argument(
         "--dataset",
         default=d.dataset,
@@ -74,8 +97,9 @@ def _add_data_args(p: argparse.ArgumentParser, d) -> None:
     g.add_argument(
         "--data-dir",
         default=None,
-        help="where the data is; Fashion-MNIST is otherwise looked for in $MIRRORLA_DATA, ~/.cache/mirrorla, "
-        "/usr/share/datasets/fashion-mnist, then downloaded",
+        help="where the data is; for Fashion-MNIST the only place looked in (missing files are an error). Without "
+        "it Fashion-MNIST is looked for in $MIRRORLA_DATA, ~/.cache/mirrorla, /usr/share/datasets/fashion-mnist, "
+        "then downloaded",
     )
     g.add_argument("--no-download", dest="download", action="store_false", help="never download data")
     g.add_argument("--train-subset", type=int, default=None, help="train on a fixed random subset of this size")
@@ -86,7 +110,7 @@ def _add_data_args(p: argparse.ArgumentParser, d) -> None:
 
 
 def _add_model_args(p: argparse.ArgumentParser, d) -> None:
-    g = p.add_argument_group("model")
+    g = _GivenOnly(p.add_argument_group("model"))
     g.add_argument("--model", default=d.model, help="'vit' (the project's small ViT) or a timm model name")
     g.add_argument(
         "--attention",
@@ -111,7 +135,7 @@ def _add_model_args(p: argparse.ArgumentParser, d) -> None:
 
 
 def _add_optim_args(p: argparse.ArgumentParser, d) -> None:
-    g = p.add_argument_group("optimisation")
+    g = _GivenOnly(p.add_argument_group("optimisation"))
     g.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step and process")
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW peak learning rate")
@@ -134,7 +158,7 @@ def _add_optim_args(p: argparse.ArgumentParser, d) -> None:
 
 
 def _add_run_args(p: argparse.ArgumentParser, d) -> None:
-    g = p.add_argument_group("run")
+    g = _GivenOnly(p.add_argument_group("run"))
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -146,18 +170,22 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p, d)
     _add_optim_args(p, d)
     _add_run_args(p, d)
-    g = p.add_argument_group("output")
+    g = _GivenOnly(p.add_argument_group("output"))
     g.add_argument(
         "--out",
         dest="out_dir",
-        default=None,
-        help="run directory for metrics and checkpoints (default: runs/train, or the resumed run's directory)",
+        help="run directory for metrics and checkpoints (default: runs/train, or the resumed run's directory); "
+        "a new run needs an empty or new folder, or --overwrite",
     )
     g.add_argument(
         "--resume",
-        default=None,
-        help="continue from a run directory or checkpoint file with that run's settings; options given here "
-        "override them, and any that would change the result are refused",
+        help="continue from a run directory or checkpoint file with that run's settings, in that run's directory; "
+        "options given here override them, and any that would change the result are refused",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the new run even if --out holds files: the previous run's outputs there are deleted",
     )
     g.add_argument("--no-checkpoints", dest="save_checkpoints", action="store_false", help="write no checkpoints")
     g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="how many epochs to keep")
@@ -166,27 +194,34 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace):
     """The TrainConfig of parsed ``train`` arguments.
 
-    With ``--resume``, the resumed run's saved settings are the base and only options that differ
-    from their defaults on this command line override them (so ``mirrorla train --resume DIR`` alone
-    continues the run as it was started).
+    The namespace holds only the options given on the command line (see :class:`_GivenOnly`); a new
+    run takes the others from :class:`~mirrorla.engine.config.TrainConfig`. With ``--resume``, the
+    resumed run's saved settings are the base and every option given overrides them, also one given
+    at its default value (``mirrorla train --resume DIR`` alone continues the run as it was started);
+    :func:`~mirrorla.engine.train` then refuses those that change the result. The run continues in
+    the folder that holds the checkpoint, which may be a copy of the one its saved settings name.
     """
     from mirrorla.engine.config import TrainConfig
 
     fields = set(TrainConfig.__dataclass_fields__)
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["attention_kwargs"] = dict(getattr(args, "attn_opt", []) or [])
-    if not args.resume:
-        values["out_dir"] = values["out_dir"] or "runs/train"
-        return TrainConfig(**values)
+    given = {k: v for k, v in vars(args).items() if k in fields}
+    if "attn_opt" in args:
+        given["attention_kwargs"] = dict(args.attn_opt)
+    resume = given.pop("resume", None)
+    if not resume:
+        return TrainConfig(**{"out_dir": "runs/train", **given})
+    if given.get("overwrite"):
+        raise ValueError(
+            f"--resume {resume} continues the run in its folder and --overwrite replaces a run with a new one: "
+            "pass one of them"
+        )
     from mirrorla.engine.checkpoint import load_checkpoint
+    from mirrorla.engine.run_folder import resumed_run_folder
 
-    parser = argparse.ArgumentParser()
-    add_train_args(parser)
-    defaults = {k: v for k, v in vars(parser.parse_args([])).items() if k in fields}
-    defaults["attention_kwargs"] = {}
-    saved = load_checkpoint(args.resume)["state"]["config"]
-    given = {k: v for k, v in values.items() if v != defaults.get(k)}
-    return TrainConfig.from_dict({**saved, **given, "resume": args.resume})
+    saved = load_checkpoint(resume)["state"]["config"]
+    folder = resumed_run_folder(resume)
+    own_folder = {"out_dir": str(folder)} if folder is not None else {}
+    return TrainConfig.from_dict({**saved, "overwrite": False, **own_folder, **given, "resume": resume})
 
 
 @command("train", "train a model (default: the small ViT on Fashion-MNIST); runs under torchrun for DDP")(
@@ -280,7 +315,18 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-subset", type=int, default=None, help="training images; None = the preset's (all)")
     p.add_argument("--eval-subset", type=int, default=None, help="evaluation images; None = the preset's (all)")
     p.add_argument("--out", default="runs/compare", help="output directory (table, JSON, figures, runs)")
-    p.add_argument("--resume", action="store_true", help="reuse finished runs in --out with identical settings")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse finished runs in --out with identical settings (and data) and train the others; also lets "
+        "several compare processes share one --out",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use a --out that holds files without --resume (retrain every run), or with --resume retrain "
+        "finished runs whose settings differ",
+    )
     p.add_argument("--dataset", default=BASE.dataset, help="dataset name, as for `mirrorla train`")
     p.add_argument("--data-dir", default=None, help="where the data is (see `mirrorla train --help`)")
     p.add_argument("--no-download", dest="download", action="store_false", help="never download data")
@@ -354,6 +400,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
         base=base,
         out_dir=args.out,
         resume=args.resume,
+        overwrite=args.overwrite,
         throughput_iters=args.throughput_iters,
         throughput_rounds=args.throughput_rounds,
         jobs=_parse_jobs(args.jobs),

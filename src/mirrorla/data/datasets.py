@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,14 +26,19 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from mirrorla.data.fashion_mnist import ENV_VAR, load_fashion_mnist
+from mirrorla.data.checksums import data_records
+from mirrorla.data.fashion_mnist import ENV_VAR, find_fashion_mnist, read_split
 
 __all__ = ["DatasetInfo", "InMemoryImages", "build_datasets", "list_datasets"]
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a model needs to know about a dataset."""
+    """What a model needs to know about a dataset, and which files it was read from.
+
+    ``files``: a record (absolute path, SHA-256, bytes; see :mod:`mirrorla.data.checksums`) per file
+    or folder read; empty for data built in memory.
+    """
 
     name: str
     num_classes: int
@@ -42,6 +48,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     train_size: int
     eval_size: int
+    files: tuple[dict[str, Any], ...] = ()
 
 
 # name → (torchvision class, mean, std, native size, horizontal flips make sense)
@@ -176,9 +183,10 @@ def build_datasets(
 
 
 def _fashion_mnist(data_dir, image_size, augment, train_subset, eval_subset, download):
+    files = find_fashion_mnist(data_dir, download=download)
     splits = {}
     for split, limit in (("train", train_subset), ("test", eval_subset)):
-        images, labels = load_fashion_mnist(split, data_dir, download=download)
+        images, labels = read_split(files, split)
         idx = _subset_indices(len(labels), limit)
         if idx is not None:
             images, labels = images[idx], labels[idx]
@@ -187,7 +195,10 @@ def _fashion_mnist(data_dir, image_size, augment, train_subset, eval_subset, dow
     common = dict(mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, image_size=size)
     train = InMemoryImages(*splits["train"], augment=augment, **common)
     test = InMemoryImages(*splits["test"], augment=False, **common)
-    info = DatasetInfo("fashion_mnist", 10, 1, size, FASHION_MNIST_MEAN, FASHION_MNIST_STD, len(train), len(test))
+    info = DatasetInfo(
+        "fashion_mnist", 10, 1, size, FASHION_MNIST_MEAN, FASHION_MNIST_STD, len(train), len(test),
+        files=data_records(files.values()),
+    )  # fmt: skip
     return train, test, info
 
 
@@ -234,9 +245,22 @@ def _torchvision(name, key, data_dir, image_size, augment, train_subset, eval_su
     num_classes = len(classes) if classes else int(max(np.asarray(getattr(train_raw, "labels", [0])))) + 1
     train, test = _maybe_subset(train_raw, train_subset), _maybe_subset(test_raw, eval_subset)
     info = DatasetInfo(
-        key if not name.startswith("tv:") else name, num_classes, in_chans, size, mean, std, len(train), len(test)
-    )
+        key if not name.startswith("tv:") else name, num_classes, in_chans, size, mean, std, len(train), len(test),
+        files=data_records(_torchvision_sources(train_raw) + _torchvision_sources(test_raw)),
+    )  # fmt: skip
     return train, test, info
+
+
+def _torchvision_sources(ds) -> list[Path]:
+    """Where a torchvision dataset reads its data from: its own folder or file, else its whole root."""
+    root = Path(ds.root)
+    if hasattr(ds, "raw_folder"):  # MNIST, KMNIST, ...: the extracted IDX files
+        return [Path(ds.raw_folder)]
+    if hasattr(ds, "base_folder") and (root / ds.base_folder).is_dir():  # CIFAR: the extracted batches
+        return [root / ds.base_folder]
+    if isinstance(getattr(ds, "filename", None), str) and (root / ds.filename).is_file():  # SVHN: one .mat file
+        return [root / ds.filename]
+    return [root]
 
 
 def _image_folder(data_dir, size, augment, train_subset, eval_subset):
@@ -264,6 +288,7 @@ def _image_folder(data_dir, size, augment, train_subset, eval_subset):
         raise ValueError(f"class folders differ between {root / 'train'} and {eval_dir}")
     train, test = _maybe_subset(train_raw, train_subset), _maybe_subset(test_raw, eval_subset)
     info = DatasetInfo(
-        "imagefolder", len(train_raw.classes), 3, size, _IMAGENET_MEAN, _IMAGENET_STD, len(train), len(test)
-    )
+        "imagefolder", len(train_raw.classes), 3, size, _IMAGENET_MEAN, _IMAGENET_STD, len(train), len(test),
+        files=data_records([root / "train", eval_dir]),
+    )  # fmt: skip
     return train, test, info

@@ -12,6 +12,10 @@ each either directly or in a ``fashion-mnist/`` or ``FashionMNIST/raw/`` sub-dir
 layout), compressed (``.gz``) or not. If none has them and ``download=True``, they are fetched from
 the dataset's official location into the cache directory and their MD5 checked against the values the
 dataset's authors publish. Otherwise :class:`DatasetNotFoundError` says exactly how to get them.
+
+An explicit ``data_dir`` is the only place looked in: if it lacks the files, the search does not go
+on to the other places (a run would otherwise train on other data than the folder it records) and
+nothing is downloaded into it; the error lists what was expected there and what was found.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "cache_dir",
     "find_fashion_mnist",
     "load_fashion_mnist",
+    "read_split",
 ]
 
 ENV_VAR = "MIRRORLA_DATA"
@@ -76,8 +81,9 @@ def _candidate_dirs(data_dir: str | os.PathLike | None) -> list[tuple[str, Path]
     return dirs
 
 
-def _files_in(root: Path) -> dict[str, Path] | None:
-    """The four files under ``root`` (any accepted layout), or None if any is missing."""
+def _files_by_layout(root: Path) -> list[tuple[Path, dict[str, Path]]]:
+    """For each accepted layout under ``root``: (folder, the files of :data:`FILES` found in it)."""
+    layouts = []
     for sub in _SUBDIRS:
         base = root / sub if sub else root
         found = {}
@@ -86,18 +92,53 @@ def _files_in(root: Path) -> dict[str, Path] | None:
                 if (base / name).is_file():
                     found[stem] = base / name
                     break
-        if len(found) == len(FILES):
-            return found
-    return None
+        layouts.append((base, found))
+    return layouts
+
+
+def _files_in(root: Path) -> dict[str, Path] | None:
+    """The four files under ``root`` (any accepted layout), or None if any is missing."""
+    return next((found for _, found in _files_by_layout(root) if len(found) == len(FILES)), None)
+
+
+def _not_in_data_dir(root: Path) -> DatasetNotFoundError:
+    """The error for an explicit ``--data-dir`` without the four files: what was expected, what is there."""
+    if not root.is_dir():
+        found = "it does not exist" if not root.exists() else "it is not a folder"
+    else:
+        base, partial = max(_files_by_layout(root), key=lambda layout: len(layout[1]))
+        if partial:
+            missing = ", ".join(f"{stem}(.gz)" for stem in FILES if stem not in partial)
+            found = f"{base} holds {len(partial)} of the 4 files; missing: {missing}"
+        else:
+            entries = sorted(p.name for p in root.iterdir())
+            shown = ", ".join(entries[:8]) + (", …" if len(entries) > 8 else "")
+            found = f"it holds none of them ({'contents: ' + shown if entries else 'it is empty'})"
+    names = ", ".join(stem + ".gz" for stem in FILES)
+    return DatasetNotFoundError(
+        f"Fashion-MNIST is not in --data-dir {root}: {found}. Expected the four files {names} (or the same "
+        f"without .gz) directly in {root} or in its sub-folder fashion-mnist/, FashionMNIST/raw/ (torchvision's "
+        "layout) or fashion_mnist/. An explicit --data-dir is the only place looked in and nothing is downloaded "
+        f"into it: put the four files there (from {URL}, or on Debian/Ubuntu sudo apt-get install "
+        f"dataset-fashion-mnist, which installs them into {DEBIAN_DIR}), point --data-dir at the folder that "
+        f"holds them, or leave --data-dir out to search ${ENV_VAR}, {cache_dir()} and {DEBIAN_DIR} and download "
+        "into the cache if none has them"
+    )
 
 
 def find_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool = True) -> dict[str, Path]:
-    """Paths of the four Fashion-MNIST files, searched in the documented order (module docstring).
+    """Paths of the four Fashion-MNIST files: in ``data_dir`` if given, else searched in the documented
+    order (module docstring).
 
     Raises:
-        DatasetNotFoundError: not found and not downloadable; the message lists where it looked and the
-            commands that fix it.
+        DatasetNotFoundError: not in ``data_dir``, or not found and not downloadable; the message lists
+            where it looked and the commands that fix it.
     """
+    if data_dir is not None:
+        found = _files_in(Path(data_dir))
+        if found is None:
+            raise _not_in_data_dir(Path(data_dir))
+        return found
     searched = _candidate_dirs(data_dir)
     for _, root in searched:
         found = _files_in(root)
@@ -164,7 +205,13 @@ def load_fashion_mnist(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    files = find_fashion_mnist(data_dir, download=download)
+    return read_split(find_fashion_mnist(data_dir, download=download), split)
+
+
+def read_split(files: dict[str, Path], split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images and labels of ``split`` from the files :func:`find_fashion_mnist` returned."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     prefix = "train" if split == "train" else "t10k"
     img_stem, lbl_stem = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
     images = read_idx(files[img_stem], expected_shape=FILES[img_stem][1])

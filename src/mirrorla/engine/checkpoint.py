@@ -2,59 +2,196 @@
 
 Layout of ``<run>/checkpoints/``::
 
-    epoch0003.safetensors   model weights, EMA weights under the prefix ``ema.``
-    epoch0003.state.pt      optimizer, scheduler, grad scaler, epoch, step, RNG states, config,
-                            SHA-256 of the weights file
+    epoch0003.safetensors   model weights, EMA weights under the prefix ``ema.``; header metadata: the
+                            SHA-256 of the tensors and the SHA-256 of the state file
+    epoch0003.state.pt      optimizer (with the parameter names of each group), scheduler, grad scaler,
+                            epoch, step, RNG states, config, SHA-256 of the weights' tensors
     last.json               {"epoch": 3, "weights": "epoch0003.safetensors", "state": "epoch0003.state.pt"}
 
 Every file is written to a temporary name in the same directory, flushed to disk and moved into
 place with ``os.replace`` (atomic on POSIX), and ``last.json`` is replaced only after both files of
 the new checkpoint are complete, so a crash at any moment leaves the previous checkpoint intact and
-pointed to. Loading verifies the weights' hash, so a truncated or mismatched file raises
-:class:`CheckpointError` with the file name and what to do, not an error from deep inside torch.
+pointed to. What a crash can leave behind (temporary files, a half-written newer pair, the rest of an
+interrupted prune) is removed by :func:`clean_run_dir` when the run starts again.
+
+Integrity. Each file of a pair records the other's hash, and since a file cannot hold the hash of a
+file that holds its own, the state records the hash of the weights' *tensors* (names, dtypes, shapes
+and bytes; not the header) while the weights' header records the hash of the whole state file. So a
+changed byte in either file, or two files of different checkpoints, make loading fail with a
+:class:`CheckpointError` naming the file, not an error from deep inside torch (or, for a flipped bit
+in an Adam moment, no error at all). Checkpoints of format ``mirrorla-checkpoint-1`` (before the state
+had a checksum) still load, with a warning: their weights are checked, their state cannot be.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "resolve_checkpoint", "atomic_write_bytes"]
+__all__ = [
+    "CheckpointError",
+    "OutputWriteError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "atomic_write_bytes",
+    "clean_run_dir",
+    "explain_write_errors",
+    "output_write_error",
+]
 
-FORMAT = "mirrorla-checkpoint-1"
+FORMAT = "mirrorla-checkpoint-2"
+FORMAT_UNCHECKED_STATE = "mirrorla-checkpoint-1"  # the state file carries no checksum
 EMA_PREFIX = "ema."
+_CHECKPOINT_NAME = re.compile(r"epoch(\d+)\.(safetensors|state\.pt)")
+# Keys save_checkpoint adds to the state; stale copies from a loaded state are replaced, never kept.
+_RECORD_KEYS = ("format", "epoch", "tensors_sha256", "weights_sha256")
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt or does not belong to its partner file."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + fsync + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# What to do about each error of writing that the user can fix.
+_WRITE_ADVICE = {
+    errno.ENOSPC: "free disk space or choose another --out",
+    errno.EDQUOT: "free space within the disk quota or choose another --out",
+    errno.EROFS: "the file system is read-only: choose a writable --out",
+    errno.EACCES: "fix the permissions of {parent} or choose another --out",
+    errno.EPERM: "fix the permissions of {parent} or choose another --out",
+}
+
+
+class OutputWriteError(OSError):
+    """Writing a run's output failed for a reason the user must fix: disk full, read-only, no permission.
+
+    ``str()`` is one line: the path, the reason and what to do.
+    """
+
+    def __init__(self, code: int, strerror: str, filename: str, message: str = "") -> None:
+        # OSError's signature, so the error survives pickling (compare's worker processes).
+        super().__init__(code, strerror, filename)
+        self.message = message or f"{filename}: {strerror}"
+
+    @classmethod
+    def from_os_error(cls, path: str | os.PathLike, err: OSError, action: str = "cannot write") -> OutputWriteError:
+        advice = _WRITE_ADVICE[err.errno].format(parent=Path(path).parent)
+        code = errno.errorcode.get(err.errno, str(err.errno))
+        message = (
+            f"{action} {path}: {err.strerror} [{code}]; {advice}, then run again (with --resume if the run "
+            "has a checkpoint: the last complete one is intact)"
+        )
+        return cls(err.errno, err.strerror, str(path), message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def output_write_error(err: OSError, path: str | os.PathLike | None = None) -> OutputWriteError | None:
+    """``err`` as an :class:`OutputWriteError` if the user can fix it (disk full, read-only, permission).
+
+    Without ``path`` (an error from code that did not say what it was doing), the error's own file
+    name is used and the message says "cannot access" rather than "cannot write".
+    """
+    if isinstance(err, OutputWriteError):
+        return err
+    action = "cannot write" if path is not None else "cannot access"
+    path = path if path is not None else err.filename
+    if err.errno not in _WRITE_ADVICE or path is None:
+        return None
+    return OutputWriteError.from_os_error(path, err, action)
+
+
+@contextlib.contextmanager
+def explain_write_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk, read-only file system or missing permission while writing ``path`` into an
+    :class:`OutputWriteError` that names ``path`` and what to do; other errors pass unchanged."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as err:
+        explained = output_write_error(err, path)
+        if explained is None:
+            raise
+        raise explained from err
+
+
+def _umask() -> int:
+    # Reading the umask means setting it; it is restored at once (a file another thread creates in
+    # between would get mode 0o022's, the common default).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file + fsync + ``os.replace``.
+
+    The file gets the mode ``open()`` would give a new file (0o666 less the umask), not mkstemp's 0o600.
+
+    Raises:
+        OutputWriteError: the disk is full, the file system read-only or permission is denied; ``path``
+            is then unchanged and no temporary file is left.
+    """
+    path = Path(path)
+    with explain_write_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if hasattr(os, "fchmod"):
+                    os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _tensors_sha256(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of ``tensors`` in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file already read successfully by safetensors."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
+
+
+def _checkpoint_files(directory: Path) -> dict[int, list[Path]]:
+    """The checkpoint files in ``directory`` by epoch (one or both of a pair)."""
+    files: dict[int, list[Path]] = {}
+    for path in directory.iterdir() if directory.is_dir() else ():
+        match = _CHECKPOINT_NAME.fullmatch(path.name)
+        if match:
+            files.setdefault(int(match[1]), []).append(path)
+    return files
 
 
 def save_checkpoint(
@@ -65,28 +202,93 @@ def save_checkpoint(
     ema_state: dict[str, Tensor] | None = None,
     keep: int = 2,
 ) -> Path:
-    """Write checkpoint ``epoch`` atomically and keep only the newest ``keep``; returns the weights path."""
+    """Write checkpoint ``epoch`` atomically and keep only the newest ``keep``; returns the weights path.
+
+    Checkpoints of later epochs (left by a run resumed from an earlier one) are not pruned here: the
+    run overwrites them as it goes, and :func:`clean_run_dir` removes the rest at the next start.
+
+    Raises:
+        OutputWriteError: the disk is full, the file system read-only or permission is denied; the
+            previous checkpoint is then still complete and pointed to.
+    """
     from safetensors.torch import save
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    with explain_write_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
     if ema_state is not None:
         tensors.update({EMA_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in ema_state.items()})
-    weights = save(tensors, metadata={"format": FORMAT, "epoch": str(epoch)})
-    stem = f"epoch{epoch:04d}"
-    atomic_write_bytes(directory / f"{stem}.safetensors", weights)
-    state = {**train_state, "format": FORMAT, "epoch": epoch, "weights_sha256": _sha256(weights)}
+    tensors_sha256 = _tensors_sha256(tensors)
+    state = {k: v for k, v in train_state.items() if k not in _RECORD_KEYS}
+    state.update(format=FORMAT, epoch=epoch, tensors_sha256=tensors_sha256)
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(directory / f"{stem}.state.pt", buf.getvalue())
+    state_bytes = buf.getvalue()
+    metadata = {"format": FORMAT, "epoch": str(epoch), "tensors_sha256": tensors_sha256}
+    metadata["state_sha256"] = _sha256(state_bytes)
+    stem = f"epoch{epoch:04d}"
+    atomic_write_bytes(directory / f"{stem}.safetensors", save(tensors, metadata=metadata))
+    atomic_write_bytes(directory / f"{stem}.state.pt", state_bytes)
     pointer = {"epoch": epoch, "weights": f"{stem}.safetensors", "state": f"{stem}.state.pt"}
     atomic_write_bytes(directory / "last.json", json.dumps(pointer).encode())
-    # Old checkpoints go only after the pointer names the new one.
-    for old in sorted(directory.glob("epoch*.safetensors"))[:-keep]:
-        for path in (old, old.with_name(old.name.replace(".safetensors", ".state.pt"))):
+    # Old checkpoints go only after the pointer names the new one, and never the new one itself.
+    files = _checkpoint_files(directory)
+    older = sorted(e for e in files if e < epoch)
+    for old in older[: max(0, len(older) - (keep - 1))]:
+        for path in files[old]:
             path.unlink(missing_ok=True)
     return directory / f"{stem}.safetensors"
+
+
+def _read_pointer(ckpt_dir: Path) -> tuple[str, str] | None:
+    """(weights, state) names in ``last.json``, or None if it is missing or unreadable."""
+    try:
+        info = json.loads((ckpt_dir / "last.json").read_text())
+        return str(info["weights"]), str(info["state"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# Temporary files of atomic_write_bytes for the files a run writes (mkstemp adds [a-z0-9_]+).
+_RUN_TMP = re.compile(r"\.(config\.json|metrics\.jsonl|final\.json|result\.json)\.[a-z0-9_]+\.tmp")
+_CHECKPOINT_TMP = re.compile(r"\.(last\.json|epoch\d+\.(safetensors|state\.pt))\.[a-z0-9_]+\.tmp")
+
+
+def clean_run_dir(run_dir: str | os.PathLike, keep: int, protect: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Remove what an interrupted run left in ``run_dir`` and its ``checkpoints/``; returns the removed paths.
+
+    Removed: temporary files of :func:`atomic_write_bytes` for the files a run writes; checkpoint files
+    of epochs after the one ``last.json`` points to (a save interrupted before the pointer moved); and,
+    of earlier epochs, lone halves of a pair and pairs beyond the newest ``keep`` (an interrupted
+    prune). Never removed: the checkpoint ``last.json`` points to, the checkpoints of the paths in
+    ``protect`` (the one a run resumes from), and any file whose name a run does not write. Without a
+    readable ``last.json`` only temporary files are removed.
+
+    Call it only while no other process writes to the run directory (the trainer holds its lock).
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    doomed = [p for p in run_dir.glob(".*.tmp") if _RUN_TMP.fullmatch(p.name)]
+    doomed += [p for p in ckpt_dir.glob(".*.tmp") if _CHECKPOINT_TMP.fullmatch(p.name)]
+    pointer = _read_pointer(ckpt_dir)
+    match = _CHECKPOINT_NAME.fullmatch(pointer[0]) if pointer else None
+    if pointer and match and all((ckpt_dir / name).is_file() for name in pointer):
+        current = int(match[1])
+        kept = {current}
+        for path in map(Path, protect):
+            found = _CHECKPOINT_NAME.fullmatch(path.name)
+            if found and path.parent.resolve() == ckpt_dir.resolve():
+                kept.add(int(found[1]))
+        files = _checkpoint_files(ckpt_dir)
+        complete = sorted(e for e in files if e < current and len(files[e]) == 2)
+        kept.update(complete[len(complete) - (keep - 1) :] if keep > 1 else [])
+        doomed += [p for e, paths in files.items() if e not in kept for p in paths]
+        doomed = [p for p in doomed if p.name not in pointer]
+    for path in doomed:
+        with explain_write_errors(path):
+            path.unlink(missing_ok=True)
+    return doomed
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -110,10 +312,12 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def load_checkpoint(path: str | os.PathLike, weights_only: bool = False) -> dict[str, Any]:
-    """Load a checkpoint. Returns ``{"model": ..., "ema": ... | None, "state": ... | None, "path": ...}``.
+    """Load and verify a checkpoint.
 
+    Returns ``{"model": ..., "ema": ... | None, "state": ... | None, "path": weights path, "state_path": ...}``.
     ``weights_only=True`` accepts a lone ``.safetensors`` file (for ``mirrorla eval``); otherwise the
-    state file must exist and its recorded SHA-256 must match the weights.
+    state file must exist. Both files are checked against the hashes recorded in the other (see the
+    module docstring); a state of the older format without a checksum loads with a warning.
 
     Raises:
         FileNotFoundError: a file does not exist.
@@ -129,23 +333,58 @@ def load_checkpoint(path: str | os.PathLike, weights_only: bool = False) -> dict
     hint = "the file is truncated or corrupt (an interrupted copy?); use an earlier checkpoint or retrain"
     try:
         tensors = load(data)
+        metadata = _safetensors_metadata(data)
     except (SafetensorError, ValueError, RuntimeError, OSError) as err:
         raise CheckpointError(f"cannot read {weights_path} ({len(data)} bytes): {err}; {hint}") from err
+    tensors_sha256 = _tensors_sha256(tensors) if "tensors_sha256" in metadata else None
+    if tensors_sha256 is not None and tensors_sha256 != metadata["tensors_sha256"]:
+        raise CheckpointError(f"{weights_path}: its tensors do not match the SHA-256 recorded in its header; {hint}")
     state = None
     if state_path.is_file():
+        state_bytes = state_path.read_bytes()
+        if "state_sha256" in metadata and _sha256(state_bytes) != metadata["state_sha256"]:
+            raise CheckpointError(
+                f"{state_path} does not match {weights_path}: its SHA-256 differs from the one the weights file "
+                f"records (one of the two was changed or truncated, or they come from different checkpoints); {hint}"
+            )
         try:
-            state = torch.load(io.BytesIO(state_path.read_bytes()), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(state_bytes), map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises many types (EOFError, UnpicklingError, RuntimeError ...)
             raise CheckpointError(f"cannot read {state_path}: {type(err).__name__}: {err}; {hint}") from err
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError(f"{state_path} is not a {FORMAT} state file")
-        if state.get("weights_sha256") != _sha256(data):
-            raise CheckpointError(
-                f"{weights_path} does not match {state_path} (SHA-256 differs): the weights file was changed, "
-                f"truncated or comes from another run; {hint}"
-            )
+        _check_pair(state, state_path, weights_path, data, metadata, tensors_sha256, hint)
     elif not weights_only:
         raise FileNotFoundError(f"training state {state_path} does not exist; --resume needs both files")
     model = {k: v for k, v in tensors.items() if not k.startswith(EMA_PREFIX)}
     ema = {k[len(EMA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)} or None
-    return {"model": model, "ema": ema, "state": state, "path": weights_path}
+    return {"model": model, "ema": ema, "state": state, "path": weights_path, "state_path": state_path}
+
+
+def _check_pair(
+    state: Any,
+    state_path: Path,
+    weights_path: Path,
+    weights: bytes,
+    metadata: dict[str, str],
+    tensors_sha256: str | None,
+    hint: str,
+) -> None:
+    """The state file is of a known format and records the hash of these weights."""
+    mismatch = CheckpointError(
+        f"{weights_path} does not match {state_path} (SHA-256 differs): the weights file was changed, "
+        f"truncated or comes from another run; {hint}"
+    )
+    fmt = state.get("format") if isinstance(state, dict) else None
+    if fmt == FORMAT:
+        if "state_sha256" not in metadata or state.get("tensors_sha256") != tensors_sha256:
+            raise mismatch
+    elif fmt == FORMAT_UNCHECKED_STATE:
+        if state.get("weights_sha256") != _sha256(weights):
+            raise mismatch
+        warnings.warn(
+            f"{state_path} was written by an older mirrorla ({fmt}) and has no checksum, so its optimizer "
+            "state cannot be verified; the weights are verified, and checkpoints saved from now on have one",
+            UserWarning,
+            stacklevel=3,
+        )
+    else:
+        raise CheckpointError(f"{state_path} is not a {FORMAT} state file")

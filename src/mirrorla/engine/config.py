@@ -67,6 +67,8 @@ class TrainConfig:
     save_checkpoints: bool = True
     keep_checkpoints: int = 2
     resume: str | None = None
+    #: A new run into a folder that already holds files deletes the previous run's outputs instead of refusing.
+    overwrite: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:

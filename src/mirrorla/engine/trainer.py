@@ -6,18 +6,22 @@ generator, the global torch RNG (dropout, drop path) and numpy's RNG (timm's Mix
 A run resumed from the checkpoint of epoch e therefore computes exactly what the uninterrupted run
 computed in epochs e+1, … on the same machine and thread count.
 
-Outputs of a run directory (rank 0 only): ``config.json``, ``metrics.jsonl`` (one JSON object per
-epoch), ``checkpoints/`` (see :mod:`mirrorla.engine.checkpoint`) and ``final.json``.
+Outputs of a run directory (rank 0 only): ``config.json`` (with the paths and SHA-256 of the data
+files read), ``metrics.jsonl`` (one JSON object per epoch), ``checkpoints/`` (see
+:mod:`mirrorla.engine.checkpoint`) and ``final.json``. While a process trains into it the folder
+holds ``run.lock``; a new run needs an empty folder or ``overwrite`` (:mod:`mirrorla.engine.run_folder`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +33,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from mirrorla.data import InMemoryImages, build_datasets
-from mirrorla.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from mirrorla.engine.checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    clean_run_dir,
+    explain_write_errors,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from mirrorla.engine.config import RESULT_FIELDS, TrainConfig
 from mirrorla.engine.distributed import (
     DistEnv,
@@ -40,6 +52,7 @@ from mirrorla.engine.distributed import (
 )
 from mirrorla.engine.model import count_params, create_classifier
 from mirrorla.engine.optim import create_optimizer
+from mirrorla.engine.run_folder import claim_run_folder, resumed_run_folder
 
 __all__ = ["train", "evaluate", "warmup_cosine", "TrainingDivergedError"]
 
@@ -138,22 +151,55 @@ def _param_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
 
+def _read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for each record of ``metrics.jsonl``.
+
+    A crash in the middle of an append leaves the last line incomplete and without its newline; that
+    line is dropped with a warning. Any other line that is not a record is an error: no interrupted
+    write leaves it, so it needs a look before the run goes on.
+    """
+    lines = path.read_text().split("\n")  # the last item is "" when the file ends with a newline
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+                raise ValueError("not a JSON object with an integer 'epoch'")
+        except ValueError as err:
+            if number == len(lines):
+                warnings.warn(
+                    f"{path}: dropping its last line, cut short by an interrupted write: {line[:60]!r}", stacklevel=3
+                )
+                break
+            raise ValueError(
+                f"{path}, line {number}: expected one JSON record per line, got {line[:60]!r} ({err}); only the "
+                "last line can be cut short by a crash, so repair or delete this one and resume again"
+            ) from err
+        records.append((line, record))
+    return records
+
+
 class _MetricsLog:
-    """``metrics.jsonl`` written by rank 0; on resume, lines after the resumed epoch are dropped."""
+    """``metrics.jsonl`` written by rank 0; on resume, lines after the resumed epoch are dropped, and a
+    last line cut short by a crash (see :func:`_read_metrics`)."""
 
     def __init__(self, path: Path | None, resume_epoch: int | None) -> None:
         self.path = path
         if path is None:
             return
         if resume_epoch is None or not path.is_file():
-            path.write_text("")
+            with explain_write_errors(path):
+                path.write_text("")
         else:
-            kept = [ln for ln in path.read_text().splitlines() if ln and json.loads(ln)["epoch"] <= resume_epoch]
+            kept = [line for line, record in _read_metrics(path) if record["epoch"] <= resume_epoch]
             atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            with open(self.path, "a") as fh:
+            # A disk that fills up in the middle of the line leaves it torn; resume drops it.
+            with explain_write_errors(self.path), open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
 
 
@@ -165,9 +211,29 @@ def train(cfg: TrainConfig, datasets: tuple[Dataset, Dataset, Any] | None = None
     """
     env = setup_distributed(cfg.device)
     try:
-        return _train(cfg, env, datasets)
+        with _claim_run_folder(cfg, env):
+            return _train(cfg, env, datasets)
     finally:
         cleanup_distributed()
+
+
+def _claim_run_folder(cfg: TrainConfig, env: DistEnv) -> contextlib.AbstractContextManager:
+    """Rank 0's lock on the run folder, taken before anything in it is read or written (see
+    :func:`~mirrorla.engine.run_folder.claim_run_folder`). A resumed run continues in its own folder."""
+    run_dir = Path(cfg.out_dir) if cfg.out_dir else None
+    if cfg.resume:
+        resumed = resumed_run_folder(cfg.resume)
+        if resumed is not None and run_dir is not None and run_dir.resolve() != resumed.resolve():
+            raise ValueError(
+                f"--out {run_dir} is not the folder of the resumed run, {resumed}: a resumed run continues in its "
+                f"own folder, next to its metrics and checkpoints. To continue a copy elsewhere, copy the folder "
+                f"(cp -r {resumed} {run_dir}) and pass --resume {run_dir}"
+            )
+        # A lone checkpoint file (not in a run's checkpoints/) without out_dir: the folder _train writes to.
+        run_dir = run_dir or resumed or resolve_checkpoint(cfg.resume)[0].parent.parent
+    if run_dir is None or not env.is_main:
+        return contextlib.nullcontext()
+    return claim_run_folder(run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)
 
 
 def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
@@ -184,6 +250,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
             raise ModuleNotFoundError("checkpoints need the package safetensors: pip install 'mirrorla[train]'")
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None:
+        _check_checkpoint_run(resume)
         _check_resume_config(cfg, resume["state"]["config"])
     run_dir = Path(cfg.out_dir) if cfg.out_dir else None
     if run_dir is None and cfg.resume:
@@ -199,6 +266,8 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
             download=cfg.download,
         )
     train_set, eval_set, info = datasets
+    if resume is not None and run_dir is not None:
+        _check_resume_data(run_dir / "config.json", info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size).to(env.device)
@@ -227,13 +296,13 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
 
     start_epoch, global_step, best_top1 = 0, 0, -1.0
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        _load_weights(model, resume["model"], resume["path"])
         if ema is not None:
             if resume["ema"] is None:
                 raise ValueError("the checkpoint has no EMA weights but ema_decay > 0")
-            ema.module.load_state_dict(resume["ema"])
+            _load_weights(ema.module, resume["ema"], resume["path"])
         st = resume["state"]
-        optimizer.load_state_dict(st["optimizer"])
+        _load_optimizer_state(optimizer, model, st, resume["state_path"])
         scheduler.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
         start_epoch, global_step, best_top1 = st["epoch"] + 1, st["global_step"], st["best_top1"]
@@ -248,13 +317,16 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg_record = {**cfg.to_dict(), "dataset_info": info.__dict__, "params": params, "world_size": env.world_size}
         atomic_write_bytes(run_dir / "config.json", json.dumps(cfg_record, indent=2, default=str).encode())
+    if env.is_main and run_dir is not None:
+        # Leftovers of an interrupted write or prune (temporary files, orphan checkpoints). Only here, after
+        # the run directory is set up and locked against a second writer, and never the checkpoint resumed.
+        clean_run_dir(run_dir, keep=cfg.keep_checkpoints, protect=[resume["path"]] if resume else [])
     log = _MetricsLog(
         run_dir / "metrics.jsonl" if (env.is_main and run_dir) else None, start_epoch - 1 if resume else None
     )
     history: list[dict[str, Any]] = []
     if resume is not None and run_dir is not None and (run_dir / "metrics.jsonl").is_file():
-        history = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines() if ln]
-        history = [h for h in history if h["epoch"] < start_epoch]
+        history = [h for _, h in _read_metrics(run_dir / "metrics.jsonl") if h["epoch"] < start_epoch]
 
     for epoch in range(start_epoch, cfg.epochs):
         seed = _epoch_seed(cfg.seed, epoch, env.rank)
@@ -339,6 +411,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
             if cfg.save_checkpoints and run_dir is not None:
                 state = {
                     "optimizer": optimizer.state_dict(),
+                    "param_group_names": _param_group_names(model, optimizer),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "global_step": global_step,
@@ -369,6 +442,135 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
         "model": model,
         "optimizer": optimizer,
     }
+
+
+def _check_checkpoint_run(resume: dict[str, Any]) -> None:
+    """The checkpoint's settings agree with the ``config.json`` of the run directory it lies in.
+
+    A weights/state pair copied in from another run passes the checksums (the two files belong
+    together) but would continue a different model in this directory.
+    """
+    weights_path = Path(resume["path"])
+    config_path = weights_path.parent.parent / "config.json"
+    if weights_path.parent.name != "checkpoints" or not config_path.is_file():
+        return  # not inside a run directory: nothing to compare with
+    try:
+        recorded = json.loads(config_path.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"cannot read {config_path} ({err}) to check that {resume['state_path']} belongs to this run; "
+            "repair it or resume from a copy of the checkpoint outside the run directory"
+        ) from err
+    saved = resume["state"]["config"]
+    as_json = lambda value: json.loads(json.dumps(value, default=str))  # noqa: E731 (tuples → lists)
+    diffs = [
+        f"{k} {saved[k]!r} vs {recorded[k]!r}"
+        for k in RESULT_FIELDS
+        if k in saved and k in recorded and as_json(saved[k]) != recorded[k]
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{resume['state_path']} does not belong to the run of {config_path}; these settings differ "
+            f"(checkpoint vs config.json): {', '.join(diffs)}. The checkpoint was copied from another run: put "
+            "this run's own checkpoint files back, or resume the other run from its own directory"
+        )
+
+
+def _load_weights(module: nn.Module, weights: dict[str, Tensor], path: Path) -> None:
+    """``module.load_state_dict(weights)``, with a one-line error naming the file if they do not fit."""
+    expected = module.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in weights]
+    problems += [f"unexpected {k}" for k in weights if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(v.shape)}, the model {tuple(expected[k].shape)}"
+        for k, v in weights.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(
+            f"{path} does not fit the model built from the run's settings: {'; '.join(problems[:3])}{more}. "
+            "It comes from another model or version: resume with the settings it was saved with, or start a new run"
+        )
+    module.load_state_dict(weights)
+
+
+def _param_group_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The parameter names of each optimizer group, in order (saved so a resume can check them)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+
+
+def _param_groups_problem(optimizer: torch.optim.Optimizer, model: nn.Module, st: dict[str, Any]) -> str | None:
+    """How the saved optimizer groups differ from this model's, or None if they agree."""
+    current = _param_group_names(model, optimizer)
+    saved_names = st.get("param_group_names")  # absent in checkpoints of older versions
+    if saved_names is not None:
+        for i, (old, new) in enumerate(itertools.zip_longest(saved_names, current, fillvalue=[])):
+            if old != new:
+                only_old, only_new = sorted(set(old) - set(new)), sorted(set(new) - set(old))
+                detail = f"parameter group {i} holds {len(old)} parameters in the checkpoint, {len(new)} in the model"
+                detail += f"; only in the checkpoint: {', '.join(only_old[:3])}" if only_old else ""
+                detail += f"; only in the model: {', '.join(only_new[:3])}" if only_new else ""
+                return detail if only_old or only_new or len(old) != len(new) else detail + " (in another order)"
+        return None
+    saved_groups = st["optimizer"]["param_groups"]
+    sizes_old, sizes_new = [len(g["params"]) for g in saved_groups], [len(g) for g in current]
+    if sizes_old != sizes_new:
+        return f"parameter group sizes {sizes_old} in the checkpoint, {sizes_new} in the model"
+    # torch pairs saved and current parameters by position: check that each moment fits its parameter.
+    saved_ids = [i for g in saved_groups for i in g["params"]]
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for pid, param, name in zip(saved_ids, params, itertools.chain(*current), strict=True):
+        for key, value in st["optimizer"]["state"].get(pid, {}).items():
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+                return (
+                    f"the parameter groups hold other parameters: the {key} of shape {tuple(value.shape)} would "
+                    f"go to {name} of shape {tuple(param.shape)}"
+                )
+    return None
+
+
+def _load_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: nn.Module, st: dict[str, Any], state_path: Path
+) -> None:
+    """Load the checkpoint's optimizer state after checking that its parameter groups are this model's.
+
+    torch pairs saved and current parameters by position only, so a state whose groups hold other
+    parameters (written by a version that grouped them differently) would put moments on wrong tensors.
+    """
+    problem = _param_groups_problem(optimizer, model, st)
+    if problem is not None:
+        raise CheckpointError(
+            f"the optimizer state in {state_path} does not fit this model's parameter groups: {problem}. It was "
+            "written by a version that grouped the parameters differently, or for another model: start a new "
+            "run (the weights alone still load, e.g. with `mirrorla eval`)"
+        )
+    optimizer.load_state_dict(st["optimizer"])
+
+
+def _check_resume_data(config_path: Path, info: Any) -> None:
+    """A resumed run reads data files with the same contents (SHA-256) as those its ``config.json`` records.
+
+    Runs written before files were recorded, and data passed in memory, have no files to compare.
+    """
+    try:
+        recorded = json.loads(config_path.read_text()).get("dataset_info", {}).get("files")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    current = getattr(info, "files", ())
+    if not recorded or not current:
+        return
+    old, new = {f["sha256"] for f in recorded}, {f["sha256"] for f in current}
+    if old != new:
+        now = ", ".join(f"{f['path']} ({f['sha256'][:12]}…)" for f in current if f["sha256"] not in old)
+        then = ", ".join(f"{f['path']} ({f['sha256'][:12]}…)" for f in recorded if f["sha256"] not in new)
+        raise ValueError(
+            f"--resume needs the data the run was trained on, but the files read now differ by SHA-256: now {now}; "
+            f"the run read {then} ({config_path}). Pass --data-dir with the run's data, or start a new run"
+        )
 
 
 def _check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:

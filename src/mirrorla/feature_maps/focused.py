@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.ops._checks import check_positive
 
 __all__ = ["FocusedFeatureMap", "focus"]
 
@@ -69,21 +70,21 @@ class FocusedFeatureMap(FeatureMap):
             raise ValueError(f"norm_scope must be one of {NORM_SCOPES}, got {norm_scope!r}")
         if not focusing_factor > 0:
             raise ValueError(f"focusing_factor must be > 0 (FLatten uses 3), got {focusing_factor}")
-        if not offset > 0:
-            raise ValueError(f"offset must be > 0 (FLatten uses 1e-6): it keeps the norms positive, got {offset}")
+        offset = check_positive("offset", offset, "it keeps the norms positive; FLatten uses 1e-6")
         self.num_heads, self.head_dim = num_heads, head_dim
         self.focusing_factor, self.norm_scope, self.offset = float(focusing_factor), norm_scope, float(offset)
         self.scale = nn.Parameter(torch.zeros(1, 1, num_heads * head_dim))
 
-    def channel_scale(self) -> Tensor:
-        """softplus(s) laid out as (1, H, 1, D) for head-split tensors."""
-        return F.softplus(self.scale).view(1, self.num_heads, 1, self.head_dim)
+    def channel_scale(self, dtype: torch.dtype | None = None) -> Tensor:
+        """softplus(s) laid out as (1, H, 1, D) for head-split tensors, in ``dtype`` (default: s's)."""
+        s = self.scale if dtype is None else self.scale.to(dtype)
+        return F.softplus(s).view(1, self.num_heads, 1, self.head_dim)
 
     def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_heads(q, k, self.num_heads, self.head_dim, type(self).__name__)
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k = _upcast(q), _upcast(k)
-            s = self.channel_scale().to(q.dtype)
+            s = self.channel_scale(q.dtype)  # fp32 even for an fp16 s: its gradient is formed in fp32
             dims = (1, 3) if self.norm_scope == "full" else (3,)
             phi_q = focus((F.relu(q) + self.offset) / s, self.focusing_factor, dims)
             phi_k = focus((F.relu(k) + self.offset) / s, self.focusing_factor, dims)

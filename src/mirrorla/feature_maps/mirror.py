@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.ops._checks import check_positive
 from mirrorla.ops.naive import dense_block_reflection, dense_cross_head_reflection
 from mirrorla.ops.reflections import (
     block_reflect,
@@ -100,8 +101,9 @@ class MirrorFeatureMap(FeatureMap):
                 f"MirrorLA's block reflection pairs channels (2j, 2j+1) and needs an even head dim, got "
                 f"head_dim={head_dim}; choose dim and num_heads so that dim // num_heads is even"
             )
-        if variance_eps <= 0:
-            raise ValueError(f"variance_eps must be > 0, got {variance_eps}")
+        variance_eps = check_positive(
+            "variance_eps", variance_eps, "it keeps 1/(σ² + ε) finite when a block has zero variance"
+        )
         self.num_heads, self.head_dim = num_heads, head_dim
         self.block_reflection = block_reflection
         self.variance_modulation = variance_modulation
@@ -181,16 +183,25 @@ class MirrorFeatureMap(FeatureMap):
         if self.compile or not self.fast_path or not (self.cross_head or self.block_reflection):
             return None
         C = self.num_heads * self.head_dim
-        u_hat = self.u_c / self.u_c.norm().clamp_min(1e-6) if self.cross_head else None
-        sign = _odd_sign_full(C, weight) if self.block_reflection else None
+        # Folded in fp32 (fp64 stays fp64) and rounded once: with fp16 weights the fold's backward
+        # sums weight gradients (~N·|x|) over C rows in fp16 and overflowed for u_c at N = 16384 with
+        # ×100 inputs, although u_c's own gradient is ~1e3.
+        dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        u_hat = None
+        if self.cross_head:
+            u = self.u_c.to(dtype)
+            u_hat = u / u.norm().clamp_min(1e-6)
+        sign = _odd_sign_full(C, weight.to(dtype)) if self.block_reflection else None
 
         def fold(rows: Tensor) -> Tensor:  # rows: (C, C_in) or (C,)
+            rows = rows.to(dtype)
             if u_hat is not None:
-                u = u_hat.to(rows.dtype)
-                rows = rows - 2.0 * (u[:, None] * (u @ rows)[None] if rows.dim() == 2 else u * (u @ rows))
+                rows = rows - 2.0 * (
+                    u_hat[:, None] * (u_hat @ rows)[None] if rows.dim() == 2 else u_hat * (u_hat @ rows)
+                )
             if sign is not None:
                 rows = rows * (sign[:, None] if rows.dim() == 2 else sign)
-            return rows
+            return rows.to(weight.dtype)
 
         w = torch.cat((fold(weight[:C]), fold(weight[C : 2 * C]), weight[2 * C :]))
         b = None if bias is None else torch.cat((fold(bias[:C]), fold(bias[C : 2 * C]), bias[2 * C :]))

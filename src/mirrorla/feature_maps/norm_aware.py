@@ -27,6 +27,7 @@ from torch import Tensor
 
 from mirrorla.feature_maps.base import FeatureMap
 from mirrorla.feature_maps.focused import _check_heads, _upcast
+from mirrorla.ops._checks import check_positive
 
 __all__ = ["NormAwareFeatureMap", "NALA_FORMS", "norm_aware_power"]
 
@@ -66,10 +67,11 @@ class NormAwareFeatureMap(FeatureMap):
         super().__init__()
         if form not in NALA_FORMS:
             raise ValueError(f"form must be one of {NALA_FORMS}, got {form!r}")
-        if not lam > 0 or not phase_scale > 0 or not norm_eps > 0:
-            raise ValueError(f"lam, phase_scale and norm_eps must be > 0, got {lam}, {phase_scale}, {norm_eps}")
+        lam = check_positive("lam", lam, "the key power and the scale of the query power; NaLaFormer uses 3")
+        phase_scale = check_positive("phase_scale", phase_scale, "the slope of the cosine form's phase; 20")
+        norm_eps = check_positive("norm_eps", norm_eps, "the floor of the query norm r that divides q; 1e-6")
         self.num_heads, self.head_dim = num_heads, head_dim
-        self.form, self.lam, self.phase_scale, self.norm_eps = form, float(lam), float(phase_scale), float(norm_eps)
+        self.form, self.lam, self.phase_scale, self.norm_eps = form, lam, phase_scale, norm_eps
 
     def feature_dim(self, head_dim: int) -> int:
         return 2 * head_dim

@@ -64,16 +64,23 @@ class PolarityFeatureMap(FeatureMap):
     def feature_dim(self, head_dim: int) -> int:
         return 2 * head_dim
 
-    def exponent(self) -> Tensor:
-        """p = 1 + α·sigmoid(w), (1, H, 1, D)."""
-        return 1.0 + self.alpha * torch.sigmoid(self.power)
+    def exponent(self, dtype: torch.dtype | None = None) -> Tensor:
+        """p = 1 + α·sigmoid(w), (1, H, 1, D), evaluated in ``dtype`` (default: w's dtype).
+
+        The forward evaluates it in fp32 even for an fp16 w: in fp16 its backward multiplies
+        ∂L/∂p by α before sigmoid' ≤ 1/4 and overflowed (2.8e4 · 4 > 65504 at N = 4096, ×100 inputs).
+        """
+        w = self.power if dtype is None else self.power.to(dtype)
+        return 1.0 + self.alpha * torch.sigmoid(w)
 
     def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_heads(q, k, self.num_heads, self.head_dim, type(self).__name__)
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k = _upcast(q), _upcast(k)
-            s = F.softplus(self.scale).view(1, self.num_heads, 1, self.head_dim).to(q.dtype)
-            p = self.exponent().to(q.dtype)
+            # The parameters enter in q's (fp32 / fp64) dtype, so their gradients are formed there
+            # and rounded to an fp16 parameter's dtype once, at the end.
+            s = F.softplus(self.scale.to(q.dtype)).view(1, self.num_heads, 1, self.head_dim)
+            p = self.exponent(q.dtype)
             return polarity_split(q / s, p), polarity_split(k / s, p)
 
     def extra_repr(self) -> str:

@@ -10,6 +10,10 @@ honour raise, they are never silently dropped.
 Forward: ``forward(x, hw=None, key_padding_mask=None, attn_mask=None, is_causal=False)`` with x
 (B, N, C) → (B, N, C). Layers that need the token grid take ``hw``, else ``self.grid_size`` (set by a
 backbone that cannot pass ``hw`` through timm's ``Block``), else infer a square grid from N − P.
+A given ``hw`` must fit N − P in every layer, including those that do not use the grid. Empty
+inputs work as in ``scaled_dot_product_attention``: B = 0 gives an empty output (every parameter
+gets a zero gradient); so does N = 0 in a layer that takes any N, while a layer that needs the grid
+raises a ValueError.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import functools
 
 from torch import Tensor, nn
 
-from mirrorla.layers.parts import resolve_grid
+from mirrorla.layers.parts import check_hw, resolve_grid
 
 __all__ = ["AttentionBase"]
 
@@ -30,6 +34,10 @@ class AttentionBase(nn.Module):
     is_linear: bool = True
     #: False for layers that only work on a pure token grid (e.g. window attention: no cls token).
     supports_prefix_tokens: bool = True
+    #: Name of the constructor option that sizes a learned table by the token grid (FLatten's and
+    #: PolaFormer's key position table: ``"pe_grid"``), or None. A backbone that builds one layer per
+    #: stage passes the stage's grid through it, as the official PVT models do.
+    build_grid_option: str | None = None
 
     def __init__(
         self,
@@ -97,7 +105,8 @@ class AttentionBase(nn.Module):
             cls.__init__ = __init__
 
     # -- helpers for subclasses -------------------------------------------------------------
-    def check_input(self, x: Tensor, key_padding_mask: Tensor | None) -> None:
+    def check_input(self, x: Tensor, key_padding_mask: Tensor | None, hw: tuple[int, int] | None = None) -> None:
+        """x must be (B, N, C); a mask (B, N) bool; a given ``hw`` must fit N − num_prefix_tokens."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 3 or x.shape[-1] != self.dim:
@@ -108,6 +117,8 @@ class AttentionBase(nn.Module):
             from mirrorla.ops._checks import check_key_padding_mask
 
             check_key_padding_mask(key_padding_mask, x.shape[0], x.shape[1])
+        if hw is not None:
+            check_hw(x.shape[1], self.num_prefix_tokens, hw)
 
     def split_heads(self, t: Tensor) -> Tensor:
         """(B, N, C) → (B, H, N, D)."""

@@ -46,6 +46,9 @@ class FocusedLinearAttention(GridLinearAttention):
     Needs the token grid (DWC and P): pass ``hw``, set ``grid_size``, or give a square N − P.
     """
 
+    #: P's construction grid is a constructor option; PVT backbones pass each stage's patch grid.
+    build_grid_option = "pe_grid"
+
     def __init__(
         self,
         dim: int,

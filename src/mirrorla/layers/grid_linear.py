@@ -68,9 +68,8 @@ class GridLinearAttention(LinearAttention):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        self.check_input(x, key_padding_mask)
-        # A given hw is always checked against N, even when no part needs the grid.
-        grid = self.grid(x.shape[1], hw) if (self.needs_grid or hw is not None) else None
+        self.check_input(x, key_padding_mask, hw)  # a given hw must fit N even when no part needs the grid
+        grid = self.grid(x.shape[1], hw) if self.needs_grid else None
         self.__dict__["_call_grid"] = grid
         try:
             return super().forward(x, grid if grid is not None else hw, key_padding_mask, attn_mask, is_causal)

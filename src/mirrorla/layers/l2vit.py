@@ -93,7 +93,6 @@ class LinearGlobalAttention(LinearAttention):
             num_prefix_tokens,
             feature_map="relu",
             normalizer="sum",
-            eps=0.0,
             min_denominator=float(min_denominator),
             **kwargs,
         )
@@ -165,7 +164,7 @@ class LocalWindowAttention(AttentionBase):
         is_causal: bool = False,
     ) -> Tensor:
         """x (B, N, C) with N = Hg·Wg → (B, N, C)."""
-        self.check_input(x, key_padding_mask)
+        self.check_input(x, key_padding_mask, hw)
         if attn_mask is not None:
             raise ValueError(
                 "LocalWindowAttention cannot honour an arbitrary (N, N) attn_mask; use key_padding_mask (B, N)"

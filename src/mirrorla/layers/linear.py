@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirrorla.feature_maps import ELUFeatureMap, FeatureMap, ReLUFeatureMap
 from mirrorla.layers.base import AttentionBase
 from mirrorla.layers.parts import DepthwiseConvBranch
+from mirrorla.ops._checks import check_positive
 from mirrorla.ops.linear_attention import NORMALIZERS, linear_attention
 
 __all__ = ["LinearAttention", "FEATURE_MAPS", "GATES"]
@@ -34,10 +36,14 @@ class LinearAttention(AttentionBase):
     Args (beyond the common contract of :class:`AttentionBase`):
         feature_map: a name in :data:`FEATURE_MAPS` or a callable ``(num_heads, head_dim) -> FeatureMap``.
         normalizer, eps, min_denominator, core_dtype, chunk_size: passed to
-            :func:`mirrorla.ops.linear_attention`.
+            :func:`mirrorla.ops.linear_attention`; ``eps`` and ``min_denominator`` must be finite
+            numbers > 0 (``eps`` is unused when ``min_denominator`` is set).
         dwc_kernel: 0 (off) or an odd kernel size: O ← O + DWC(V) over the token grid.
         dwc_shared: one D-channel kernel shared by the heads (FLatten/PolaFormer) or C kernels.
-        out_norm: LayerNorm(C) after the DWC add, before the gate.
+        out_norm: LayerNorm(C) after the DWC add, before the gate. With it, the value path's output
+            stays fp32 up to and including the norm (autocast off), then takes v's dtype: that
+            output is not bounded by the values (NaLaFormer's rotated numerator over an un-rotated
+            denominator reaches 1e5 at ×100 inputs), and an fp16 cast before the norm gave inf → NaN.
         gate: ``None``, ``"linear"`` (O ⊙ g) or ``"silu"`` (O ⊙ SiLU(g)); g = W_g x + b comes from a
             fused qkvg projection.
     """
@@ -75,6 +81,11 @@ class LinearAttention(AttentionBase):
         self.feature_map = feature_map(num_heads, self.head_dim)
         if not isinstance(self.feature_map, FeatureMap):
             raise TypeError(f"feature_map must build a FeatureMap, got {type(self.feature_map).__name__}")
+        eps = check_positive("eps", eps, "it keeps the denominator φq·z + eps away from 0; the default is 1e-6")
+        if min_denominator is not None:
+            min_denominator = check_positive(
+                "min_denominator", min_denominator, "it bounds the denominator from below; L²ViT uses 100"
+            )
         self.normalizer, self.eps, self.min_denominator = normalizer, eps, min_denominator
         self.core_dtype, self.chunk_size = core_dtype, chunk_size
         self.gate = gate
@@ -94,7 +105,8 @@ class LinearAttention(AttentionBase):
 
     def _split_qkv(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         B, N, _ = t.shape
-        parts = t.view(B, N, -1, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # Explicit sizes (not -1): an empty batch or sequence has no size to infer.
+        parts = t.view(B, N, 4 if self.gate else 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         g = parts[3].transpose(1, 2).reshape(B, N, self.dim) if self.gate else None
         return parts[0], parts[1], parts[2], g
 
@@ -147,7 +159,7 @@ class LinearAttention(AttentionBase):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        self.check_input(x, key_padding_mask)
+        self.check_input(x, key_padding_mask, hw)
         if attn_mask is not None:
             raise ValueError(
                 f"{type(self).__name__} is a linear attention and cannot honour an arbitrary attn_mask in "
@@ -168,7 +180,8 @@ class LinearAttention(AttentionBase):
         if self.dwc is not None:
             o = o + self.dwc(v, self.grid(N, hw), self.num_prefix_tokens)
         if self.out_norm is not None:
-            o = self.out_norm(o)
+            o = _layer_norm_fp32(self.out_norm, o)
+        o = o.to(v.dtype)
         if g is not None:
             o = o * (F.silu(g) if self.gate == "silu" else g)
         return self.proj_drop(self.proj(o))
@@ -185,3 +198,12 @@ class LinearAttention(AttentionBase):
             raise ValueError("key_padding_mask is not supported together with is_causal=True")
         if self.min_denominator is not None:
             raise ValueError("min_denominator is only defined for non-causal attention")
+
+
+def _layer_norm_fp32(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` evaluated in fp32 (fp64 stays fp64) with autocast off, returned in that dtype."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    weight = None if norm.weight is None else norm.weight.to(dtype)
+    bias = None if norm.bias is None else norm.bias.to(dtype)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return F.layer_norm(x.to(dtype), norm.normalized_shape, weight, bias, norm.eps)

@@ -47,8 +47,11 @@ class AxialRoPE(nn.Module):
                 f"head_dim={head_dim}; change dim/num_heads or pass rope=False"
             )
         self.head_dim = head_dim
-        freqs = 1.0 / (base ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float64))
-        self.register_buffer("freqs", freqs.float(), persistent=False)
+        # [Code] NALA.py ``RoPE.__init__``: ``1.0 / (10000 ** torch.linspace(0, 1, D // 4))`` in float32.
+        # The same float32 arithmetic gives the same bits (a float64 evaluation rounds differently
+        # in the last bit for most D); a float64 layer uses these float32 values.
+        freqs = 1.0 / (base ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float32))
+        self.register_buffer("freqs", freqs, persistent=False)
 
     def angles(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
         """β (P + Hg·Wg, D/2), row-major tokens; prefix rows 0."""
@@ -153,8 +156,12 @@ class NormAwareLinearAttention(GridLinearAttention):
         return super().needs_grid or self.rope is not None
 
     def mix(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
-        """Rotated numerator over the un-rotated denominator: (B, H, N, 2D)², (B, H, N, D) → (B, H, N, D)."""
-        out_dtype = v.dtype
+        """Rotated numerator over the un-rotated denominator: (B, H, N, 2D)², (B, H, N, D) → (B, H, N, D).
+
+        Returns fp32 (fp64 for fp64 inputs) whatever v's dtype: the ratio is not bounded by the
+        values (it reached 4.8e5 at ×100 inputs) and must reach the LayerNorm before any fp16 cast;
+        :meth:`LinearAttention.forward` evaluates the norm in fp32 and then returns v's dtype.
+        """
         v = v.to(phi_q.dtype)  # [Code] the official layer runs q, k, v in fp32; φ are fp32 (or fp64) already
         core = dict(
             causal=causal,
@@ -170,4 +177,4 @@ class NormAwareLinearAttention(GridLinearAttention):
             grid, P = self.current_grid(phi_q.shape[2]), self.num_prefix_tokens
             phi_q, phi_k = self.rope(phi_q, grid, P), self.rope(phi_k, grid, P)
         num = linear_attention(phi_q, phi_k, v, **core)
-        return (num / (den + self.eps)).to(out_dtype)
+        return num / (den + self.eps)

@@ -6,36 +6,66 @@ Dimension letters: B batch, H heads, N tokens (P prefix + Hg·Wg spatial), D hea
 from __future__ import annotations
 
 import math
+import operator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["resolve_grid", "DepthwiseConvBranch", "LearnedPositionEmbedding"]
+__all__ = ["check_hw", "resolve_grid", "DepthwiseConvBranch", "LearnedPositionEmbedding"]
+
+
+def check_hw(num_tokens: int, num_prefix_tokens: int, hw) -> tuple[int, int]:
+    """``hw`` as ints (H, W) if it describes the N − P spatial tokens, else a ValueError.
+
+    Every attention checks a given ``hw``, whether or not it uses the grid, so that a wrong grid is
+    never silently ignored. H·W = 0 is allowed here (an empty sequence); layers that work on the
+    grid also need H, W ≥ 1 (:func:`resolve_grid`).
+    """
+    spatial = num_tokens - num_prefix_tokens
+    try:
+        H, W = (operator.index(side) for side in hw)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"hw={hw!r} must be two ints (H, W) with H*W = N - num_prefix_tokens = {num_tokens} - "
+            f"{num_prefix_tokens} = {spatial}"
+        ) from None
+    if H < 0 or W < 0:
+        raise ValueError(f"hw={(H, W)} has a negative side; pass the grid (H, W) of the {spatial} spatial tokens")
+    if H * W != spatial:
+        raise ValueError(
+            f"hw={(H, W)} does not fit the input: {num_tokens} tokens - {num_prefix_tokens} prefix "
+            f"tokens = {spatial} spatial tokens, but H*W = {H * W}"
+        )
+    return H, W
 
 
 def resolve_grid(num_tokens: int, num_prefix_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
-    """The (height, width) of the spatial token grid.
+    """The (height, width) of the spatial token grid, both ≥ 1.
 
-    Order: the explicit ``hw``; otherwise a square grid inferred from N − P, which raises when
-    N − P is not a perfect square (pass ``hw=(H, W)`` or set the layer's ``grid_size`` then).
+    Order: the explicit ``hw`` (checked by :func:`check_hw`); otherwise a square grid inferred
+    from N − P, which raises when N − P is not a perfect square (pass ``hw=(H, W)`` or set the
+    layer's ``grid_size`` then). An empty grid (N − P = 0) raises: the parts that need the grid
+    (depthwise convs, position tables, RoPE, windows) have nothing to work on.
     """
     spatial = num_tokens - num_prefix_tokens
     if hw is not None:
-        if len(hw) != 2 or hw[0] * hw[1] != spatial:
+        H, W = check_hw(num_tokens, num_prefix_tokens, hw)
+    else:
+        H = W = math.isqrt(max(spatial, 0))
+        if spatial > 0 and H * W != spatial:
             raise ValueError(
-                f"hw={tuple(hw)} does not fit the input: {num_tokens} tokens - {num_prefix_tokens} prefix "
-                f"tokens = {spatial} spatial tokens, but H*W = {hw[0] * hw[1] if len(hw) == 2 else '?'}"
+                f"this layer needs the spatial grid, and {spatial} spatial tokens (N={num_tokens}, "
+                f"num_prefix_tokens={num_prefix_tokens}) are not a square; pass hw=(H, W) to forward or set "
+                "layer.grid_size = (H, W)"
             )
-        return int(hw[0]), int(hw[1])
-    side = math.isqrt(max(spatial, 0))
-    if spatial <= 0 or side * side != spatial:
+    if H == 0 or W == 0:
+        given = f", hw={(H, W)}" if hw is not None else ""
         raise ValueError(
-            f"this layer needs the spatial grid, and {spatial} spatial tokens (N={num_tokens}, "
-            f"num_prefix_tokens={num_prefix_tokens}) are not a square; pass hw=(H, W) to forward or set "
-            "layer.grid_size = (H, W)"
+            "this layer works on the token grid (depthwise conv, position table, RoPE or windows) and needs "
+            f"at least one spatial token; got N={num_tokens} with num_prefix_tokens={num_prefix_tokens}{given}"
         )
-    return side, side
+    return H, W
 
 
 class DepthwiseConvBranch(nn.Module):

@@ -54,6 +54,9 @@ class PolaLinearAttention(GridLinearAttention):
     V is split with ``chunk(2)`` as in the official code (the sim half gets ⌈D/2⌉ channels).
     """
 
+    #: P's construction grid is a constructor option; PVT backbones pass each stage's patch grid.
+    build_grid_option = "pe_grid"
+
     def __init__(
         self,
         dim: int,

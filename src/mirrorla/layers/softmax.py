@@ -59,7 +59,7 @@ class SoftmaxAttention(AttentionBase):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        self.check_input(x, key_padding_mask)
+        self.check_input(x, key_padding_mask, hw)
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         mask = attn_mask

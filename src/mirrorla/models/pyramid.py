@@ -15,15 +15,21 @@ Default ``'LLLL'`` (the FLatten/PolaFormer/MirrorLA PVT setting) for every atten
 ``softmax``, whose default ``'SSSS'`` is the original PVT. ``attn_pattern='LLSS'`` gives the hybrid
 with linear high-resolution stages and softmax low-resolution stages.
 
-Resolution: nothing in the blocks has a size; the per-stage position tables are resampled
-bilinearly to the actual grid (as PVT's own code does for dense prediction), and ``pos_embed=False``
-removes them, leaving no size-dependent parameter at all.
+Resolution: the per-stage position tables are resampled bilinearly to the actual grid (as PVT's
+own code does for dense prediction), and ``pos_embed=False`` removes them. Attentions with a learned
+key position table (FLatten's and PolaFormer's P, ``build_grid_option``) get one table per layer at
+its stage's grid, as in the official PVT models (``num_patches // sr²`` tokens, sr = 1), resized
+bicubically by the layer at other resolutions.
+
+Official checkpoints: :func:`checkpoint_filter_fn` maps the state dicts of the official FLatten and
+PolaFormer PVT models onto these names (one tensor to one tensor, or q/kv(g) rows to the fused qkv).
 
 Model names: ``pvt_{tiny,small,medium,large}_{attention}`` for every registered attention.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -44,6 +50,7 @@ __all__ = [
     "PVT_SIZES",
     "register_pvt_models",
     "default_pattern",
+    "checkpoint_filter_fn",
 ]
 
 default_cfgs: dict[str, Any] = {}
@@ -110,7 +117,7 @@ class SpatialReductionAttention(AttentionBase):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        self.check_input(x, None)
+        self.check_input(x, None, hw)
         if key_padding_mask is not None or attn_mask is not None or is_causal:
             raise ValueError("SpatialReductionAttention supports no masks: its keys are a downsampled grid")
         B, N, C = x.shape
@@ -198,10 +205,11 @@ class PyramidVisionTransformer(nn.Module):
     Args:
         attention: registry name used by the ``'L'`` stages.
         attn_pattern: 4 characters from {'L', 'S'}; default :func:`default_pattern` of ``attention``.
-        attn_kwargs: extra options for the ``'L'`` attention.
+        attn_kwargs: extra options for the ``'L'`` attention. An attention with a grid-sized table
+            (``build_grid_option``, e.g. ``pe_grid``) gets each stage's grid unless set here.
         sr_ratios: spatial reduction of the ``'S'`` stages.
         pos_embed: per-stage absolute position tables (resampled to other resolutions).
-        img_size: build resolution of the position tables.
+        img_size: build resolution of the position tables (and of the attentions' key tables).
     """
 
     def __init__(
@@ -248,10 +256,15 @@ class PyramidVisionTransformer(nn.Module):
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, self.feature_info = [], []
         in_chs, reduction, cursor = in_chans, 1, 0
+        grid_option = get_attention_entry(attention).cls.build_grid_option
         for i in range(4):
             stride = patch_size if i == 0 else 2
             reduction *= stride
-            grid = (img_size[0] // reduction, img_size[1] // reduction) if pos_embed else None
+            stage_grid = (img_size[0] // reduction, img_size[1] // reduction)
+            # [Code] FLatten / PolaFormer PVT: positional_encoding (1, num_patches // sr², C) per layer.
+            stage_kwargs = dict(attn_kwargs or {})
+            if grid_option is not None:
+                stage_kwargs.setdefault(grid_option, stage_grid)
             blocks = []
             for j in range(depths[i]):
                 if pattern[i] == "L":
@@ -262,7 +275,7 @@ class PyramidVisionTransformer(nn.Module):
                         qkv_bias=qkv_bias,
                         attn_drop=attn_drop_rate,
                         proj_drop=proj_drop_rate,
-                        **(attn_kwargs or {}),
+                        **stage_kwargs,
                     )
                 else:
                     attn = SpatialReductionAttention(
@@ -275,7 +288,7 @@ class PyramidVisionTransformer(nn.Module):
                     )
                 blocks.append(PyramidBlock(embed_dims[i], attn, mlp_ratios[i], dpr[cursor + j], proj_drop_rate))
             cursor += depths[i]
-            stages.append(PyramidStage(in_chs, embed_dims[i], stride, blocks, grid))
+            stages.append(PyramidStage(in_chs, embed_dims[i], stride, blocks, stage_grid if pos_embed else None))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=reduction, module=f"stages.{i}"))
             in_chs = embed_dims[i]
         self.stages = nn.Sequential(*stages)
@@ -367,6 +380,78 @@ class PyramidVisionTransformer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+# Official FLatten / PolaFormer PVT attention parameters → ours (prefix ``…attn.``).
+_OFFICIAL_ATTN_NAMES = {
+    "scale": "feature_map.scale",
+    "power": "feature_map.power",
+    "positional_encoding": "pos_embed.weight",
+    "dwc.weight": "dwc.conv.weight",
+    "dwc.bias": "dwc.conv.bias",
+}
+
+
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTransformer) -> dict[str, Tensor]:
+    """An official FLatten / PolaFormer PVT v1 state dict, renamed for ``model.load_state_dict``.
+
+    Sources: LeapLabTHU/FLatten-Transformer ``models/flatten_pvt.py`` and ZacharyMeng/PolaFormer
+    ``models/pola_pvt.py`` (i = 1…4 stages, j blocks); ``{"model": state_dict}`` as saved by their
+    ``main.py`` is accepted too.
+
+    Official name → name here:
+
+    * ``patch_embed{i}.proj`` / ``.norm`` → ``stages.{i-1}.proj`` / ``.norm``
+    * ``pos_embed{i}`` → ``stages.{i-1}.pos_embed``
+    * ``block{i}.{j}.norm1`` / ``norm2`` / ``mlp.fc1`` / ``mlp.fc2`` → ``stages.{i-1}.blocks.{j}.`` same
+    * ``….attn.q`` + ``….attn.kv`` → ``….attn.qkv``, rows [q; k; v] (FLatten)
+    * ``….attn.qg`` + ``….attn.kv`` → ``….attn.qkv``, rows [q; k; v; g] (PolaFormer: qg = [q; g], kv = [k; v])
+    * ``….attn.scale`` / ``….attn.power`` → ``….attn.feature_map.scale`` / ``.power``
+    * ``….attn.positional_encoding`` → ``….attn.pos_embed.weight``
+    * ``….attn.dwc`` → ``….attn.dwc.conv``;  ``….attn.proj`` and ``head`` keep their names
+    * ``norm`` (LayerNorm(512)) → dropped: the official models build it but never call it
+
+    Spatial-reduction softmax stages (``'S'``) keep their names (``q``, ``kv``, ``sr``, ``norm``,
+    ``proj``). Unknown stage indices raise; ``load_state_dict(strict=True)`` checks the rest.
+    """
+    state_dict = state_dict.get("model", state_dict)
+    ours = model.state_dict()
+    out: dict[str, Tensor] = {}
+    fused: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        if key in ("norm.weight", "norm.bias"):
+            continue
+        m = re.fullmatch(r"(patch_embed|pos_embed|block)(\d+)(.*)", key)
+        if m is not None:
+            kind, index, rest = m[1], int(m[2]), m[3]
+            if not 1 <= index <= len(model.stages):
+                raise ValueError(
+                    f"checkpoint key {key!r} names stage {index}, but the model has stages 1-{len(model.stages)} "
+                    "in the official numbering; is it a PVT v1 checkpoint of this size?"
+                )
+            stage = f"stages.{index - 1}"
+            key = {"patch_embed": f"{stage}{rest}", "pos_embed": f"{stage}.pos_embed"}.get(
+                kind, f"{stage}.blocks{rest}"
+            )
+        a = re.fullmatch(r"(.*\.attn)\.(.+)", key)
+        if a is not None and f"{a[1]}.qkv.weight" in ours:  # a linear attention with a fused projection
+            q = re.fullmatch(r"(q|qg|kv)\.(weight|bias)", a[2])
+            if q is not None:
+                fused.setdefault((a[1], q[2]), {})[q[1]] = value
+                continue
+            key = f"{a[1]}.{_OFFICIAL_ATTN_NAMES.get(a[2], a[2])}"
+        out[key] = value
+    for (prefix, kind), parts in fused.items():
+        if "kv" not in parts or ("q" in parts) == ("qg" in parts):
+            raise ValueError(
+                f"{prefix}: expected q + kv (FLatten) or qg + kv (PolaFormer) {kind}s, got {sorted(parts)}"
+            )
+        if "qg" in parts:
+            q, g = parts["qg"].chunk(2)
+            out[f"{prefix}.qkv.{kind}"] = torch.cat([q, parts["kv"], g])
+        else:
+            out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["q"], parts["kv"]])
+    return out
 
 
 def _build(name: str, *, size: str, attention: str, **kwargs: Any) -> PyramidVisionTransformer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,3 +41,18 @@ def check_key_padding_mask(mask: Tensor, B: int, M: int) -> None:
         )
     if tuple(mask.shape) != (B, M):
         raise ValueError(f"key_padding_mask must have shape (B, M) = {(B, M)}, got {_shape(mask)}")
+
+
+def check_positive(name: str, value: float, why: str) -> float:
+    """``value`` as a float if it is a finite number > 0, else a ValueError that says ``why`` it must be.
+
+    Used for every ε, clamp and minimum that keeps a division or a norm away from 0: ε = 0 turns an
+    all-zero row (e.g. ReLU features of an all-negative q) into 0/0 = NaN.
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a finite number > 0 ({why}), got {value!r}")
+    return number

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mirrorla.ops._checks import check_key_padding_mask, check_qkv
+from mirrorla.ops._checks import check_key_padding_mask, check_positive, check_qkv
 
 __all__ = [
     "linear_attention",
@@ -26,6 +26,11 @@ __all__ = [
 
 NORMALIZERS = ("mean", "sum")
 _CORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+_EPS_WHY = "it keeps the denominator φq·z + eps away from 0; the default is 1e-6"
+
+
+def _check_eps(eps: float) -> float:
+    return check_positive("eps", eps, _EPS_WHY)
 
 
 def _core_dtype(core_dtype: str, *tensors: Tensor) -> torch.dtype:
@@ -60,9 +65,9 @@ def linear_attention(
         normalizer: ``"mean"`` (default; S and z divided by the number of keys, so fp16/bf16 inputs
             cannot overflow the state) or ``"sum"``. Algebraically ``mean`` with ε equals ``sum``
             with ε·M.
-        eps: added to the denominator.
-        min_denominator: if set, ``O = φq·S / max(φq·z, min_denominator)`` with the sum
-            normaliser and no ε (L²ViT uses 100).
+        eps: added to the denominator; a finite number > 0.
+        min_denominator: if set (a finite number > 0), ``O = φq·S / max(φq·z, min_denominator)``
+            with the sum normaliser and no ε (L²ViT uses 100).
         key_padding_mask: (B, M) bool, ``True`` = keep. Masked keys contribute nothing; the mean
             form divides by each sample's number of kept keys.
         chunk_size: chunk length of the causal form.
@@ -70,8 +75,12 @@ def linear_attention(
 
     Returns:
         (B, H, N, D) in v's dtype. Cost O(B·H·(N+M)·F·D); no (N, M) tensor is ever built.
+        Empty inputs are fine: B = 0 or N = 0 give an empty output, and M = 0 (no keys) gives 0.
     """
     check_qkv(phi_q, phi_k, v, same_length=causal)
+    _check_eps(eps)
+    if min_denominator is not None:
+        check_positive("min_denominator", min_denominator, "it bounds the denominator from below; L²ViT uses 100")
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     if causal:
@@ -99,7 +108,7 @@ def linear_attention(
             k = k * keep
             n_keys = key_padding_mask.sum(-1).clamp_min(1).to(dtype)[:, None, None, None]  # (B,1,1,1)
         else:
-            n_keys = M
+            n_keys = max(M, 1)  # no keys: S = z = 0 (not 0/0), so the output is 0
 
         if min_denominator is not None:
             kv = k.transpose(-2, -1) @ vv  # (B, H, F, D)
@@ -154,6 +163,7 @@ def causal_linear_attention(
         O (B, H, N, D) in v's dtype, and ``(S, z)`` in the core dtype if ``return_state``.
     """
     check_qkv(phi_q, phi_k, v, same_length=True)
+    _check_eps(eps)
     if mode not in ("chunk", "recurrent"):
         raise ValueError(f"mode must be 'chunk' or 'recurrent', got {mode!r}")
     if not isinstance(chunk_size, int) or chunk_size <= 0:
@@ -218,6 +228,7 @@ def recurrent_step(
     Returns:
         ``(o_t, (S, z))`` with o_t (B, H, D) in v_t's dtype and the state in fp32 (float64 stays).
     """
+    _check_eps(eps)
     for name, t in (("phi_q_t", phi_q_t), ("phi_k_t", phi_k_t), ("v_t", v_t)):
         if not isinstance(t, Tensor) or t.dim() != 3:
             raise ValueError(f"{name} must be a (B, H, features) tensor of one token, got {_shape(t)}")

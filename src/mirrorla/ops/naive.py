@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mirrorla.ops._checks import check_positive
+
 
 def _dtype(*ts: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
@@ -30,6 +32,7 @@ def naive_linear_attention(
     ``normalizer="mean"`` uses ε_sum = M_b·ε with M_b the number of kept keys of each sample, which
     is the sum form of the mean-normalised attention (METHODS.md §1.1). Causal uses the sum form.
     """
+    check_positive("eps", eps, "it keeps the denominator A·1 + ε away from 0")
     dt = _dtype(phi_q, phi_k, v)
     q, k, vv = phi_q.to(dt), phi_k.to(dt), v.to(dt)
     a = q @ k.transpose(-2, -1)  # (B, H, N, M)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mirrorla.ops._checks import check_positive
+
 __all__ = ["cross_head_reflect", "block_reflect", "block_variance", "modulated_angle", "mirror_features"]
 
 
@@ -20,9 +22,8 @@ def cross_head_reflect(x: Tensor, u: Tensor) -> Tensor:
         u: (C,) or (H, D) reflecting vector; û = u / max(‖u‖, 1e-6).
     """
     B, H, N, D = x.shape
-    u = u.reshape(H, D)
+    u = u.reshape(H, D).to(x.dtype)  # normalised in x's (fp32) dtype, also for a half u
     u_hat = u / u.norm().clamp_min(1e-6)
-    u_hat = u_hat.to(x.dtype)
     proj = torch.einsum("bhnd,hd->bn", x, u_hat)  # x·û per token, summed over all heads
     return x - 2.0 * proj[:, None, :, None] * u_hat[None, :, None, :]
 
@@ -63,7 +64,7 @@ def block_variance(q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None)
     qb = q.to(dt).unflatten(-1, (D // 2, 2))  # (B, H, N, J, 2)
     kb = k.to(dt).unflatten(-1, (D // 2, 2))
     if key_padding_mask is None:
-        count = 2.0 * (q.shape[2] + k.shape[2])
+        count = max(2.0 * (q.shape[2] + k.shape[2]), 1.0)  # no tokens: σ² = 0, not 0/0
         mean = (qb.sum((2, 4)) + kb.sum((2, 4))) / count  # (B, H, J)
         mu = mean[:, :, None, :, None]
         var = (((qb - mu) ** 2).sum((2, 4)) + ((kb - mu) ** 2).sum((2, 4))) / count
@@ -85,6 +86,7 @@ def modulated_angle(theta: Tensor, alpha: Tensor, variance: Tensor, eps: float =
     Returns:
         (B, H, J) in fp32 (1/(σ² + ε) reaches 1e6 and would overflow fp16).
     """
+    check_positive("variance_eps", eps, "it keeps 1/(σ² + ε) finite when a block has zero variance")
     dt = variance.dtype
     return theta.to(dt) + alpha.to(dt) * torch.sigmoid(1.0 / (variance + eps))
 
@@ -136,7 +138,8 @@ def mirror_features(
     if u is not None:
         if odd_negated:
             raise ValueError("odd_negated=True describes inputs after the cross-head reflection; pass u=None")
-        u_hat = (u.reshape(-1) / u.norm().clamp_min(1e-6)).to(q.dtype)
+        u = u.reshape(-1).to(q.dtype)  # normalised in q's (fp32) dtype, also for a half u
+        u_hat = u / u.norm().clamp_min(1e-6)
         q, k = _cross_head_fast(q, u_hat), _cross_head_fast(k, u_hat)
     if theta is None:
         return torch.relu(q), torch.relu(k)
@@ -185,7 +188,7 @@ def _block_variance_fast(q: Tensor, k: Tensor, odd_sign: Tensor | None = None) -
     """
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k = q.to(dt), k.to(dt)
-    count = 2.0 * (q.shape[2] + k.shape[2])
+    count = max(2.0 * (q.shape[2] + k.shape[2]), 1.0)  # no tokens: σ² = 0, not 0/0
     sums = q.sum(2) + k.sum(2)  # (B, H, D)
     if odd_sign is not None:
         sums = sums * odd_sign.to(dt)

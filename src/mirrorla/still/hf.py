@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 
 import torch
+import transformers
+from packaging.version import Version
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, CacheLayerMixin
 
 from mirrorla.still.attention import StillState, still_attention, still_decode_step
 from mirrorla.still.config import StillConfig
@@ -33,6 +34,23 @@ __all__ = [
     "save_linearized",
     "load_linearized",
 ]
+
+# The transformers releases STILL is tested with (pyproject's `llm` extra, docs/still.md). 4.56 is the
+# first whose decoder layers pass the cache as `past_key_values` into a list of per-layer objects
+# (`Cache.layers`), which is where a STILL layer keeps its state.
+TRANSFORMERS_TESTED = ("4.56", "5.24")
+if Version(transformers.__version__).release < Version(TRANSFORMERS_TESTED[0]).release:
+    raise ImportError(
+        f"mirrorla.still.hf needs transformers>={TRANSFORMERS_TESTED[0]}, found {transformers.__version__}; "
+        f"upgrade with: pip install 'transformers>={TRANSFORMERS_TESTED[0]}'"
+    )
+
+from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402  (after the version check)
+
+# The keyword under which a decoder layer hands its attention the cache: `past_key_value` up to
+# transformers 4.55, `past_key_values` from 4.56, `cache` from 5.24 (callers may still use the older
+# name). StillAttention reads all three and refuses a Cache under any other name.
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value")
 
 # Decoders whose attention is Llama's: q/k/v/o projections, RoPE from ``position_embeddings``, GQA, no
 # extra q/k norm and full (not sliding-window) causal attention. Others raise in ``linearize``.
@@ -51,34 +69,52 @@ def _apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class StillCacheLayer(CacheLayerMixin):
-    """One decoder layer's STILL decoding state inside a ``transformers`` ``Cache``."""
+    """One decoder layer's STILL decoding state inside a ``transformers`` ``Cache``.
+
+    The methods a ``Cache`` calls on its layers changed across releases (``get_mask_sizes`` takes the
+    new tokens' cache positions up to 5.3 and a query length from 5.4; ``get_max_cache_shape`` is the
+    abstract length method up to 5.12, ``get_max_length`` from 5.13), so both spellings are defined and
+    arguments are read by meaning, not by name.
+    """
 
     is_sliding = False
     is_compileable = False
     is_croppable = False
+    supports_early_init = False  # there are no keys/values to preallocate
 
     def __init__(self):
         super().__init__()
         self.state: StillState | None = None
 
-    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+    def lazy_initialization(self, *args, **kwargs) -> None:
         self.is_initialized = True
 
-    def update(self, key_states, value_states, *args, **kwargs):
+    def update(self, *args, **kwargs):
         raise TypeError("a STILL cache layer holds a StillState, not keys/values; it is updated by StillAttention")
 
-    def get_seq_length(self) -> int:
+    def get_seq_length(self, *args, **kwargs) -> int:
         return 0 if self.state is None else self.state.n_seen
 
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+    def get_mask_sizes(self, query, *args, **kwargs) -> tuple[int, int]:
+        """(kv_length, kv_offset) for ``query``: a query length, or the new tokens' cache positions."""
+        query_length = query.shape[0] if isinstance(query, Tensor) else int(query)
         return self.get_seq_length() + query_length, 0
 
-    def get_max_length(self) -> int:
+    def get_max_length(self, *args, **kwargs) -> int:
+        return -1  # unbounded
+
+    def get_max_cache_shape(self, *args, **kwargs) -> int:
         return -1
 
     def reset(self) -> None:
         self.state = None
         self.is_initialized = False
+
+    def crop(self, *args, **kwargs) -> None:
+        raise NotImplementedError(
+            "a STILL state cannot be rolled back (routed tokens are folded into the linear state); assisted and "
+            "speculative decoding are not supported with STILL"
+        )
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self.state is not None:
@@ -90,8 +126,8 @@ class StillCacheLayer(CacheLayerMixin):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self.state is not None:
-            B = self.state.sel_k.shape[0]
-            index = torch.arange(B, device=self.state.sel_k.device).repeat_interleave(repeats)
+            B = self.state.length.shape[0]
+            index = torch.arange(B, device=self.state.length.device).repeat_interleave(repeats)
             self.state = self.state.index_select(index)
 
     def offload(self):  # the state is small; keep it where it is
@@ -112,36 +148,79 @@ def _still_cache_layer(cache: Cache, layer_idx: int) -> StillCacheLayer:
     if layer.get_seq_length() > 0:
         raise ValueError(
             f"cache layer {layer_idx} already holds {layer.get_seq_length()} softmax keys/values; a STILL model "
-            "needs a fresh cache (pass past_key_values=None or a new DynamicCache)"
+            "needs a fresh cache (pass no cache, or a new DynamicCache)"
         )
     layers[layer_idx] = StillCacheLayer()
     return layers[layer_idx]
 
 
-def _key_padding_mask(attention_mask: Tensor | None, n_past: int, n_new: int) -> Tensor | None:
-    """(B, n_past + n_new) bool keep-mask of the keys from the model's (B, 1, N, M) mask, or None.
+def _key_padding_mask(attention_mask, n_past: int, n_new: int) -> Tensor | None:
+    """(B, n_past + n_new) bool keep-mask of the keys from the mask the model passes, or None.
 
-    The causal mask itself is rebuilt inside STILL; what the 4-D mask adds is padding. The last query
-    row shows which keys are padding. A mask that is not "causal and padding" (packed sequences,
-    custom masks) cannot be honoured by STILL's routing and raises.
+    The causal mask itself is rebuilt inside STILL; what the model's mask adds is padding. A 4-D
+    (B, 1, N, M) mask (sdpa, eager: bool, or float with 0 = attend) shows the padded keys in its last
+    query row; a 2-D (B, M) mask (flash-attention implementations) is the padding itself. A 4-D mask
+    that is not "causal and padding" (packed sequences, custom masks) cannot be honoured by STILL's
+    routing and raises, as does a mask object that is not a tensor (flex attention's BlockMask).
     """
-    if attention_mask is None or not isinstance(attention_mask, Tensor):
+    if attention_mask is None:
         return None
-    if attention_mask.dim() != 4 or attention_mask.shape[-1] != n_past + n_new:
+    if not isinstance(attention_mask, Tensor):
         raise NotImplementedError(
-            f"STILL expects a (B, 1, N, past + N) causal/padding mask, got shape {tuple(attention_mask.shape)}"
+            f"STILL reads padding from a tensor attention mask, got {type(attention_mask).__name__}; load the model "
+            "with attn_implementation='sdpa' or 'eager'"
+        )
+    M = n_past + n_new
+    if attention_mask.dim() == 2 and attention_mask.shape[-1] == M:
+        keep = attention_mask.bool()
+        return None if bool(keep.all()) else keep
+    if attention_mask.dim() != 4 or attention_mask.shape[-1] != M:
+        raise NotImplementedError(
+            f"STILL expects a (B, 1, N, past + N) causal/padding mask or a (B, past + N) padding mask, with past + N "
+            f"= {M}; got shape {tuple(attention_mask.shape)}"
         )
     allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask >= 0
     keep = allowed[:, 0, -1, :]  # (B, M)
     if bool(keep.all()):
         return None
     rows = allowed[:, 0]  # (B, N, M)
-    causal = torch.ones(n_new, n_past + n_new, dtype=torch.bool, device=rows.device).tril(n_past)
+    causal = torch.ones(n_new, M, dtype=torch.bool, device=rows.device).tril(n_past)
     expected = causal[None] & keep[:, None, :]
     real_rows = keep[:, n_past:]  # a padded query's row may be anything (transformers unmasks some)
     if not bool(((rows == expected).all(-1) | ~real_rows).all()):
         raise NotImplementedError("STILL supports causal attention with key padding only, not arbitrary masks")
     return keep
+
+
+def _the_cache(named: dict[str, Cache | None], other_kwargs: dict) -> Cache | None:
+    """The one cache among the keywords of :data:`CACHE_KEYWORDS`, or ``None``.
+
+    Raises if two names carry different objects, if a ``Cache`` arrives under a name not read here (a
+    transformers release that renamed it again), or if ``use_cache=True`` comes without a cache: in
+    the last two cases the model would otherwise decode without its state and produce wrong text.
+    """
+    given = {name: value for name, value in named.items() if value is not None}
+    if len({id(value) for value in given.values()}) > 1:
+        raise ValueError(
+            f"StillAttention got different caches under {sorted(given)}; pass the cache once, under the name "
+            f"the installed transformers {transformers.__version__} uses"
+        )
+    unread = sorted(name for name, value in other_kwargs.items() if isinstance(value, Cache))
+    if unread:
+        raise TypeError(
+            f"StillAttention got a transformers Cache as {unread}, a keyword it does not read (it reads "
+            f"{list(CACHE_KEYWORDS)}). STILL is tested with transformers {TRANSFORMERS_TESTED[0]} to "
+            f"{TRANSFORMERS_TESTED[1]} and {transformers.__version__} is installed; if that release renamed the "
+            f"cache argument, install 'transformers<={TRANSFORMERS_TESTED[1]}' until STILL reads the new name"
+        )
+    cache = next(iter(given.values()), None)
+    if cache is None and other_kwargs.get("use_cache") is True:
+        raise TypeError(
+            f"StillAttention got use_cache=True but no cache under {list(CACHE_KEYWORDS)}; a decoder that caches "
+            f"passes one (transformers {TRANSFORMERS_TESTED[0]} to {TRANSFORMERS_TESTED[1]} do). Without it STILL "
+            "would decode without its state; pass use_cache=False, or a cache"
+        )
+    return cache
 
 
 class StillAttention(nn.Module):
@@ -190,10 +269,18 @@ class StillAttention(nn.Module):
         hidden_states: Tensor,
         position_embeddings: tuple[Tensor, Tensor] | None = None,
         attention_mask: Tensor | None = None,
+        cache: Cache | None = None,
         past_key_values: Cache | None = None,
+        past_key_value: Cache | None = None,
         **kwargs,
     ) -> tuple[Tensor, None]:
-        """(B, N, C) → ((B, N, C), None); decoding state lives in ``past_key_values``."""
+        """(B, N, C) → ((B, N, C), None); the decoding state lives in the cache.
+
+        The cache may come under any name of :data:`CACHE_KEYWORDS` (whichever the installed transformers
+        uses); other keyword arguments (``position_ids``, ``cache_position``, ``use_cache``, ...) are
+        not needed: positions arrive through ``position_embeddings``.
+        """
+        cache = _the_cache(dict(cache=cache, past_key_values=past_key_values, past_key_value=past_key_value), kwargs)
         if position_embeddings is None:
             raise ValueError("StillAttention needs position_embeddings (cos, sin) from the model's rotary embedding")
         B, N, _ = hidden_states.shape
@@ -210,7 +297,7 @@ class StillAttention(nn.Module):
         phi_k = self.feature_map_k(k) if cfg.use_linear else None
         kw = dict(chunk_size=cfg.chunk_size, topk=cfg.topk, eps=cfg.eps, saliency_eps=cfg.saliency_eps)
 
-        cache_layer = None if past_key_values is None else _still_cache_layer(past_key_values, self.layer_idx)
+        cache_layer = None if cache is None else _still_cache_layer(cache, self.layer_idx)
         n_past = 0 if cache_layer is None else cache_layer.get_seq_length()
         keep = _key_padding_mask(attention_mask, n_past, N)
         if cache_layer is None or cache_layer.state is None:

@@ -9,8 +9,8 @@ For token t with local window W_t = the min(t+1, L) most recent positions up to 
     ā   = (a + ε)/(1 + |W_t|ε),   ā′ = (a′ + ε)/(1 + |W_t|ε)
     Score_t = Σ_{j∈W_t} ā_j · log(ā_j / ā′_j)               = KL(ā ‖ ā′)
 
-Padded tokens (``key_padding_mask`` False) are left out of every window and get the score −∞, so they
-are never preferred by the selection. This is the ``compat="clean"`` definition (§7.8 Q2, Q3): the same
+Padding never reaches these functions: :func:`~mirrorla.still.attention.still_attention` removes it
+first, so windows count real tokens only. This is the ``compat="clean"`` definition (§7.8 Q2, Q3): the same
 formula in prefill and decode, logits divided by √D in both, the self slot of ā′ equal to ε/(1+|W|ε)
 and no 1/l terms. Scores only rank tokens (top-k is not differentiable), so they are computed without
 gradient, in fp32.
@@ -51,15 +51,12 @@ def kl_saliency(logits: Tensor, valid: Tensor, is_self: Tensor, eps: float) -> T
 
 
 @torch.no_grad()
-def saliency_scores(
-    q: Tensor, k: Tensor, chunk_size: int, eps: float = 1e-8, key_padding_mask: Tensor | None = None
-) -> Tensor:
+def saliency_scores(q: Tensor, k: Tensor, chunk_size: int, eps: float = 1e-8) -> Tensor:
     """Self-saliency of every token, computed chunk by chunk over a (L, 2L) band (cost O(N·L·D)).
 
     Args:
         q, k: (B, H, N, D) post-RoPE queries and (GQA-expanded) keys.
         chunk_size: L, also the window length.
-        key_padding_mask: (B, N) bool, True = real token; padded tokens score −∞.
 
     Returns:
         (B, H, N) fp32 scores (float64 inputs stay float64).
@@ -81,41 +78,29 @@ def saliency_scores(
         k_pos = (chunk - 1) * L + torch.arange(2 * L, device=device)[None, None, :]  # (C, 1, 2L)
         valid = (k_pos <= q_pos) & (k_pos > q_pos - L) & (k_pos >= 0)
         is_self = k_pos == q_pos
-        if key_padding_mask is not None:
-            keep = torch.nn.functional.pad(key_padding_mask, (0, pad)).view(B, 1, n_chunks, L)
-            keep_prev = torch.cat([torch.zeros_like(keep[:, :, :1]), keep[:, :, :-1]], dim=2)
-            keys_keep = torch.cat([keep_prev, keep], dim=3)[:, :, :, None, :]  # (B, 1, C, 1, 2L)
-            valid = valid & keys_keep
         scores = kl_saliency(logits, valid, is_self, eps)  # (B, H, C, L)
-        scores = scores.reshape(B, H, n_chunks * L)[:, :, :N]
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(~key_padding_mask[:, None, :], float("-inf"))
-    return scores
+    return scores.reshape(B, H, n_chunks * L)[:, :, :N]
 
 
 @torch.no_grad()
-def saliency_step(q_t: Tensor, k_window: Tensor, eps: float = 1e-8, window_keep: Tensor | None = None) -> Tensor:
-    """Score of one new token from its window (decoding).
+def saliency_step(q_t: Tensor, k_window: Tensor, window: Tensor, is_self: Tensor, eps: float = 1e-8) -> Tensor:
+    """Score of one new token per row from the keys of its window (decoding).
 
     Args:
         q_t: (B, H, D) the new query (a real token).
-        k_window: (B, H, W, D) the last W ≤ L keys, the new token's own key last.
-        window_keep: (B, H, W) bool, False for padded keys in the window.
+        k_window: (B, H, W, D) key slots, in any order.
+        window: (B, H, W) bool (or broadcastable), the slots of the token's window: the last ≤ L
+            positions up to and including the token.
+        is_self: (B, H, W) bool (or broadcastable), exactly one True per row: the token's own key.
 
     Returns:
         (B, H) fp32 scores.
     """
     D = q_t.shape[-1]
-    W = k_window.shape[2]
     dtype = torch.float64 if q_t.dtype == torch.float64 else torch.float32
     with torch.autocast(device_type=q_t.device.type, enabled=False):
         logits = (k_window.to(dtype) @ q_t.to(dtype).unsqueeze(-1)).squeeze(-1) / math.sqrt(D)  # (B, H, W)
-        valid = torch.ones(W, dtype=torch.bool, device=q_t.device).expand_as(logits)
-        if window_keep is not None:
-            valid = valid & window_keep
-        is_self = torch.zeros_like(valid)
-        is_self[..., -1] = True
-        return kl_saliency(logits, valid, is_self, eps)
+        return kl_saliency(logits, window.expand_as(logits), is_self.expand_as(logits), eps)
 
 
 def select_topk(scores: Tensor, topk: int) -> Tensor:
