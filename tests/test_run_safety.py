@@ -366,3 +366,21 @@ def test_write_error_survives_pickling():
     assert type(again) is ckpt_mod.OutputWriteError and str(again) == str(err) and again.errno == errno.ENOSPC
     assert "/r/checkpoints/last.json" in str(again) and "--out" in str(again)
     assert ckpt_mod.output_write_error(OSError(errno.EIO, "Input/output error", "/x")) is None  # not for the user
+
+
+def test_compare_worker_disk_error_keeps_its_kind():
+    """A full disk in a compare worker process reaches the CLI as a one-line OutputWriteError, not a RuntimeError."""
+    import errno as _errno
+
+    from mirrorla.compare import worker_error
+    from mirrorla.engine.checkpoint import OutputWriteError, output_write_error
+    from mirrorla.engine.config import TrainConfig
+
+    cfg = TrainConfig(attention="mirror", seed=1)
+    disk = OutputWriteError.from_os_error("/runs/x/config.json", OSError(_errno.ENOSPC, "No space left on device"))
+    err = worker_error(cfg, disk)
+    assert isinstance(err, OutputWriteError) and err.filename == "/runs/x/config.json"
+    assert "mirror seed 1" in str(err) and "No space left" in str(err) and "\n" not in str(err)
+    assert output_write_error(err) is not None  # what the CLI's error handler turns into one line, exit 2
+    assert type(worker_error(cfg, ValueError("bad"))) is ValueError
+    assert type(worker_error(cfg, KeyError("x"))) is RuntimeError

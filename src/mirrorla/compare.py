@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from mirrorla.engine.checkpoint import atomic_write_bytes
+from mirrorla.engine.checkpoint import OutputWriteError, atomic_write_bytes
 from mirrorla.engine.config import RESULT_FIELDS, TrainConfig
 from mirrorla.engine.model import (
     check_attentions,
@@ -277,10 +277,19 @@ def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path
                 for f in futures:
                     f.cancel()
                 # Leaving the pool waits for the runs already going; their results stay for --resume.
-                msg = f"run {cfg.attention} seed {cfg.seed} failed in a worker process: {exc}"
-                same_kind = isinstance(exc, (ValueError, TrainingDivergedError))  # errors the CLI reports in one line
-                raise (type(exc) if same_kind else RuntimeError)(msg) from exc
+                raise worker_error(cfg, exc) from exc
             _report(cfg.attention, cfg.seed, r)
+
+
+def worker_error(cfg: TrainConfig, exc: BaseException) -> Exception:
+    """The error to raise in the parent for a run that failed in a worker process: the same kind as the
+    worker's where the CLI reports that kind in one line (bad settings, a diverging run, a full disk or a
+    read-only folder), with the run named; a ``RuntimeError`` otherwise."""
+    msg = f"run {cfg.attention} seed {cfg.seed} failed in a worker process: {exc}"
+    if isinstance(exc, OutputWriteError):
+        return OutputWriteError(exc.errno, exc.strerror, exc.filename, msg)
+    same_kind = isinstance(exc, (ValueError, TrainingDivergedError))
+    return (type(exc) if same_kind else RuntimeError)(msg)
 
 
 _WORKER_DATASETS = None
