@@ -82,8 +82,6 @@ class LinearGlobalAttention(LinearAttention):
                     f"LinearGlobalAttention fixes {fixed!r} (ReLU map, clamped sum normaliser, no DWC/gate/"
                     "norm); use LinearAttention to combine other parts"
                 )
-        if not min_denominator > 0:
-            raise ValueError(f"min_denominator must be > 0 (official 100), got {min_denominator}")
         super().__init__(
             dim,
             num_heads,
