@@ -3,8 +3,8 @@
 A model spec is a timm model name, optionally followed by ``:<attention>``:
 
 - ``vit_small_patch16_224``: timm's ViT-S/16 with its own softmax attention;
-- ``vit_small_patch16_224:mirror``: the same model with ``attn_layer=mirrorla.attention_layer(
-  'mirror', num_prefix_tokens=1)`` (any registry name works after the colon);
+- ``vit_small_patch16_224:mirror``: the same model with its attentions replaced by ``'mirror'``
+  (:func:`mirrorla.models.create_model`; any registry name works after the colon);
 - ``pvt_small_mirror``: the pyramid backbone of :mod:`mirrorla.models` (when it is installed).
 
 Every model is built for each resolution with ``img_size=R`` (random weights) and timed in eval
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from mirrorla.bench.macs import count_macs, unfused
 from mirrorla.bench.ops import OpsCase
+from mirrorla.models.flops import count_run_macs, unfused_attention
 
 __all__ = ["default_model_specs", "plan_model_cases", "build_model_case", "DEFAULT_RESOLUTIONS", "QUICK_RESOLUTIONS"]
 
@@ -47,19 +47,10 @@ def plan_model_cases(specs: list[str], resolutions: list[int]) -> list[list[dict
 
 
 def _create(spec: str, resolution: int) -> torch.nn.Module:
-    import timm
+    from mirrorla.models import create_model
 
-    try:
-        import mirrorla.models  # noqa: F401
-    except ImportError:
-        pass
     name, _, attention = spec.partition(":")
-    kwargs = {"img_size": resolution}
-    if attention:
-        from mirrorla.registry import attention_layer
-
-        kwargs["attn_layer"] = attention_layer(attention, num_prefix_tokens=1)
-    return timm.create_model(name, pretrained=False, **kwargs)
+    return create_model(name, attention=attention or None, img_size=resolution)
 
 
 def build_model_case(case: dict, s: dict) -> OpsCase:
@@ -74,11 +65,11 @@ def build_model_case(case: dict, s: dict) -> OpsCase:
             model(x)
 
     def fake():
-        with unfused(model):
+        with unfused_attention(model):
             model(torch.empty(1, 3, R, R, device=device, dtype=dtype))
 
     try:
-        macs = count_macs(fake)
+        macs = count_run_macs(fake, fake=True)[0]
     except Exception:
         macs = None
     return OpsCase(fwd, None, macs)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mirrorla.bench.macs import count_macs, unfused
+from mirrorla.models.flops import count_run_macs, unfused_attention
 
 __all__ = [
     "OpsCase",
@@ -169,7 +169,7 @@ def build_ops_case(case: dict, s: dict) -> OpsCase:
         _clear_grads(layer)
 
     def fake_layer():
-        with unfused(layer):
+        with unfused_attention(layer):
             layer(torch.empty(B, N, C, device=device, dtype=dtype), hw=hw)
 
     return OpsCase(fwd, fwdbwd, _try_count(fake_layer))
@@ -181,7 +181,7 @@ class SkipCase(Exception):
 
 def _try_count(run) -> int | None:
     try:
-        return count_macs(run)
+        return count_run_macs(run, fake=True)[0]
     except Exception:  # a layer with data-dependent control flow cannot run on fake tensors
         return None
 

@@ -1,8 +1,8 @@
 """Build the classifier a run trains, and measure it: parameters, MACs, inference throughput.
 
-``model="vit"`` is the project's small ViT: timm's ``VisionTransformer`` (cls token, patch embedding,
-pre-norm blocks) with every block's attention taken from the mirrorla registry through timm's
-``attn_layer=`` hook. Any other name goes to ``timm.create_model``.
+``model="vit"`` is the project's small ViT (:class:`mirrorla.models.LinearVisionTransformer`, timm's
+``VisionTransformer`` with every block's attention taken from the mirrorla registry); any other name
+is a mirrorla or timm model. All of them are built by :func:`mirrorla.models.create_model`.
 """
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
 from mirrorla.engine.config import TrainConfig
-from mirrorla.registry import attention_layer, list_attentions
+from mirrorla.models.factory import VIT, create_model
+from mirrorla.models.flops import MAC_COUNTER, count_params
+from mirrorla.models.flops import count_macs as _count_model_macs
+from mirrorla.registry import get_attention_entry
 
 __all__ = [
     "create_classifier",
@@ -29,91 +31,48 @@ __all__ = [
 
 def check_attentions(names: list[str]) -> None:
     """Raise ``ValueError`` naming the unknown ones and listing every valid name."""
-    valid = list_attentions()
-    unknown = [n for n in names if n not in valid]
-    if unknown:
-        raise ValueError(f"unknown attention(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(valid)}")
+    for name in names:
+        get_attention_entry(name)
 
 
 def create_classifier(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
-    """The model of ``cfg`` for images (B, in_chans, image_size, image_size) → logits (B, num_classes)."""
-    if cfg.attention is not None:
-        check_attentions([cfg.attention])
-    if cfg.model == "vit":
+    """The model of ``cfg`` for images (B, in_chans, image_size, image_size) → logits (B, num_classes).
+
+    Built by :func:`mirrorla.models.create_model`, as every entry point builds its models.
+    """
+    common = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
+    attn = dict(attention=cfg.attention, attn_kwargs=dict(cfg.attention_kwargs))
+    if cfg.model == VIT:
         if image_size % cfg.patch_size:
             raise ValueError(f"image_size {image_size} must be a multiple of patch_size {cfg.patch_size}")
         vit_args: dict[str, Any] = dict(
             img_size=image_size,
             patch_size=cfg.patch_size,
-            in_chans=in_chans,
-            num_classes=num_classes,
             embed_dim=cfg.embed_dim,
             depth=cfg.depth,
             num_heads=cfg.num_heads,
             mlp_ratio=cfg.mlp_ratio,
-            drop_path_rate=cfg.drop_path,
         )
-        if cfg.attention is None:
-            return timm.models.VisionTransformer(**vit_args)
-        # The library's ViT: it tells each attention the patch grid and lists the attention layers'
-        # no-weight-decay parameters (the same class as the registered deit_* models).
-        from mirrorla.models.vit import LinearVisionTransformer
-
-        return LinearVisionTransformer(
-            attention=cfg.attention, attn_kwargs=dict(cfg.attention_kwargs), dynamic_img_size=False, **vit_args
-        )
-    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
-    if cfg.attention is not None:
-        # Only models with an ``attn_layer`` hook (timm's ViT family) can take a registry attention.
-        kwargs["attn_layer"] = attention_layer(cfg.attention, num_prefix_tokens=1, **cfg.attention_kwargs)
+        if cfg.attention is not None:
+            vit_args["dynamic_img_size"] = False
+        return create_model(VIT, **attn, **vit_args, **common)
     try:
-        return timm.create_model(cfg.model, img_size=image_size, **kwargs)
-    except TypeError as err:
+        return create_model(cfg.model, **attn, img_size=image_size, **common)
+    except TypeError as err:  # a timm model without an ``img_size`` argument
         if "img_size" not in str(err):
-            raise ValueError(
-                f"timm model {cfg.model!r} cannot be built with attention={cfg.attention!r} ({err}); "
-                "use --attention none to keep its own attention"
-            ) from err
-        return timm.create_model(cfg.model, **kwargs)
-
-
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def _set_unfused(model: nn.Module, unfused: bool) -> dict[tuple[nn.Module, str], bool]:
-    old = {}
-    for m in model.modules():
-        for attr in ("fused", "fused_attn"):
-            if isinstance(getattr(m, attr, None), bool):
-                old[(m, attr)] = getattr(m, attr)
-                setattr(m, attr, not unfused and old[(m, attr)])
-    return old
+            raise
+        return create_model(cfg.model, **attn, **common)
 
 
 def count_macs(model: nn.Module, in_chans: int, image_size: int) -> tuple[int, str]:
     """Multiply-accumulates of one forward pass on one image, and the name of the counter used.
 
-    ``torch.utils.flop_counter.FlopCounterMode`` counts 2 FLOPs per MAC for matmuls and convolutions but
-    cannot see the fused CPU SDPA kernel (ECOSYSTEM.md), so softmax layers are switched to their
-    explicit path (``fused = False``) while counting. Element-wise work (feature maps, norms,
-    reflections) is not counted.
+    The library's one counter (:func:`mirrorla.models.flops.count_macs`): matmuls and convolutions,
+    softmax layers on their explicit path; element-wise work (feature maps, norms, reflections) is
+    not counted.
     """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    old = _set_unfused(model, True)
-    try:
-        x = torch.zeros(1, in_chans, image_size, image_size, device=next(model.parameters()).device)
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-        flops = counter.get_total_flops()
-    finally:
-        for (m, attr), value in old.items():
-            setattr(m, attr, value)
-        model.train(was_training)
-    return int(flops // 2), "torch.utils.flop_counter.FlopCounterMode (matmul/conv only, unfused softmax), FLOPs/2"
+    macs, _ = _count_model_macs(model, (in_chans, image_size, image_size))
+    return macs, MAC_COUNTER
 
 
 @torch.no_grad()

@@ -5,9 +5,11 @@ Names follow ``{arch}_{size}_{attention}`` for every attention in :func:`mirrorl
 ``pvt_{tiny,small,medium,large}_*`` (4-stage pyramid, per-stage pattern ``attn_pattern='LLSS'``),
 and ``l2vit_{tiny,small,base}``, ``l2vit_base_384`` (its attentions are part of the architecture).
 Attentions registered after import get their model names from :func:`register_attention_models`.
+Every entry point builds its models with :func:`create_model`.
 """
 
 from mirrorla.models._timm import list_models, no_weight_decay_names
+from mirrorla.models.factory import create_model
 from mirrorla.models.l2vit import L2ViT
 from mirrorla.models.pyramid import PyramidVisionTransformer, SpatialReductionAttention, register_pvt_models
 from mirrorla.models.vit import LinearVisionTransformer, register_deit_models
@@ -15,6 +17,7 @@ from mirrorla.registry import list_attentions
 
 __all__ = [
     "L2ViT",
+    "create_model",
     "LinearVisionTransformer",
     "PyramidVisionTransformer",
     "SpatialReductionAttention",
