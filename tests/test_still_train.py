@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from mirrorla.still import linearize  # noqa: E402
 from mirrorla.still.hf import set_attention_transfer, still_layers  # noqa: E402
-from mirrorla.still.train import TrainConfig, attention_transfer, lora_finetune  # noqa: E402
+from mirrorla.still.train import LinearizeConfig, attention_transfer, lora_finetune  # noqa: E402
 
 TEXT = (
     "The interpreter reads a line, runs it and prints the result. A list is a mutable sequence; a tuple "
@@ -52,7 +52,7 @@ def test_two_stages_train_the_right_parameters():
     base = tiny_llama(61)
     model = linearize(copy.deepcopy(base), chunk_size=8, topk=2, feature_dim=8)
     blocks = torch.randint(0, 61, (6, 40), generator=torch.Generator().manual_seed(0))
-    config = TrainConfig(batch_size=2, grad_accum=1, stage1_steps=6, stage2_steps=2, stage1_lr=3e-2, stage2_lr=1e-3)
+    config = LinearizeConfig(batch_size=2, grad_accum=1, stage1_steps=6, stage2_steps=2, stage1_lr=3e-2, stage2_lr=1e-3)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     mse_before = transfer_mse(model, blocks)
     losses = attention_transfer(model, blocks, config, progress=False)
@@ -73,10 +73,10 @@ def test_two_stages_train_the_right_parameters():
 
 def test_train_config_validation():
     with pytest.raises(ValueError, match="batch_size"):
-        TrainConfig(batch_size=0)
+        LinearizeConfig(batch_size=0)
     with pytest.raises(ValueError, match="stage1_steps"):
-        TrainConfig(stage1_steps=-1)
-    assert TrainConfig(batch_size=1, grad_accum=8).steps(1, 40) == 10  # 2 epochs by default
+        LinearizeConfig(stage1_steps=-1)
+    assert LinearizeConfig(batch_size=1, grad_accum=8).steps(1, 40) == 10  # 2 epochs by default
 
 
 def test_cli_linearize_and_lm_eval(tmp_path):

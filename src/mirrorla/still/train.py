@@ -24,11 +24,11 @@ from torch import Tensor, nn
 
 from mirrorla.still.hf import set_attention_transfer, still_layers
 
-__all__ = ["TrainConfig", "attention_transfer", "lora_finetune", "perplexity"]
+__all__ = ["LinearizeConfig", "attention_transfer", "lora_finetune", "perplexity"]
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class LinearizeConfig:
     """Budget and optimiser settings of both stages (defaults: LoLCATs/Liger, METHODS.md §7.7).
 
     ``stage1_steps``/``stage2_steps`` count optimiser steps of ``batch_size × grad_accum`` blocks;
@@ -85,7 +85,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def attention_transfer(model: nn.Module, blocks: Tensor, config: TrainConfig, progress: bool = True) -> list[float]:
+def attention_transfer(model: nn.Module, blocks: Tensor, config: LinearizeConfig, progress: bool = True) -> list[float]:
     """Stage 1. Trains NP-Maps and g_proj in place; returns the loss of every optimiser step."""
     layers = still_layers(model)
     if not layers:
@@ -130,7 +130,7 @@ def attention_transfer(model: nn.Module, blocks: Tensor, config: TrainConfig, pr
     return losses
 
 
-def lora_finetune(model: nn.Module, blocks: Tensor, config: TrainConfig, progress: bool = True):
+def lora_finetune(model: nn.Module, blocks: Tensor, config: LinearizeConfig, progress: bool = True):
     """Stage 2. Returns ``(model with LoRA merged, per-step losses)``; NP-Maps stay frozen."""
     from peft import LoraConfig, get_peft_model
 
