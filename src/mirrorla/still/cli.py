@@ -105,12 +105,12 @@ def run_linearize(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     from mirrorla.still.hf import linearize, save_linearized
-    from mirrorla.still.train import TrainConfig, attention_transfer, lora_finetune
+    from mirrorla.still.train import LinearizeConfig, attention_transfer, lora_finetune
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    train_config = TrainConfig(
+    train_config = LinearizeConfig(
         batch_size=args.batch_size,
         grad_accum=args.grad_accum,
         stage1_steps=args.stage1_steps,
