@@ -48,3 +48,16 @@ class AllocationTracker(TorchDispatchMode):
             self.peak = max(self.peak, self.live)
             weakref.finalize(t, self._release, key, nbytes)
         return out
+
+
+def tiny_llama(vocab: int, **config):
+    """The tiny random Llama of the STILL tests (docs/methods.md §7.7): hidden 64, 2 layers, 4 heads,
+    2 KV heads, head_dim 16; seed 0. ``config`` adds LlamaConfig fields (e.g. ``pad_token_id``)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
+    llama = LlamaConfig(
+        vocab_size=vocab, num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **shape, **config
+    )
+    return LlamaForCausalLM(llama)

@@ -10,7 +10,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from helpers import tiny_llama  # noqa: E402
+from transformers import DynamicCache  # noqa: E402
 
 from mirrorla.still import linearize  # noqa: E402
 from mirrorla.still.attention import window_valid  # noqa: E402
@@ -34,20 +35,7 @@ def with_cache(model, cache) -> dict:
 
 @pytest.fixture(scope="module")
 def base_model():
-    # Tiny random Llama of METHODS.md §7.7: hidden 64, 2 layers, 4 heads, 2 KV heads, head_dim 16.
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-        pad_token_id=0,
-    )
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(VOCAB, pad_token_id=0).eval()
 
 
 def tokens(n: int, batch: int = 2, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,7 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from helpers import tiny_llama  # noqa: E402
 
 from mirrorla.still import linearize  # noqa: E402
 from mirrorla.still.hf import set_attention_transfer, still_layers  # noqa: E402
@@ -22,21 +22,6 @@ TEXT = (
     "The interpreter reads a line, runs it and prints the result. A list is a mutable sequence; a tuple "
     "is an immutable one. Functions are objects, so they can be passed to other functions and returned. "
 ) * 40
-
-
-def tiny_llama(vocab: int) -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config)
 
 
 def transfer_mse(model, ids) -> float:
