@@ -8,16 +8,14 @@ is a mirrorla or timm model. All of them are built by :func:`mirrorla.models.cre
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import torch
 from torch import nn
 
-from mirrorla.engine.config import TrainConfig
-from mirrorla.models.factory import VIT, create_model
 from mirrorla.models.flops import MAC_COUNTER, count_params
 from mirrorla.models.flops import count_macs as _count_model_macs
 from mirrorla.registry import get_attention_entry
+from mirrorla.tasks.classification import create_classifier
 
 __all__ = [
     "create_classifier",
@@ -33,35 +31,6 @@ def check_attentions(names: list[str]) -> None:
     """Raise ``ValueError`` naming the unknown ones and listing every valid name."""
     for name in names:
         get_attention_entry(name)
-
-
-def create_classifier(cfg: TrainConfig, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
-    """The model of ``cfg`` for images (B, in_chans, image_size, image_size) → logits (B, num_classes).
-
-    Built by :func:`mirrorla.models.create_model`, as every entry point builds its models.
-    """
-    common = dict(num_classes=num_classes, in_chans=in_chans, drop_path_rate=cfg.drop_path)
-    attn = dict(attention=cfg.attention, attn_kwargs=dict(cfg.attention_kwargs))
-    if cfg.model == VIT:
-        if image_size % cfg.patch_size:
-            raise ValueError(f"image_size {image_size} must be a multiple of patch_size {cfg.patch_size}")
-        vit_args: dict[str, Any] = dict(
-            img_size=image_size,
-            patch_size=cfg.patch_size,
-            embed_dim=cfg.embed_dim,
-            depth=cfg.depth,
-            num_heads=cfg.num_heads,
-            mlp_ratio=cfg.mlp_ratio,
-        )
-        if cfg.attention is not None:
-            vit_args["dynamic_img_size"] = False
-        return create_model(VIT, **attn, **vit_args, **common)
-    try:
-        return create_model(cfg.model, **attn, img_size=image_size, **common)
-    except TypeError as err:  # a timm model without an ``img_size`` argument
-        if "img_size" not in str(err):
-            raise
-        return create_model(cfg.model, **attn, **common)
 
 
 def count_macs(model: nn.Module, in_chans: int, image_size: int) -> tuple[int, str]:
