@@ -147,4 +147,4 @@ def test_cli_compare_quick_on_real_subset(tmp_path, capsys):
     assert (tmp_path / "results.md").is_file() and (tmp_path / "accuracy_vs_throughput.png").is_file()
     # a diverging run is reported in one line with exit status 2, not a traceback
     assert main([*args[:-1], str(tmp_path / "diverge"), "--lr", "1e30", "--jobs", "1"]) == 2
-    assert "mirrorla: error: loss is" in capsys.readouterr().err
+    assert "mirrorla compare: error: loss is" in capsys.readouterr().err

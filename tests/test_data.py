@@ -260,3 +260,14 @@ def test_image_folder(tmp_path):
     assert x.shape == (3, 16, 16) and y in (0, 1)
     with pytest.raises(FileNotFoundError, match="train/ and val/"):
         build_datasets("imagefolder", data_dir=tmp_path / "train")
+
+
+def test_subset_sizes_are_checked():
+    from mirrorla.data.datasets import _subset_indices
+
+    assert _subset_indices(10, None) is None and _subset_indices(10, 10) is None
+    assert len(_subset_indices(10, 3)) == 3
+    with pytest.raises(ValueError, match="only 10; use at most 10"):
+        _subset_indices(10, 11)  # was silently "all"
+    with pytest.raises(ValueError, match="positive integer"):
+        _subset_indices(10, 0)

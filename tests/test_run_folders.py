@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,13 +72,13 @@ def test_resume_refuses_an_option_given_at_its_default(tmp_path, fake_data, caps
     run = tmp_path / "run"
     assert _train(run, fake_data, *first) == 0
     args = build_parser().parse_args(["train", "--resume", str(run), *again])
-    from mirrorla.train_cli import config_from_args
+    from mirrorla.commands.train import config_from_args
 
     assert str(getattr(config_from_args(args), field)) == again[1]  # given, so it is not silently dropped
     capsys.readouterr()
     assert main(["train", "--resume", str(run), *again]) == 2
     err = capsys.readouterr().err
-    assert f"{field}: checkpoint" in err and err.startswith("mirrorla: error:")
+    assert f"{field}: checkpoint" in err and re.match(r"mirrorla \w+: error: ", err)
 
 
 def test_resume_may_change_options_that_do_not_change_results(tmp_path, fake_data):
@@ -89,8 +90,8 @@ def test_resume_may_change_options_that_do_not_change_results(tmp_path, fake_dat
 
 
 def test_new_run_takes_defaults_from_train_config(tmp_path):
+    from mirrorla.commands.train import config_from_args
     from mirrorla.engine import TrainConfig
-    from mirrorla.train_cli import config_from_args
 
     assert config_from_args(build_parser().parse_args(["train"])) == TrainConfig(out_dir="runs/train")
     cfg = config_from_args(build_parser().parse_args(["train", "--attn-opt", "alpha_init=0.1", "--lr", "0.01"]))
@@ -290,7 +291,7 @@ def test_explicit_data_dir_is_used_or_the_run_fails(tmp_path, kind):
 def test_train_with_a_missing_data_dir_fails_on_the_command_line(tmp_path, capsys):
     assert _train(tmp_path / "run", tmp_path / "nonexistent") == 2
     err = capsys.readouterr().err
-    assert err.startswith("mirrorla: error: ") and "\n" not in err.strip() and str(tmp_path / "nonexistent") in err
+    assert re.match(r"mirrorla \w+: error: ", err) and "\n" not in err.strip() and str(tmp_path / "nonexistent") in err
     assert "train-images-idx3-ubyte.gz" in err
     assert not (tmp_path / "run").exists()  # no empty run folder left behind
 
@@ -352,3 +353,83 @@ def test_lock_waits_for_its_holder_then_names_it(tmp_path):
         holder.kill()
         holder.wait()
     assert not (tmp_path / "run.lock").exists()
+
+
+# --- what was used is what is recorded; Ctrl-C ------------------------------------------------------------------
+
+
+def test_a_subset_larger_than_the_data_is_refused(tmp_path, fake_data, capsys):
+    assert _train(tmp_path / "run", fake_data, "--train-subset", "100000000") == 2
+    err = capsys.readouterr().err
+    assert "--train-subset 100000000" in err and "60000 images" in err and not (tmp_path / "run").exists()
+
+
+def test_compare_honours_a_given_epochs_and_subset(tmp_path, fake_data):
+    out = tmp_path / "cmp"
+    args = ["compare", "--quick", "--attentions", "softmax", *TINY, "--epochs", "2", "--data-dir", str(fake_data),
+            "--jobs", "1", "--throughput-iters", "1", "--throughput-rounds", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["epochs"] == 2 and saved["config"]["train_subset"] == 64  # not the preset's 3 / 5000
+    assert saved["dataset"]["train_size"] == 64 and len(saved["methods"]["softmax"]["runs"]["0"]["curve_top1"]) == 2
+
+
+def _interrupt_at_epoch(monkeypatch, epoch):
+    """Ctrl-C when the trainer reports ``epoch`` (0-based), before that epoch's checkpoint is written."""
+    from mirrorla.engine import trainer
+
+    real = trainer._print_epoch
+
+    def print_epoch(record, *args, **kwargs):
+        if record["epoch"] == epoch:
+            raise KeyboardInterrupt
+        real(record, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "_print_epoch", print_epoch)
+
+
+def test_ctrl_c_in_train_says_what_was_saved_and_how_to_resume(tmp_path, fake_data, capsys, monkeypatch):
+    run = tmp_path / "run"
+    _interrupt_at_epoch(monkeypatch, 1)
+    assert _train(run, fake_data, "--epochs", "3") == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert "epoch 1/3" in err and f"mirrorla train --resume {run}" in err
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # the command it gave works
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3 and not (run / "run.lock").exists()
+
+
+def test_ctrl_c_before_any_checkpoint(tmp_path, fake_data, capsys, monkeypatch):
+    _interrupt_at_epoch(monkeypatch, 0)
+    assert _train(tmp_path / "run", fake_data) == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no checkpoint was saved" in err and "mirrorla train" in err
+
+
+def test_ctrl_c_in_compare_says_how_to_continue(tmp_path, fake_data, capsys, monkeypatch):
+    out = tmp_path / "cmp"
+    args = ["compare", "--attentions", "softmax,mirror", "--seeds", "0", *TINY, "--data-dir", str(fake_data),
+            "--jobs", "1", "--throughput-iters", "1", "--throughput-rounds", "1", "--out", str(out)]  # fmt: skip
+    from mirrorla import compare
+
+    real = compare.train
+
+    def train(cfg, *a, **kw):
+        if cfg.attention == "mirror":
+            raise KeyboardInterrupt
+        return real(cfg, *a, **kw)
+
+    monkeypatch.setattr(compare, "train", train)
+    assert main(args) == 130
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()[-1]
+    assert "1 of 2 runs are finished" in err and "--resume" in err and "Traceback" not in captured.err
+    assert "[softmax seed 0] epoch 1/1" in captured.out and "[softmax seed 0] finished" in captured.out
+    monkeypatch.undo()
+    resumed = err.split("Continue with: mirrorla ", 1)[1].split()
+    capsys.readouterr()
+    assert main(resumed) == 0
+    out_lines = capsys.readouterr().out.splitlines()
+    assert any("reusing 1 of 2 runs" in ln for ln in out_lines)
+    assert sum("finished: top-1" in ln for ln in out_lines) == 1  # the one run trained now, reported once

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -62,7 +63,7 @@ def _resume_from_epoch0(run, data, **changes):
 def _cli_error(capsys) -> str:
     """The CLI's stderr, which must be exactly one line (no traceback)."""
     err = capsys.readouterr().err.strip()
-    assert err.startswith("mirrorla: error: ") and "\n" not in err and "Traceback" not in err, err
+    assert re.match(r"mirrorla \w+: error: ", err) and "\n" not in err and "Traceback" not in err, err
     return err
 
 

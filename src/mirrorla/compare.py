@@ -25,15 +25,23 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mirrorla.engine.checkpoint import OutputWriteError, atomic_write_bytes
-from mirrorla.engine.config import RESULT_FIELDS, TrainConfig
+from mirrorla.engine.config import (
+    BASE,
+    DEFAULT_ATTENTIONS,
+    PRESETS,
+    RESULT_FIELDS,
+    CompareConfig,
+    TrainConfig,
+    check_subset_sizes,
+)
 from mirrorla.engine.model import (
     check_attentions,
     count_macs,
@@ -45,63 +53,11 @@ from mirrorla.engine.run_folder import FolderLock
 from mirrorla.engine.trainer import TrainingDivergedError, environment_summary, train
 from mirrorla.registry import list_attentions
 
-__all__ = ["CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table"]
+__all__ = ["BASE", "CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table", "finished_runs"]
 
-#: Softmax, ReLU linear attention, the peer methods, MirrorLA and its ablation rows (METHODS.md §2.8).
-DEFAULT_ATTENTIONS = (
-    "softmax", "linear_relu", "flatten", "pola", "nala", "l2vit_lga",
-    "mirror", "mirror_block", "mirror_block_var", "mirror_cross",
-)  # fmt: skip
-
-#: Budgets. ``quick`` ≈ 5 minutes on 2 CPU cores; ``default`` took 187 minutes of 1-thread run time for
-#: the ten default attentions on a 2-core VM (docs/training.md: timings and how to split it into shards).
-#: Model: ViT, patch 4 on 28×28 → 49 tokens + cls.
-PRESETS: dict[str, dict[str, Any]] = {
-    "quick": dict(seeds=(0,), epochs=3, train_subset=5000, eval_subset=2000),
-    "default": dict(seeds=(0, 1, 2), epochs=3, train_subset=None, eval_subset=None),
-}
-BASE = TrainConfig(
-    embed_dim=64, depth=4, num_heads=2, patch_size=4, mlp_ratio=2.0, batch_size=128, lr=1e-3, warmup_epochs=0.5,
-    label_smoothing=0.1, clip_grad=1.0, save_checkpoints=False, progress=False,
-)  # fmt: skip
 RESULTS_LOCK = "results.lock"
 #: How long a compare process waits for another one to finish writing the shared results files.
 RESULTS_LOCK_WAIT_S = 300.0
-
-
-@dataclass(frozen=True)
-class CompareConfig:
-    """One comparison: ``base`` fixes everything but the attention and the seed."""
-
-    attentions: tuple[str, ...] = DEFAULT_ATTENTIONS
-    seeds: tuple[int, ...] = (0, 1, 2)
-    base: TrainConfig = field(default_factory=lambda: BASE)
-    out_dir: str = "runs/compare"
-    resume: bool = False
-    #: Without ``resume``: use an ``out_dir`` that holds files and retrain every run. With ``resume``:
-    #: also retrain finished runs whose settings differ (otherwise the job stops before training).
-    overwrite: bool = False
-    throughput_batch: int = 128
-    throughput_warmup: int = 5
-    throughput_iters: int = 10
-    throughput_rounds: int = 5
-    preset: str = "custom"
-    #: Training runs at once, each a process with ``base.threads`` (default: cores // jobs) threads.
-    #: ``None`` = one per CPU core on a CPU, 1 on CUDA.
-    jobs: int | None = 1
-
-    def __post_init__(self) -> None:
-        if not self.attentions:
-            raise ValueError("attentions must name at least one registered attention")
-        if len(set(self.attentions)) != len(self.attentions):
-            raise ValueError(f"attentions contains duplicates: {self.attentions}")
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
-            raise ValueError(f"jobs must be a positive int or None (one per CPU core), got {self.jobs!r}")
-        for name in ("throughput_batch", "throughput_warmup", "throughput_iters", "throughput_rounds"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 def _require(module: str, purpose: str) -> None:
@@ -139,34 +95,49 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
             download=base.download,
         )
     info = datasets[2]
+    check_subset_sizes(base, info.train_size, info.eval_size)
     _check_run_folders(cc, out, info.files)
     jobs = _resolve_jobs(cc)
-    if jobs > 1:  # train every run in worker processes first; the loop below then reuses their results
-        _train_in_parallel(cc, base, datasets, out, jobs)
-    results: dict[str, Any] = {
-        "preset": cc.preset,
-        "attentions": list(cc.attentions),
-        "seeds": list(cc.seeds),
-        "config": base.to_dict(),
-        "dataset": info.__dict__,
-        "environment": environment_summary(),
-        "throughput_protocol": (
-            f"eval mode, batch {cc.throughput_batch}, {cc.throughput_warmup} warm-up forwards, then "
-            f"{cc.throughput_rounds} rounds of {cc.throughput_iters} timed forwards with the attentions taking "
-            f"turns, median over rounds, {torch.get_num_threads()} threads"
-        ),
-        "methods": {},
-    }
-    probes: dict[str, torch.nn.Module] = {}  # seed-0 initialisations, timed after training
-    for name in cc.attentions:
-        probes[name], method = _probe(base.replace(attention=name), info)
-        method["eval_img_s"] = None  # measured below, all attentions together
-        for seed in cc.seeds:
-            method["runs"][str(seed)] = _run_one(_run_config(cc, out, name, seed), datasets, cc.resume or jobs > 1)
-            _report(name, seed, method["runs"][str(seed)])
-        _summarise(method)
-        results["methods"][name] = method
-        _write_outputs(out, results, cc, info)  # partial results survive an interruption
+    reusable = cc.resume or jobs > 1  # jobs > 1: the workers below train every run, this loop reads their results
+    runs = [_run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
+    reused = [cfg for cfg in runs if cc.resume and _saved_result(cfg, info.files) is not None]
+    if reused:
+        _say(f"[compare] reusing {len(reused)} of {len(runs)} runs finished in {out / 'runs'} with these settings")
+    bar = _job_progress(len(runs), len(reused), cc.progress)
+    try:
+        if jobs > 1:  # train every run in worker processes first; the loop below then reuses their results
+            _train_in_parallel(cc, base, datasets, out, jobs, bar)
+        results: dict[str, Any] = {
+            "preset": cc.preset,
+            "attentions": list(cc.attentions),
+            "seeds": list(cc.seeds),
+            "config": base.to_dict(),
+            "dataset": info.__dict__,
+            "environment": environment_summary(),
+            "throughput_protocol": (
+                f"eval mode, batch {cc.throughput_batch}, {cc.throughput_warmup} warm-up forwards, then "
+                f"{cc.throughput_rounds} rounds of {cc.throughput_iters} timed forwards with the attentions "
+                f"taking turns, median over rounds, {torch.get_num_threads()} threads"
+            ),
+            "methods": {},
+        }
+        probes: dict[str, torch.nn.Module] = {}  # seed-0 initialisations, timed after training
+        for name in cc.attentions:
+            probes[name], method = _probe(base.replace(attention=name), info)
+            method["eval_img_s"] = None  # measured below, all attentions together
+            for seed in cc.seeds:
+                cfg = _run_config(cc, out, name, seed)
+                saved = _saved_result(cfg, info.files) if reusable else None
+                if saved is None:
+                    saved = _run_one(cfg, datasets)
+                    _report(cfg, saved, bar)
+                method["runs"][str(seed)] = saved
+            _summarise(method)
+            results["methods"][name] = method
+            _write_outputs(out, results, cc, info)  # partial results survive an interruption
+    finally:
+        if bar is not None:
+            bar.close()
     # Inference throughput last, the attentions taking turns, so that load changes on a shared machine
     # (and the training just finished) do not favour whichever attention was timed in a quiet moment.
     rounds = measure_throughput_rounds(
@@ -234,8 +205,45 @@ def _check_run_folders(cc: CompareConfig, out: Path, data_files) -> None:
             )
 
 
-def _report(name: str, seed: int, r: dict[str, Any]) -> None:
-    print(f"[compare] {name} seed {seed}: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)", flush=True)
+def run_label(cfg: TrainConfig) -> str:
+    """How the lines of one run of a comparison start: its attention and seed."""
+    return f"[{cfg.attention} seed {cfg.seed}]"
+
+
+def _say(line: str) -> None:
+    """Print a line above the job's progress bar (if any) without breaking it."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stdout)
+    sys.stdout.flush()
+
+
+def _job_progress(total: int, done: int, enabled: bool):
+    """One bar over all runs of the job, with the ETA of the whole job (on stderr)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc="compare", unit="run", file=sys.stderr, dynamic_ncols=True)
+
+
+def _report(cfg: TrainConfig, r: dict[str, Any], bar) -> None:
+    _say(f"{run_label(cfg)} finished: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)")
+    if bar is not None:
+        bar.update(1)
+
+
+def finished_runs(cc: CompareConfig) -> tuple[int, int]:
+    """(runs of ``cc`` finished in its folder with its settings, all its runs): what an interrupted job keeps."""
+    out = Path(cc.out_dir)
+    cfgs = [_run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
+    done = 0
+    for cfg in cfgs:
+        try:
+            done += _saved_result(cfg) is not None
+        except ValueError:  # an unreadable result.json: not finished
+            pass
+    return done, len(cfgs)
 
 
 def _resolve_jobs(cc: CompareConfig) -> int:
@@ -247,7 +255,7 @@ def _resolve_jobs(cc: CompareConfig) -> int:
     return max(1, (os.cpu_count() or 1) // (cc.base.threads or 1))
 
 
-def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path, jobs: int) -> None:
+def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path, jobs: int, bar=None) -> None:
     """Train every (attention, seed) run not already finished in ``jobs`` worker processes.
 
     Each worker gets ``base.threads`` threads, or cores // jobs: for a model this small, separate
@@ -265,20 +273,23 @@ def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path
                 tasks.append(cfg)
     if not tasks:
         return
-    print(f"[compare] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each", flush=True)
+    _say(f"[compare] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(datasets,)) as pool:
         futures = {pool.submit(_worker_run, cfg): cfg for cfg in tasks}
-        for future in as_completed(futures):
-            cfg = futures[future]
-            try:
-                r = future.result()
-            except Exception as exc:
-                for f in futures:
-                    f.cancel()
-                # Leaving the pool waits for the runs already going; their results stay for --resume.
-                raise worker_error(cfg, exc) from exc
-            _report(cfg.attention, cfg.seed, r)
+        try:
+            for future in as_completed(futures):
+                cfg = futures[future]
+                try:
+                    r = future.result()
+                except Exception as exc:
+                    # Leaving the pool waits for the runs already going; their results stay for --resume.
+                    raise worker_error(cfg, exc) from exc
+                _report(cfg, r, bar)
+        except BaseException:  # an error, or Ctrl-C: start no further run
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def worker_error(cfg: TrainConfig, exc: BaseException) -> Exception:
@@ -301,7 +312,7 @@ def _worker_init(datasets) -> None:
 
 
 def _worker_run(cfg: TrainConfig) -> dict[str, Any]:
-    return _run_one(cfg, _WORKER_DATASETS, resume=False)
+    return _run_one(cfg, _WORKER_DATASETS)
 
 
 def _read_result(folder: Path) -> dict[str, Any] | None:
@@ -346,12 +357,11 @@ def _saved_result(cfg: TrainConfig, data_files=()) -> dict[str, Any] | None:
     return saved
 
 
-def _run_one(cfg: TrainConfig, datasets, resume: bool) -> dict[str, Any]:
+def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
+    """Train one run of the comparison and write its ``result.json``."""
     path = Path(cfg.out_dir) / "result.json"
-    if resume and (saved := _saved_result(cfg, datasets[2].files)) is not None:
-        return saved
     t0 = time.perf_counter()
-    out = train(cfg, datasets)
+    out = train(cfg, datasets, label=run_label(cfg))
     history = out["history"]
     result = {
         "result_key": cfg.result_key(),

@@ -15,6 +15,7 @@ Names: ``fashion_mnist`` (alias ``fashion-mnist``), ``mnist``, ``kmnist``, ``cif
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,10 +135,14 @@ def _random_translate_flip(x: Tensor, pad: int, hflip: bool, generator: torch.Ge
 def _subset_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray | None:
     # A fixed permutation (seed 0 by default) so every run and every seed of a comparison sees the
     # same subset; the run seed varies initialisation and order, not the data.
-    if limit is None or limit >= n:
+    if limit is None:
         return None
-    if limit <= 0:
-        raise ValueError(f"subset size must be positive, got {limit}")
+    if not isinstance(limit, numbers.Integral) or limit <= 0:
+        raise ValueError(f"subset size must be a positive integer, got {limit!r}; None means all images")
+    if limit > n:
+        raise ValueError(f"subset of {limit} images asked for, but the split has only {n}; use at most {n}")
+    if limit == n:
+        return None
     return np.random.default_rng(seed).permutation(n)[:limit]
 
 

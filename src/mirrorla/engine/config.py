@@ -1,4 +1,7 @@
-"""The training configuration: one frozen, validated dataclass shared by the CLI, the engine and compare."""
+"""The training configuration: frozen, validated dataclasses shared by the CLI, the engine and compare.
+
+This module imports neither torch nor timm: the command line reads its defaults to build ``--help``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["TrainConfig", "RESULT_FIELDS"]
+__all__ = [
+    "BASE",
+    "DEFAULT_ATTENTIONS",
+    "PRESETS",
+    "RESULT_FIELDS",
+    "CompareConfig",
+    "TrainConfig",
+    "check_subset_sizes",
+    "describe_preset",
+]
 
 #: Fields that change what a run computes; a resumed run must agree on all of them.
 RESULT_FIELDS = (
@@ -126,3 +138,89 @@ class TrainConfig:
         """The fields that determine the run's numbers (see :data:`RESULT_FIELDS`)."""
         d = self.to_dict()
         return {k: d[k] for k in RESULT_FIELDS}
+
+
+def check_subset_sizes(cfg: TrainConfig, train_size: int, eval_size: int) -> None:
+    """Raise ``ValueError`` when a subset asks for more images than the split holds.
+
+    ``train_size``/``eval_size`` are the sizes of the splits built for ``cfg`` (a subset larger than its
+    split yields the whole split): a run records the subset it was asked for, so it must be the one used.
+    """
+    splits = (("train_subset", cfg.train_subset, train_size), ("eval_subset", cfg.eval_subset, eval_size))
+    for option, asked, size in splits:
+        if asked is not None and asked > size:
+            split = "training" if option == "train_subset" else "evaluation"
+            raise ValueError(
+                f"--{option.replace('_', '-')} {asked} is larger than {cfg.dataset}'s {split} split ({size} images): "
+                f"pass at most {size}, or leave it out to use all of it"
+            )
+
+
+#: Softmax, ReLU linear attention, the peer methods, MirrorLA and its ablation rows (METHODS.md §2.8).
+DEFAULT_ATTENTIONS = (
+    "softmax", "linear_relu", "flatten", "pola", "nala", "l2vit_lga",
+    "mirror", "mirror_block", "mirror_block_var", "mirror_cross",
+)  # fmt: skip
+
+#: Budgets of ``mirrorla compare``. ``quick`` ≈ 5 minutes on 2 CPU cores; ``default`` took 187 minutes of
+#: 1-thread run time for the ten default attentions on a 2-core VM (docs/training.md: timings and how to
+#: split it into shards). Model: ViT, patch 4 on 28×28 → 49 tokens + cls. ``None`` subsets: all images.
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(seeds=(0,), epochs=3, train_subset=5000, eval_subset=2000),
+    "default": dict(seeds=(0, 1, 2), epochs=3, train_subset=None, eval_subset=None),
+}
+#: What every run of a comparison shares, the attention and the seed aside.
+BASE = TrainConfig(
+    embed_dim=64, depth=4, num_heads=2, patch_size=4, mlp_ratio=2.0, batch_size=128, lr=1e-3, warmup_epochs=0.5,
+    label_smoothing=0.1, clip_grad=1.0, save_checkpoints=False, progress=False,
+)  # fmt: skip
+
+
+def describe_preset(name: str) -> str:
+    """A preset in words, e.g. '1 seed (0), 3 epochs, 5000 training and 2000 evaluation images'."""
+    p = PRESETS[name]
+    seeds = ", ".join(str(s) for s in p["seeds"])
+    images = lambda n: "all" if n is None else str(n)  # noqa: E731
+    return (
+        f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''} ({seeds}), {p['epochs']} epochs, "
+        f"{images(p['train_subset'])} training and {images(p['eval_subset'])} evaluation images"
+    )
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """One comparison: ``base`` fixes everything but the attention and the seed."""
+
+    attentions: tuple[str, ...] = DEFAULT_ATTENTIONS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    base: TrainConfig = field(default_factory=lambda: BASE)
+    out_dir: str = "runs/compare"
+    resume: bool = False
+    #: Without ``resume``: use an ``out_dir`` that holds files and retrain every run. With ``resume``:
+    #: also retrain finished runs whose settings differ (otherwise the job stops before training).
+    overwrite: bool = False
+    throughput_batch: int = 128
+    throughput_warmup: int = 5
+    throughput_iters: int = 10
+    throughput_rounds: int = 5
+    preset: str = "custom"
+    #: Training runs at once, each a process with ``base.threads`` (default: cores // jobs) threads.
+    #: ``None`` = one per CPU core on a CPU, 1 on CUDA.
+    jobs: int | None = 1
+    #: One progress bar over all runs of the job (on stderr).
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.attentions:
+            raise ValueError("attentions must name at least one registered attention")
+        if len(set(self.attentions)) != len(self.attentions):
+            raise ValueError(f"attentions contains duplicates: {self.attentions}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if not all(isinstance(s, int) for s in self.seeds):
+            raise TypeError(f"seeds must be integers, got {self.seeds}")
+        if self.jobs is not None and (not isinstance(self.jobs, int) or self.jobs < 1):
+            raise ValueError(f"jobs must be a positive int or None (one per CPU core), got {self.jobs!r}")
+        for name in ("throughput_batch", "throughput_warmup", "throughput_iters", "throughput_rounds"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

@@ -203,16 +203,19 @@ class _MetricsLog:
                 fh.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, datasets: tuple[Dataset, Dataset, Any] | None = None) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, datasets: tuple[Dataset, Dataset, Any] | None = None, *, label: str | None = None
+) -> dict[str, Any]:
     """Train ``cfg`` and return ``{"history": [per-epoch metrics], "final": {...}, "run_dir": ...}``.
 
     ``datasets`` = (train, eval, DatasetInfo) overrides ``cfg.dataset`` (tests and ``compare`` pass data
-    they have already loaded). Under torchrun, call it in every process.
+    they have already loaded). ``label`` starts every line the run prints (``compare``: the attention
+    and seed). Under torchrun, call it in every process.
     """
     env = setup_distributed(cfg.device)
     try:
         with _claim_run_folder(cfg, env):
-            return _train(cfg, env, datasets)
+            return _train(cfg, env, datasets, label)
     finally:
         cleanup_distributed()
 
@@ -236,7 +239,7 @@ def _claim_run_folder(cfg: TrainConfig, env: DistEnv) -> contextlib.AbstractCont
     return claim_run_folder(run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)
 
 
-def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
+def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -> dict[str, Any]:
     from timm.data import Mixup
     from timm.loss import SoftTargetCrossEntropy
     from timm.utils import ModelEmaV3
@@ -336,47 +339,49 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
         batches = _train_indices(len(train_set), cfg, epoch, env)
         ddp_model.train()
         loss_sum = correct = seen = 0.0
-        progress = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and env.is_main)
+        desc = f"{label + ' ' if label else ''}epoch {epoch + 1}/{cfg.epochs}"
+        progress = _progress(len(batches), desc, cfg.progress and env.is_main)
         t0 = time.perf_counter()
-        for x, y in _batches(train_set, batches, cfg, aug_gen, env.device):
-            target = y
-            if mixup is not None:
-                x, target = mixup(x, y)
-            with _autocast(cfg, env.device):
-                logits = ddp_model(x)
-                loss = criterion(logits.float(), target)
-            if not torch.isfinite(loss):
-                raise TrainingDivergedError(
-                    f"loss is {loss.item()} at epoch {epoch}, step {global_step}; lower --lr, keep --clip-grad, "
-                    "or try --amp bf16 instead of fp16"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-            if ema is not None:
-                ema.update(model, step=global_step)
-            n = y.shape[0]
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += n
-            if progress is not None:
-                elapsed = time.perf_counter() - t0
-                progress.set_postfix(
-                    loss=f"{loss_sum / seen:.4f}",
-                    acc=f"{100 * correct / seen:.1f}",
-                    img_s=f"{seen * env.world_size / max(elapsed, 1e-9):.0f}",
-                    refresh=False,
-                )
-                progress.update(1)
+        # Ctrl-C (or an error) in the middle of an epoch: the bar goes, so the one-line message stays readable.
+        closing = contextlib.closing(progress) if progress is not None else contextlib.nullcontext()
+        with closing:
+            for x, y in _batches(train_set, batches, cfg, aug_gen, env.device):
+                target = y
+                if mixup is not None:
+                    x, target = mixup(x, y)
+                with _autocast(cfg, env.device):
+                    logits = ddp_model(x)
+                    loss = criterion(logits.float(), target)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"loss is {loss.item()} at epoch {epoch}, step {global_step}; lower --lr, keep --clip-grad, "
+                        "or try --amp bf16 instead of fp16"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.clip_grad is not None:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                global_step += 1
+                if ema is not None:
+                    ema.update(model, step=global_step)
+                n = y.shape[0]
+                loss_sum += loss.item() * n
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += n
+                if progress is not None:
+                    elapsed = time.perf_counter() - t0
+                    progress.set_postfix(
+                        loss=f"{loss_sum / seen:.4f}",
+                        acc=f"{100 * correct / seen:.1f}",
+                        img_s=f"{seen * env.world_size / max(elapsed, 1e-9):.0f}",
+                        refresh=False,
+                    )
+                    progress.update(1)
         train_time = time.perf_counter() - t0
-        if progress is not None:
-            progress.close()
         loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], env)
         record: dict[str, Any] = {
             "epoch": epoch,
@@ -407,7 +412,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets) -> dict[str, Any]:
         history.append(record)
         log.write(record)
         if env.is_main:
-            _print_epoch(record, cfg)
+            _print_epoch(record, cfg, label)
             if cfg.save_checkpoints and run_dir is not None:
                 state = {
                     "optimizer": optimizer.state_dict(),
@@ -595,13 +600,18 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
 
 
-def _print_epoch(r: dict[str, Any], cfg: TrainConfig) -> None:
+def _print_epoch(r: dict[str, Any], cfg: TrainConfig, label: str | None = None) -> None:
+    from tqdm.auto import tqdm
+
     ema = f" ema_top1 {r['ema_eval_top1']:.2f}" if "ema_eval_top1" in r else ""
-    print(
-        f"epoch {r['epoch'] + 1}/{cfg.epochs}  lr {r['lr']:.2e}  train_loss {r['train_loss']:.4f}  "
-        f"eval_loss {r['eval_loss']:.4f}  eval_top1 {r['eval_top1']:.2f}{ema}  {r['train_img_s']:.0f} img/s",
-        flush=True,
+    # tqdm.write: a progress bar of the caller (compare's bar over all runs) stays whole below the line.
+    tqdm.write(
+        f"{label + ' ' if label else ''}epoch {r['epoch'] + 1}/{cfg.epochs}  lr {r['lr']:.2e}  "
+        f"train_loss {r['train_loss']:.4f}  eval_loss {r['eval_loss']:.4f}  eval_top1 {r['eval_top1']:.2f}{ema}  "
+        f"{r['train_img_s']:.0f} img/s",
+        file=sys.stdout,
     )
+    sys.stdout.flush()
 
 
 def environment_summary() -> dict[str, Any]:

@@ -2,9 +2,11 @@
 
 Examples::
 
-    mirrorla bench ops --quick                       # ~1 minute on a laptop CPU
+    mirrorla bench ops --quick                       # ~1 minute on a laptop CPU; writes runs/bench/
     mirrorla bench ops --threads 2 --out docs/results/efficiency
     mirrorla bench models --resolutions 224,384,512,1024
+
+The sweeps themselves are in :mod:`mirrorla.bench`; torch is imported when the command runs.
 """
 
 from __future__ import annotations
@@ -15,60 +17,76 @@ import shlex
 import sys
 from pathlib import Path
 
-import torch
+from mirrorla.commands import Command, UsageError
+from mirrorla.commands.options import check_out_folder, positive_float, positive_int
 
-from mirrorla.bench import models as model_cases
-from mirrorla.bench import ops as ops_cases
-from mirrorla.bench import report
-from mirrorla.bench.machine import describe_machine, resolve_device
-from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
-from mirrorla.bench.worker import run_cases
-from mirrorla.cli import command
+__all__ = ["COMMANDS"]
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(t) for t in text.replace(" ", "").split(",") if t]
+        values = [int(t) for t in text.replace(" ", "").split(",") if t]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        values = []
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return values
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="tiny sweep, 3 repeats, one worker (about a minute on CPU)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
     p.add_argument("--dtype", default="float32", choices=_DTYPES, help="tensor and parameter dtype")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (fixed)")
-    p.add_argument("--batch", type=int, default=None, help="batch size (ops: 1; models: 1 on CPU, 8 on CUDA)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats after warm-up (median/min/max)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument(
+        "--batch", type=positive_int, default=None, help="batch size (default: ops 1; models 1 on CPU, 8 on CUDA)"
+    )
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats after warm-up (median/min/max)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per case and mode")
     p.add_argument(
         "--max-case-seconds",
-        type=float,
+        type=positive_float,
         default=120.0,
         help="skip a case whose predicted run time (extrapolated from smaller sizes) is longer",
     )
-    p.add_argument("--out", default="mirrorla-bench", help="output folder for the JSON, Markdown and PNG files")
-    p.add_argument("--no-isolate", action="store_true", help="run all cases in one worker process")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--gemm-size", type=int, default=2048, help="size of the square matmul that measures the GEMM peak")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bench", help="output folder for the JSON, Markdown and PNG files")
+    p.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each case in its own worker process (--no-isolate: all in one)",
+    )
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
+    p.add_argument(
+        "--gemm-size", type=positive_int, default=2048, help="size of the square matmul that measures the GEMM peak"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench_what", metavar="{ops,models}", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from mirrorla.commands import HelpFormatter as fmt
+
     ops = sub.add_parser("ops", help="attention layers and cores vs SDPA over token counts", formatter_class=fmt)
     _common(ops)
-    ops.add_argument("--sizes", type=_ints, default=None, help=f"token counts N (default {ops_cases.DEFAULT_SIZES})")
-    ops.add_argument("--dim", type=int, default=384, help="channels C")
-    ops.add_argument("--heads", type=int, default=6, help="heads H")
     ops.add_argument(
-        "--methods", default="*", help="comma-separated registry names or patterns ('mirror*'); default all"
+        "--sizes",
+        type=_ints,
+        default=None,
+        help="comma-separated token counts N (default: 196, 784, 3136, 4096, 16384, 65536; --quick 196, 1024)",
     )
-    ops.add_argument("--no-core", action="store_true", help="skip the separate attention-core cases")
-    ops.add_argument("--fit-from", type=int, default=4096, help="fit scaling exponents over N >= this")
+    ops.add_argument("--dim", type=positive_int, default=384, help="channels C")
+    ops.add_argument("--heads", type=positive_int, default=6, help="heads H")
+    ops.add_argument("--methods", default="*", help="comma-separated registry names or patterns ('mirror*'); '*' = all")
+    ops.add_argument(
+        "--core",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the attention cores on their own, apart from the layers",
+    )
+    ops.add_argument("--fit-from", type=positive_int, default=4096, help="fit scaling exponents over N >= this")
     models = sub.add_parser("models", help="whole-model images/s and peak memory vs resolution", formatter_class=fmt)
     _common(models)
     models.add_argument(
@@ -79,18 +97,26 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
     )
     models.add_argument("--attention", default="mirror", help="registry attention of the default linear models")
     models.add_argument(
-        "--resolutions", type=_ints, default=None, help=f"input sizes (default {model_cases.DEFAULT_RESOLUTIONS})"
+        "--resolutions",
+        type=_ints,
+        default=None,
+        help="comma-separated input sizes (default: 224, 384, 512, 768, 1024, 1536, 2048; --quick 224, 320)",
     )
 
 
-@command("bench", "efficiency benchmarks: latency, peak memory, MACs and scaling vs softmax")(_add_bench_args)
 def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from mirrorla.bench.machine import describe_machine, resolve_device
+    from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
+
+    check_out_folder(args.out)
     device = resolve_device(args.device)
-    if args.threads <= 0:
-        raise SystemExit("--threads must be >= 1")
+    if args.threads is None:
+        args.threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.repeats, args.no_isolate = min(args.repeats, 3), True
+        args.repeats, args.isolate = min(args.repeats, 3), False
         args.max_case_seconds = min(args.max_case_seconds, 10.0)
     settings = {
         "device": str(device),
@@ -127,25 +153,28 @@ def _select_methods(spec: str) -> list[str]:
     for pat in (p.strip() for p in spec.split(",") if p.strip()):
         hits = [n for n in names if fnmatch.fnmatch(n, pat)]
         if not hits:
-            raise SystemExit(f"no registered attention matches {pat!r}; registered: {', '.join(names)}")
+            raise UsageError(f"--methods: no registered attention matches {pat!r}; registered: {', '.join(names)}")
         chosen += [h for h in hits if h not in chosen]
     return chosen
 
 
 def _run_ops(args, settings, header, out: Path) -> int:
+    from mirrorla.bench import ops as ops_cases
+    from mirrorla.bench import report
+    from mirrorla.bench.worker import run_cases
     from mirrorla.registry import create_attention
 
     sizes = args.sizes or list(ops_cases.QUICK_SIZES if args.quick else ops_cases.DEFAULT_SIZES)
     methods = _select_methods(args.methods)
     settings.update(batch=args.batch or 1, dim=args.dim, heads=args.heads)
-    groups = ops_cases.plan_ops_cases(methods, sizes, core=not args.no_core)
+    groups = ops_cases.plan_ops_cases(methods, sizes, core=args.core)
     print(
         f"mirrorla bench ops: {len(methods)} attentions + sdpa + projections, N = {sizes}, "
         f"B={settings['batch']} C={args.dim} H={args.heads} {args.dtype} on {settings['device']}, "
         f"{args.threads} threads",
         flush=True,
     )
-    results, gemm = run_cases("ops", groups, settings, isolate=not args.no_isolate, progress=not args.no_progress)
+    results, gemm = run_cases("ops", groups, settings, isolate=args.isolate, progress=args.progress)
     for r in results:
         r.update(batch=settings["batch"], dim=args.dim, heads=args.heads, dtype=args.dtype, device=settings["device"])
     linear = [m for m in methods if getattr(create_attention(m, args.dim, num_heads=args.heads), "is_linear", False)]
@@ -176,6 +205,8 @@ def _run_ops(args, settings, header, out: Path) -> int:
 
 
 def _ops_markdown(payload, exp_md, pngs) -> str:
+    from mirrorla.bench import report
+
     res, gemm = payload["results"], payload["gemm"]
     m = payload["machine"]
     parts = [
@@ -216,6 +247,12 @@ def _ops_markdown(payload, exp_md, pngs) -> str:
 
 
 def _run_models(args, settings, header, out: Path) -> int:
+    import torch
+
+    from mirrorla.bench import models as model_cases
+    from mirrorla.bench import report
+    from mirrorla.bench.worker import run_cases
+
     device = torch.device(settings["device"])
     specs = (
         [s.strip() for s in args.models.split(",") if s.strip()]
@@ -232,7 +269,7 @@ def _run_models(args, settings, header, out: Path) -> int:
         flush=True,
     )
     groups = model_cases.plan_model_cases(specs, resolutions)
-    results, gemm = run_cases("models", groups, settings, isolate=not args.no_isolate, progress=not args.no_progress)
+    results, gemm = run_cases("models", groups, settings, isolate=args.isolate, progress=args.progress)
     for r in results:
         r.update(batch=settings["batch"], dtype=args.dtype, device=settings["device"])
     metrics = {"fwd": "ms/batch", "mem_fwd": "MiB fwd"}
@@ -265,3 +302,9 @@ def _run_models(args, settings, header, out: Path) -> int:
     print(md)
     print(f"wrote {out / 'models.json'}, {out / 'models.md'}, {png}")
     return 0
+
+
+COMMANDS = [
+    Command("bench", "efficiency benchmarks: latency, peak memory, MACs and scaling vs softmax", _add_bench_args,
+            run_bench),
+]  # fmt: skip

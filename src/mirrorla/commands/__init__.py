@@ -1,0 +1,137 @@
+"""The ``mirrorla`` command line: one module per command family, built from shared option groups.
+
+Each module in :data:`COMMAND_MODULES` lists its :class:`Command` objects in ``COMMANDS``. Building
+the parser imports those modules and nothing heavier: their ``add_arguments`` read defaults from
+torch-free modules (:mod:`mirrorla.engine.config`), and each ``run`` imports torch, timm and the
+engine when the command runs, so ``mirrorla --help`` answers at once.
+
+Errors. A command reports bad input by raising :class:`UsageError` (or, for ``train``, ``eval`` and
+``compare``, the library's validation errors, which those commands turn into a ``UsageError``):
+:func:`main` prints it as one line, ``mirrorla <command>: error: <message>``, and returns 2, as
+argparse does for a malformed option. :class:`Interrupted` (Ctrl-C with a word on what was saved and
+how to continue) prints one line and returns 130. Any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Command", "Interrupted", "UsageError", "build_parser", "main", "COMMAND_MODULES"]
+
+
+class UsageError(Exception):
+    """Bad command-line input; :func:`main` prints it as one line and exits with status 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C; the message says what was saved and the command that continues. Exit status 130."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: ``add_arguments(parser)`` declares its options, ``run(args) -> int`` does the work."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+#: Modules with a ``COMMANDS`` list. Importing them must not import torch (see the module docstring).
+COMMAND_MODULES = (
+    "mirrorla.commands.demo",
+    "mirrorla.commands.train",
+    "mirrorla.commands.compare",
+    "mirrorla.commands.bench",
+    "mirrorla.commands.still",
+    "mirrorla.commands.models",
+)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default once: appended as ``(default: X)`` unless the help already says it,
+    and never for a default of None, False or no default (an option that is off unless given)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if isinstance(action, argparse.BooleanOptionalAction):  # --x/--no-x: say which one is the default
+            text = text.replace(" (default: %(default)s)", "")  # what some Python versions add
+            if isinstance(default, bool) and "default" not in text:
+                text += f" (default: {'on' if default else 'off'})"
+            return text
+        if (
+            "default" in text
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or default == []
+            or not action.option_strings
+            or isinstance(action, argparse._StoreConstAction)  # --quick: the constant is not a default
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _commands() -> list[Command]:
+    commands: list[Command] = []
+    for module in COMMAND_MODULES:
+        commands += importlib.import_module(module).COMMANDS
+    names = [c.name for c in commands]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"commands registered twice: {duplicates}")
+    return commands
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mirrorla")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand (imports no torch)."""
+    parser = argparse.ArgumentParser(
+        prog="mirrorla",
+        description="Linear attention for vision transformers: MirrorLA and its peers behind one API.",
+    )
+    parser.add_argument("--version", action="version", version=f"mirrorla {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in sorted(_commands(), key=lambda c: c.name):
+        p = sub.add_parser(command.name, help=command.help, description=command.help, formatter_class=HelpFormatter)
+        command.add_arguments(p)
+        p.set_defaults(_run=command.run, _prog=p.prog)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2: bad input, 130: interrupted)."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or argparse's own one-line error (already printed)
+        return exit_.code if isinstance(exit_.code, int) else 2
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    args._argv = argv
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as err:
+        print(f"{args._prog}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except Interrupted as err:
+        print(f"{args._prog}: {err}", file=sys.stderr, flush=True)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{args._prog}: interrupted", file=sys.stderr, flush=True)
+        return 130

@@ -1,0 +1,167 @@
+"""``mirrorla compare``: every option of ``train`` (the same option groups), plus the comparison's own.
+
+The work is :func:`mirrorla.compare.run_compare`; this module only turns arguments into a
+:class:`~mirrorla.engine.config.CompareConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+
+from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands.options import (
+    add_train_config_options,
+    check_out_folder,
+    given_config_fields,
+    int_list,
+    positive_int,
+)
+from mirrorla.commands.train import check_attention_options, user_errors
+from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, describe_preset
+
+__all__ = ["COMMANDS", "compare_config_from_args"]
+
+#: Options whose default is the preset's.
+PRESET_FIELDS = ("epochs", "train_subset", "eval_subset")
+
+
+def _preset_default(field: str) -> str:
+    def words(value):
+        return "all" if value is None else str(value)
+
+    return f"the preset's: {words(PRESETS['default'][field])}, with --quick {words(PRESETS['quick'][field])}"
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("comparison")
+    g.add_argument(
+        "--quick",
+        dest="preset",
+        action="store_const",
+        const="quick",
+        default="default",
+        help=f"the ~5-minute CPU preset: {describe_preset('quick')} (without it: {describe_preset('default')})",
+    )
+    g.add_argument(
+        "--attentions",
+        default=",".join(DEFAULT_ATTENTIONS),
+        help="comma-separated registered attentions (`mirrorla list`)",
+    )
+    g.add_argument(
+        "--seeds", type=int_list, default=None, help="comma-separated seeds (default: the preset's: 0,1,2; --quick 0)"
+    )
+    g.add_argument("--out", default="runs/compare", help="output folder (table, JSON, figures, runs)")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse finished runs in --out with identical settings (and data) and train the others; also lets "
+        "several compare processes share one --out",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use a --out that holds files without --resume (retrain every run), or with --resume retrain "
+        "finished runs whose settings differ",
+    )
+    g.add_argument(
+        "--jobs",
+        default="auto",
+        help="training runs at once, each in its own process; auto = one per CPU core on a CPU (with "
+        "1 thread each: faster than one many-threaded process for this small ViT), 1 on CUDA",
+    )
+    g.add_argument("--throughput-iters", type=positive_int, default=10, help="timed forwards per round for eval img/s")
+    g.add_argument(
+        "--throughput-rounds",
+        type=positive_int,
+        default=5,
+        help="eval img/s is the median over this many rounds, the attentions taking turns (after training)",
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one progress bar over all runs, with the ETA of the whole job, on stderr",
+    )
+    add_train_config_options(
+        p,
+        BASE,
+        exclude=("attention", "seed", "progress"),
+        shown={f: _preset_default(f) for f in PRESET_FIELDS},
+        help_override={"threads": "torch CPU threads per training process (default: cores // jobs)"},
+    )
+
+
+def _parse_jobs(value: str) -> int | None:
+    if value == "auto":
+        return None
+    try:
+        jobs = int(value)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise UsageError(f"--jobs must be 'auto' or a positive integer, got {value!r}")
+    return jobs
+
+
+def compare_config_from_args(args: argparse.Namespace) -> CompareConfig:
+    """The comparison of parsed ``compare`` arguments: :data:`~mirrorla.engine.config.BASE`, then the
+    preset's epochs, subsets and seeds, then every option given."""
+    preset = PRESETS[args.preset]
+    # --resume and --overwrite are the comparison's (CompareConfig), not its runs' (TrainConfig).
+    given = {k: v for k, v in given_config_fields(args).items() if k not in ("resume", "overwrite")}
+    base = BASE.replace(**{**{f: preset[f] for f in PRESET_FIELDS}, **given})
+    return CompareConfig(
+        attentions=tuple(a.strip() for a in args.attentions.split(",") if a.strip()),
+        seeds=args.seeds if args.seeds is not None else preset["seeds"],
+        base=base,
+        out_dir=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        throughput_iters=args.throughput_iters,
+        throughput_rounds=args.throughput_rounds,
+        jobs=_parse_jobs(args.jobs),
+        preset=args.preset,
+        progress=args.progress,
+    )
+
+
+def _interrupted(cc: CompareConfig, argv: list[str]) -> Interrupted:
+    from mirrorla.compare import finished_runs
+
+    done, total = finished_runs(cc)
+    again = [a for a in argv if a != "--overwrite"]
+    again += [] if "--resume" in again else ["--resume"]
+    return Interrupted(
+        f"interrupted; {done} of {total} runs are finished and kept in {cc.out_dir}/runs. "
+        f"Continue with: mirrorla {shlex.join(again)}"
+    )
+
+
+@user_errors
+def run_compare_cmd(args: argparse.Namespace) -> int:
+    from mirrorla.compare import run_compare
+
+    check_out_folder(args.out)
+    cc = compare_config_from_args(args)
+    for name in cc.attentions:
+        check_attention_options(name, cc.base.attention_kwargs, cc.base.embed_dim, cc.base.num_heads)
+    try:
+        results = run_compare(cc)
+    except KeyboardInterrupt:
+        raise _interrupted(cc, getattr(args, "_argv", ["compare"])) from None
+    print(
+        f"wrote {args.out}/results.md, results.json, accuracy_curves.png, accuracy_vs_throughput.png "
+        f"({results['wall_s']:.0f} s)"
+    )
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "compare",
+        "train the same small ViT with each attention and print the comparison table",
+        add_compare_args,
+        run_compare_cmd,
+    )
+]

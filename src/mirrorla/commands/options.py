@@ -1,0 +1,230 @@
+"""Option groups shared by the commands, and the argument types they use. Imports no torch.
+
+Every :class:`~mirrorla.engine.config.TrainConfig` field that ``train`` offers is declared once, in
+:func:`add_train_config_options`; ``compare`` adds the same groups with its own defaults (its base
+configuration) and without the options it sets per run (``--attention``, ``--seed``).
+
+The options go into :class:`GivenOnly` groups: they leave nothing in the parsed namespace unless given
+on the command line, so that ``train --resume`` can tell ``--lr 0.001`` given from the default 0.001,
+and ``compare`` can tell a given ``--epochs`` from the preset's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+from typing import Any
+
+from mirrorla.engine.config import TrainConfig
+
+__all__ = [
+    "GivenOnly",
+    "add_train_config_options",
+    "check_out_folder",
+    "config_fields",
+    "int_list",
+    "key_value",
+    "positive_float",
+    "positive_int",
+]
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"0,1,2"`` → ``(0, 1, 2)``."""
+    try:
+        values = tuple(int(t) for t in text.replace(" ", "").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    return values
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE a Python literal where it parses as one (``0.1``, ``True``), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _optional_float(text: str) -> float | None:
+    if text.lower() in ("none", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def _attention(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def check_out_folder(path: str | None, option: str = "--out") -> None:
+    """A folder option must not name an existing file (``UsageError``)."""
+    from mirrorla.commands import UsageError
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a file; {option} takes a folder (new, or one of this command's)")
+
+
+class GivenOnly:
+    """An argument group whose options leave no default in the parsed namespace (``argparse.SUPPRESS``).
+
+    The default still shows in ``--help``: as ``(default: X)``, or as the words ``shown`` gives.
+    """
+
+    def __init__(self, group: argparse._ArgumentGroup, shown: dict[str, str] | None = None) -> None:
+        self._group = group
+        self._shown = shown or {}
+
+    def add_argument(self, *flags: str, default: Any = None, help: str, **kwargs: Any) -> argparse.Action:
+        dest = kwargs.get("dest") or flags[0].lstrip("-").replace("-", "_")
+        shown = self._shown.get(dest)
+        if shown is None and default is not None and default not in ([], {}):
+            shown = ("on" if default else "off") if isinstance(default, bool) else str(default)
+        if shown is not None:
+            help = f"{help} (default: {shown})"
+        return self._group.add_argument(*flags, default=argparse.SUPPRESS, help=help, **kwargs)
+
+
+def config_fields() -> set[str]:
+    return set(TrainConfig.__dataclass_fields__)
+
+
+def add_train_config_options(
+    p: argparse.ArgumentParser,
+    d: TrainConfig,
+    *,
+    exclude: tuple[str, ...] = (),
+    shown: dict[str, str] | None = None,
+    help_override: dict[str, str] | None = None,
+) -> None:
+    """The data, model, optimisation and run options of a TrainConfig, with ``d``'s values as defaults.
+
+    ``exclude``: fields the command sets itself. ``shown``: words for a default (e.g. "the preset's").
+    ``help_override``: another help text for a field, where the command gives it another meaning.
+    """
+    shown = {"train_subset": "all", "eval_subset": "all", **(shown or {})}
+    helps = help_override or {}
+
+    def group(title: str):
+        g = GivenOnly(p.add_argument_group(title), shown)
+
+        def add(dest: str, *flags: str, help: str, **kwargs: Any) -> None:
+            if dest in exclude:
+                return
+            kwargs.setdefault("default", getattr(d, dest) if dest in TrainConfig.__dataclass_fields__ else None)
+            g.add_argument(*flags, dest=dest, help=helps.get(dest, help), **kwargs)
+
+        return add
+
+    add = group("data")
+    add(
+        "dataset",
+        "--dataset",
+        help="fashion_mnist, mnist, kmnist, cifar10, cifar100, svhn, tv:<torchvision class>, or imagefolder "
+        "(--data-dir with train/ and val/ sub-folders, one folder per class)",
+    )
+    add(
+        "data_dir",
+        "--data-dir",
+        help="where the data is; for Fashion-MNIST the only place looked in (missing files are an error). Without "
+        "it Fashion-MNIST is looked for in $MIRRORLA_DATA, ~/.cache/mirrorla, /usr/share/datasets/fashion-mnist, "
+        "then downloaded",
+    )
+    add("download", "--download", action=argparse.BooleanOptionalAction, help="download data that is not on disk")
+    add("train_subset", "--train-subset", type=positive_int, help="train on a fixed random subset of this size")
+    add("eval_subset", "--eval-subset", type=positive_int, help="evaluate on a fixed random subset of this size")
+    add("image_size", "--image-size", type=positive_int, help="input side in pixels (default: the dataset's)")
+    add("augment", "--augment", action=argparse.BooleanOptionalAction, help="train-time augmentation")
+    add("workers", "--workers", type=non_negative_int, help="DataLoader workers (file-based datasets)")
+
+    add = group("model")
+    add("model", "--model", help="'vit' (the project's small ViT) or a timm model name")
+    add(
+        "attention",
+        "--attention",
+        type=_attention,
+        help="registered attention for every block (`mirrorla list`); 'none' keeps a timm model's own",
+    )
+    add(
+        "attention_kwargs",
+        "--attn-opt",
+        type=key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="an option of the attention, repeatable (e.g. --attn-opt alpha_init=0.1; `mirrorla list` names "
+        "the attentions)",
+    )
+    add("embed_dim", "--embed-dim", type=positive_int, help="ViT width C")
+    add("depth", "--depth", type=positive_int, help="ViT blocks")
+    add("num_heads", "--num-heads", type=positive_int, help="attention heads")
+    add("patch_size", "--patch-size", type=positive_int, help="ViT patch size")
+    add("mlp_ratio", "--mlp-ratio", type=positive_float, help="MLP hidden width / C")
+    add("drop_path", "--drop-path", type=float, help="stochastic depth rate")
+
+    add = group("optimisation")
+    add("epochs", "--epochs", type=positive_int, help="training epochs")
+    add("batch_size", "--batch-size", type=positive_int, help="images per step and process")
+    add("lr", "--lr", type=positive_float, help="AdamW peak learning rate")
+    add("min_lr", "--min-lr", type=float, help="learning rate at the end of the cosine")
+    add("warmup_lr", "--warmup-lr", type=float, help="learning rate at step 0")
+    add("warmup_epochs", "--warmup-epochs", type=float, help="linear warm-up length (epochs)")
+    add("weight_decay", "--weight-decay", type=float, help="AdamW decoupled weight decay")
+    add("label_smoothing", "--label-smoothing", type=float, help="label smoothing ε")
+    add("mixup", "--mixup", type=float, help="Mixup α (0 = off; timm's Mixup)")
+    add("cutmix", "--cutmix", type=float, help="CutMix α (0 = off)")
+    add("mixup_switch_prob", "--mixup-switch-prob", type=float, help="P(CutMix) when both are on")
+    add("ema_decay", "--ema-decay", type=float, help="EMA of weights (timm ModelEmaV3); 0 = off")
+    add("clip_grad", "--clip-grad", type=_optional_float, help="max gradient L2 norm; 'none' = no clipping")
+    add("amp", "--amp", choices=["none", "bf16", "fp16"], help="autocast dtype (fp16 uses a GradScaler)")
+    add("seed", "--seed", type=int, help="random seed (init, data order, augmentation)")
+
+    add = group("run")
+    add("device", "--device", help="auto, cpu, cuda or cuda:N")
+    add("threads", "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    add("progress", "--progress", action=argparse.BooleanOptionalAction, help="a progress bar per epoch")
+
+
+def given_config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields given on the command line (see :class:`GivenOnly`)."""
+    given = {k: v for k, v in vars(args).items() if k in config_fields()}
+    if "attention_kwargs" in given:
+        given["attention_kwargs"] = dict(given["attention_kwargs"])
+    return given

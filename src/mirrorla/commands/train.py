@@ -1,0 +1,299 @@
+"""``mirrorla train`` and ``mirrorla eval``.
+
+``train`` runs unchanged under ``torchrun --nproc_per_node=N -m mirrorla.cli train ...`` (DDP).
+Every option maps to a :class:`~mirrorla.engine.config.TrainConfig` field of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands.options import (
+    GivenOnly,
+    add_train_config_options,
+    check_out_folder,
+    given_config_fields,
+    positive_int,
+)
+from mirrorla.engine.config import TrainConfig
+
+__all__ = ["COMMANDS", "config_from_args", "check_attention_options", "user_errors", "load_datasets"]
+
+
+def user_errors(run):
+    """Turn the engine's errors about bad input (settings, data, folders, checkpoints, a diverging run, a
+    full disk) into a :class:`UsageError`: one line, exit status 2. Other errors keep their traceback."""
+
+    @functools.wraps(run)
+    def wrapper(args: argparse.Namespace) -> int:
+        from mirrorla.engine.checkpoint import CheckpointError, output_write_error
+        from mirrorla.engine.trainer import TrainingDivergedError
+
+        try:
+            return run(args)
+        except (ValueError, FileNotFoundError, CheckpointError, TrainingDivergedError) as err:
+            raise UsageError(str(err)) from err
+        except OSError as err:  # disk full, read-only file system, permission denied: the path and what to do
+            explained = output_write_error(err)
+            if explained is None:
+                raise
+            raise UsageError(str(explained)) from err
+
+    return wrapper
+
+
+#: Arguments the model passes to every attention layer itself; an --attn-opt cannot set them.
+MODEL_SET_OPTIONS = (
+    "dim", "num_heads", "num_prefix_tokens", "qkv_bias", "qk_norm", "proj_bias", "attn_drop", "proj_drop",
+    "norm_layer", "scale_norm", "device", "dtype",
+)  # fmt: skip
+
+
+def _attention_option_names(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class hierarchy."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = list(inspect.signature(init).parameters.values())[1:]
+        keywords = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        names += [n for n in keywords if n not in names and not n.startswith("_")]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_attention_options(attention: str | None, options: dict[str, Any], dim: int, num_heads: int) -> None:
+    """``UsageError`` for an ``--attn-opt`` the attention does not take, or one the model sets itself."""
+    if not options:
+        return
+    if attention is None:
+        raise UsageError(f"--attn-opt {', '.join(options)} needs an --attention (not 'none')")
+    from mirrorla.registry import create_attention, get_attention_entry
+
+    try:
+        entry = get_attention_entry(attention)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    valid = [n for n in _attention_option_names(entry.cls) if n not in MODEL_SET_OPTIONS]
+    for key in options:
+        if key in MODEL_SET_OPTIONS:
+            raise UsageError(f"--attn-opt {key}: the model sets {key} of its attention layers itself; leave it out")
+        if key not in valid:
+            raise UsageError(f"--attn-opt {key}: attention {attention!r} has no option {key!r}; its options: "
+                             f"{', '.join(valid) or 'none'}")  # fmt: skip
+    try:
+        create_attention(attention, dim, num_heads=num_heads, **options)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"--attn-opt {', '.join(f'{k}={v!r}' for k, v in options.items())}: {err}") from err
+
+
+def load_datasets(cfg: TrainConfig):
+    """(train, eval, info) of ``cfg``; a subset larger than its split is an error (it would be recorded
+    as the size used)."""
+    from mirrorla.data import build_datasets
+    from mirrorla.engine.config import check_subset_sizes
+
+    datasets = build_datasets(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        image_size=cfg.image_size,
+        augment=cfg.augment,
+        train_subset=cfg.train_subset,
+        eval_subset=cfg.eval_subset,
+        download=cfg.download,
+    )
+    check_subset_sizes(cfg, datasets[2].train_size, datasets[2].eval_size)
+    return datasets
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    add_train_config_options(p, d)
+    g = GivenOnly(p.add_argument_group("output"))
+    g.add_argument(
+        "--out",
+        dest="out_dir",
+        help="run folder for metrics and checkpoints (default: runs/train, or the resumed run's folder); "
+        "a new run needs an empty or new folder, or --overwrite",
+    )
+    g.add_argument(
+        "--resume",
+        help="continue from a run folder or checkpoint file with that run's settings, in that run's folder; "
+        "options given here override them, and any that would change the result are refused",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start the new run even if --out holds files: the previous run's outputs there are deleted",
+    )
+    g.add_argument(
+        "--checkpoints",
+        dest="save_checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=d.save_checkpoints,
+        help="write a checkpoint after every epoch",
+    )
+    g.add_argument(
+        "--keep-checkpoints", type=positive_int, default=d.keep_checkpoints, help="how many epochs' checkpoints to keep"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` arguments.
+
+    The namespace holds only the options given on the command line (see
+    :class:`~mirrorla.commands.options.GivenOnly`); a new run takes the others from
+    :class:`~mirrorla.engine.config.TrainConfig`. With ``--resume``, the resumed run's saved settings
+    are the base and every option given overrides them, also one given at its default value
+    (``mirrorla train --resume DIR`` alone continues the run as it was started);
+    :func:`~mirrorla.engine.train` then refuses those that change the result. The run continues in
+    the folder that holds the checkpoint, which may be a copy of the one its saved settings name.
+    """
+    given = given_config_fields(args)
+    resume = given.pop("resume", None)
+    if not resume:
+        return TrainConfig(**{"out_dir": "runs/train", **given})
+    if given.get("overwrite"):
+        raise ValueError(
+            f"--resume {resume} continues the run in its folder and --overwrite replaces a run with a new one: "
+            "pass one of them"
+        )
+    from mirrorla.engine.checkpoint import load_checkpoint
+    from mirrorla.engine.run_folder import resumed_run_folder
+
+    saved = load_checkpoint(resume)["state"]["config"]
+    folder = resumed_run_folder(resume)
+    own_folder = {"out_dir": str(folder)} if folder is not None else {}
+    return TrainConfig.from_dict({**saved, "overwrite": False, **own_folder, **given, "resume": resume})
+
+
+def _interrupted_train(cfg: TrainConfig, argv: list[str]) -> Interrupted:
+    """What an interrupted ``train`` kept, and the command that continues it."""
+    from mirrorla.engine.checkpoint import CheckpointError, load_checkpoint
+
+    folder = cfg.out_dir
+    if folder is None and cfg.resume:
+        from mirrorla.engine.run_folder import resumed_run_folder
+
+        folder = str(resumed_run_folder(cfg.resume) or "")
+    try:
+        checkpoint = load_checkpoint(folder) if folder and cfg.save_checkpoints else None
+    except (CheckpointError, ValueError, OSError):  # none yet (FileNotFoundError is an OSError)
+        checkpoint = None
+    if checkpoint is None or checkpoint["state"] is None:
+        again = "mirrorla " + shlex.join([a for a in argv if a != "--overwrite"] + ["--overwrite"])
+        return Interrupted(f"interrupted; no checkpoint was saved in {folder}. Start again with: {again}")
+    return Interrupted(
+        f"interrupted; the checkpoint of epoch {checkpoint['state']['epoch'] + 1}/{cfg.epochs} is saved in {folder} "
+        f"({Path(checkpoint['path']).name}). "
+        f"Continue with: mirrorla train --resume {shlex.quote(str(folder))}"
+    )
+
+
+@user_errors
+def run_train(args: argparse.Namespace) -> int:
+    from mirrorla.engine import train
+
+    cfg = config_from_args(args)
+    check_out_folder(cfg.out_dir)
+    check_attention_options(cfg.attention, cfg.attention_kwargs, cfg.embed_dim, cfg.num_heads)
+    datasets = load_datasets(cfg)
+    try:
+        out = train(cfg, datasets)
+    except KeyboardInterrupt:
+        raise _interrupted_train(cfg, getattr(args, "_argv", ["train"])) from None
+    if out["run_dir"]:
+        print(f"run directory: {out['run_dir']}")
+    print(json.dumps(out["final"]))
+    return 0
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder, checkpoints/ folder, .safetensors or .state.pt file")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
+    p.add_argument("--data-dir", default=None, help="where the data is (default: the folder recorded in the run)")
+    p.add_argument(
+        "--eval-subset",
+        type=positive_int,
+        default=None,
+        help="evaluate on a fixed random subset of this size (default: the run's)",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--throughput", action="store_true", help="also report MACs and inference images/s")
+
+
+@user_errors
+def run_eval(args: argparse.Namespace) -> int:
+    from mirrorla.data import build_datasets
+    from mirrorla.engine import count_macs, create_classifier, evaluate, load_checkpoint
+    from mirrorla.engine.checkpoint import resolve_checkpoint
+    from mirrorla.engine.config import check_subset_sizes
+    from mirrorla.engine.distributed import setup_distributed
+    from mirrorla.engine.model import measure_throughput
+
+    ckpt = load_checkpoint(args.checkpoint, weights_only=True)
+    if ckpt["state"] is not None:
+        saved = ckpt["state"]["config"]
+    else:
+        cfg_path = Path(resolve_checkpoint(args.checkpoint)[0]).parent.parent / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"cannot find the run's settings: neither a .state.pt file nor {cfg_path}")
+        raw = json.loads(cfg_path.read_text())
+        saved = {k: v for k, v in raw.items() if k in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig.from_dict({**saved, "resume": None, "device": args.device, "progress": False})
+    changes: dict[str, Any] = {}
+    if args.data_dir is not None:
+        changes["data_dir"] = args.data_dir
+    if args.eval_subset is not None:
+        changes["eval_subset"] = args.eval_subset
+    cfg = cfg.replace(**changes)
+    env = setup_distributed(cfg.device)
+    _, eval_set, info = build_datasets(
+        cfg.dataset,
+        data_dir=cfg.data_dir,
+        image_size=cfg.image_size,
+        augment=False,
+        train_subset=1,
+        eval_subset=cfg.eval_subset,
+        download=cfg.download,
+    )
+    check_subset_sizes(cfg.replace(train_subset=None), info.train_size, info.eval_size)
+    model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
+    weights = ckpt["ema"] if args.ema else ckpt["model"]
+    if weights is None:
+        raise ValueError(f"{ckpt['path']} holds no EMA weights (the run had --ema-decay 0)")
+    model.load_state_dict(weights)
+    model.to(env.device)
+    result: dict[str, Any] = {
+        "checkpoint": str(ckpt["path"]),
+        "weights": "ema" if args.ema else "model",
+        "eval_subset": cfg.eval_subset,
+        "batch_size": args.batch_size,
+    }
+    result.update(evaluate(model, eval_set, cfg, env, batch_size=args.batch_size))
+    if args.throughput:
+        result["macs"], result["mac_counter"] = count_macs(model, info.in_chans, info.image_size)
+        result["eval_img_s"] = measure_throughput(model, info.in_chans, info.image_size)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+COMMANDS = [
+    Command(
+        "train",
+        "train a model (default: the small ViT on Fashion-MNIST); runs under torchrun for DDP",
+        add_train_args,
+        run_train,
+    ),
+    Command("eval", "evaluate a trained checkpoint on its dataset's evaluation split", add_eval_args, run_eval),
+]
