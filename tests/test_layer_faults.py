@@ -187,7 +187,7 @@ def test_engine_amp_fp16_uses_autocast_fp32_parameters_and_a_grad_scaler(monkeyp
     from mirrorla.data import InMemoryImages
     from mirrorla.data.datasets import DatasetInfo
     from mirrorla.engine import TrainConfig, train
-    from mirrorla.engine import trainer as trainer_mod
+    from mirrorla.tasks import ClassificationTask
 
     scalers = []
 
@@ -206,7 +206,7 @@ def test_engine_amp_fp16_uses_autocast_fp32_parameters_and_a_grad_scaler(monkeyp
             return super().step(optimizer, *args, **kwargs)
 
     seen = []
-    create = trainer_mod.create_classifier
+    create = ClassificationTask.build_model
 
     def create_and_watch(*args, **kwargs):
         model = create(*args, **kwargs)
@@ -225,7 +225,7 @@ def test_engine_amp_fp16_uses_autocast_fp32_parameters_and_a_grad_scaler(monkeyp
         return model
 
     monkeypatch.setattr(torch.amp, "GradScaler", SpyScaler)
-    monkeypatch.setattr(trainer_mod, "create_classifier", create_and_watch)
+    monkeypatch.setattr(ClassificationTask, "build_model", create_and_watch)
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (24, 1, 28, 28), generator=g, dtype=torch.uint8)
     labels = torch.arange(24) % 4

@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from mirrorla.data import InMemoryImages, build_datasets
+from mirrorla.data import InMemoryImages
 from mirrorla.engine.checkpoint import (
     CheckpointError,
     atomic_write_bytes,
@@ -50,9 +49,10 @@ from mirrorla.engine.distributed import (
     cleanup_distributed,
     setup_distributed,
 )
-from mirrorla.engine.model import count_params, create_classifier
+from mirrorla.engine.model import count_params
 from mirrorla.engine.optim import create_optimizer
 from mirrorla.engine.run_folder import claim_run_folder, resumed_run_folder
+from mirrorla.tasks import Task, create_task
 
 __all__ = ["train", "evaluate", "warmup_cosine", "TrainingDivergedError"]
 
@@ -119,32 +119,37 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, dataset: Dataset, cfg: TrainConfig, env: DistEnv | None = None, batch_size: int | None = None
+    model: nn.Module,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    env: DistEnv | None = None,
+    batch_size: int | None = None,
+    task: Task | None = None,
 ) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) and mean cross-entropy on ``dataset``, each image counted exactly once.
+    """The task's evaluation metrics on ``dataset`` (classification: top-1/top-5 accuracy in % and mean
+    cross-entropy), each sample counted exactly once, and ``count``, the number of samples.
 
-    Under DDP each rank takes images rank::world (no padding) and the sums are all-reduced.
+    Under DDP each rank takes samples rank::world (no padding) and the sums are all-reduced.
     """
     env = env or DistEnv()
+    task = task or create_task("classification")
     bs = batch_size or cfg.batch_size
     model.eval()
     idx = list(range(env.rank, len(dataset), env.world_size))
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
-    loss_sum = top1 = top5 = count = 0.0
+    sums: dict[str, float] = {}
+    count = 0.0
     for x, y in _batches(dataset, batches, cfg.replace(augment=False), torch.Generator(), env.device):
         with _autocast(cfg, env.device):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices
-        top1 += (topk[:, 0] == y).sum().item()
-        top5 += (topk == y[:, None]).any(dim=1).sum().item()
-        count += y.numel()
-    loss_sum, top1, top5, count = all_reduce_sum([loss_sum, top1, top5, count], env)
+            output = model(x)
+        for name, value in task.eval_sums(output.float(), y).items():
+            sums[name] = sums.get(name, 0.0) + value
+        count += y.shape[0]
+    names = sorted(sums)
+    *totals, count = all_reduce_sum([sums[n] for n in names] + [count], env)
     if count == 0:
         raise ValueError("the evaluation dataset is empty")
-    return {"loss": loss_sum / count, "top1": 100.0 * top1 / count, "top5": 100.0 * top5 / count, "count": count}
+    return {**{n: t / count for n, t in zip(names, totals, strict=True)}, "count": count}
 
 
 def _param_checksum(model: nn.Module) -> float:
@@ -204,18 +209,25 @@ class _MetricsLog:
 
 
 def train(
-    cfg: TrainConfig, datasets: tuple[Dataset, Dataset, Any] | None = None, *, label: str | None = None
+    cfg: TrainConfig,
+    datasets: tuple[Dataset, Dataset, Any] | None = None,
+    *,
+    label: str | None = None,
+    task: Task | str = "classification",
 ) -> dict[str, Any]:
     """Train ``cfg`` and return ``{"history": [per-epoch metrics], "final": {...}, "run_dir": ...}``.
 
     ``datasets`` = (train, eval, DatasetInfo) overrides ``cfg.dataset`` (tests and ``compare`` pass data
     they have already loaded). ``label`` starts every line the run prints (``compare``: the attention
-    and seed). Under torchrun, call it in every process.
+    and seed). ``task`` (a name in :func:`mirrorla.tasks.list_tasks` or a task object) supplies the
+    data, model, loss and metrics; the loop is the same for every task. Under torchrun, call it in
+    every process.
     """
+    task = create_task(task) if isinstance(task, str) else task
     env = setup_distributed(cfg.device)
     try:
         with _claim_run_folder(cfg, env):
-            return _train(cfg, env, datasets, label)
+            return _train(cfg, env, datasets, label, task)
     finally:
         cleanup_distributed()
 
@@ -239,9 +251,7 @@ def _claim_run_folder(cfg: TrainConfig, env: DistEnv) -> contextlib.AbstractCont
     return claim_run_folder(run_dir, resume=bool(cfg.resume), overwrite=cfg.overwrite)
 
 
-def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -> dict[str, Any]:
-    from timm.data import Mixup
-    from timm.loss import SoftTargetCrossEntropy
+def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Task) -> dict[str, Any]:
     from timm.utils import ModelEmaV3
 
     if cfg.threads:
@@ -259,21 +269,13 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
     if run_dir is None and cfg.resume:
         run_dir = Path(resume["path"]).parent.parent
     if datasets is None:
-        datasets = build_datasets(
-            cfg.dataset,
-            data_dir=cfg.data_dir,
-            image_size=cfg.image_size,
-            augment=cfg.augment,
-            train_subset=cfg.train_subset,
-            eval_subset=cfg.eval_subset,
-            download=cfg.download,
-        )
+        datasets = task.build_datasets(cfg)
     train_set, eval_set, info = datasets
     if resume is not None and run_dir is not None:
         _check_resume_data(run_dir / "config.json", info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-    model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size).to(env.device)
+    model = task.build_model(cfg, info).to(env.device)
     optimizer = create_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(_train_indices(len(train_set), cfg, 0, env))
     total_steps = cfg.epochs * steps_per_epoch
@@ -284,20 +286,10 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
     )
     scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.amp == "fp16")
     ema = ModelEmaV3(model, decay=cfg.ema_decay) if cfg.ema_decay > 0 else None
-    mixup = None
-    if cfg.mixup > 0 or cfg.cutmix > 0:
-        mixup = Mixup(
-            mixup_alpha=cfg.mixup,
-            cutmix_alpha=cfg.cutmix,
-            switch_prob=cfg.mixup_switch_prob,
-            label_smoothing=cfg.label_smoothing,
-            num_classes=info.num_classes,
-        )
-        criterion: nn.Module = SoftTargetCrossEntropy()
-    else:
-        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    criterion, batch_transform = task.build_loss(cfg, info)
+    metric = task.metric  # ranks epochs: best_<metric>, higher is better
 
-    start_epoch, global_step, best_top1 = 0, 0, -1.0
+    start_epoch, global_step, best = 0, 0, -math.inf
     if resume is not None:
         _load_weights(model, resume["model"], resume["path"])
         if ema is not None:
@@ -308,7 +300,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
         _load_optimizer_state(optimizer, model, st, resume["state_path"])
         scheduler.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
-        start_epoch, global_step, best_top1 = st["epoch"] + 1, st["global_step"], st["best_top1"]
+        start_epoch, global_step, best = st["epoch"] + 1, st["global_step"], st[f"best_{metric}"]
 
     ddp_model: nn.Module = model
     if env.distributed:
@@ -338,7 +330,8 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
         aug_gen = torch.Generator().manual_seed(seed)
         batches = _train_indices(len(train_set), cfg, epoch, env)
         ddp_model.train()
-        loss_sum = correct = seen = 0.0
+        loss_sum = seen = 0.0
+        batch_sums: dict[str, float] = {}
         desc = f"{label + ' ' if label else ''}epoch {epoch + 1}/{cfg.epochs}"
         progress = _progress(len(batches), desc, cfg.progress and env.is_main)
         t0 = time.perf_counter()
@@ -347,11 +340,11 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
         with closing:
             for x, y in _batches(train_set, batches, cfg, aug_gen, env.device):
                 target = y
-                if mixup is not None:
-                    x, target = mixup(x, y)
+                if batch_transform is not None:
+                    x, target = batch_transform(x, y)
                 with _autocast(cfg, env.device):
-                    logits = ddp_model(x)
-                    loss = criterion(logits.float(), target)
+                    output = ddp_model(x)
+                    loss = criterion(output.float(), target)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
                         f"loss is {loss.item()} at epoch {epoch}, step {global_step}; lower --lr, keep --clip-grad, "
@@ -370,40 +363,41 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
                     ema.update(model, step=global_step)
                 n = y.shape[0]
                 loss_sum += loss.item() * n
-                correct += (logits.argmax(1) == y).sum().item()
+                for name, value in task.batch_sums(output.detach(), y).items():
+                    batch_sums[name] = batch_sums.get(name, 0.0) + value
                 seen += n
                 if progress is not None:
                     elapsed = time.perf_counter() - t0
                     progress.set_postfix(
                         loss=f"{loss_sum / seen:.4f}",
-                        acc=f"{100 * correct / seen:.1f}",
+                        **{name: f"{value / seen:.1f}" for name, value in batch_sums.items()},
                         img_s=f"{seen * env.world_size / max(elapsed, 1e-9):.0f}",
                         refresh=False,
                     )
                     progress.update(1)
         train_time = time.perf_counter() - t0
-        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], env)
+        names = sorted(batch_sums)
+        loss_sum, seen, *totals = all_reduce_sum([loss_sum, seen] + [batch_sums[n] for n in names], env)
         record: dict[str, Any] = {
             "epoch": epoch,
             "step": global_step,
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": loss_sum / seen,
-            # Against the un-mixed labels; with Mixup/CutMix this is only a rough signal.
-            "train_top1": 100.0 * correct / seen,
+            **{f"train_{n}": t / seen for n, t in zip(names, totals, strict=True)},
             "train_images": int(seen),
             "train_time_s": train_time,
             "train_img_s": seen / train_time,
         }
         t1 = time.perf_counter()
-        ev = evaluate(model, eval_set, cfg, env)
+        ev = evaluate(model, eval_set, cfg, env, task=task)
         record.update({f"eval_{k}": v for k, v in ev.items() if k != "count"})
         record["eval_images"] = int(ev["count"])
         if ema is not None:
-            ev_ema = evaluate(ema.module, eval_set, cfg, env)
+            ev_ema = evaluate(ema.module, eval_set, cfg, env, task=task)
             record.update({f"ema_eval_{k}": v for k, v in ev_ema.items() if k != "count"})
         record["eval_time_s"] = time.perf_counter() - t1
-        best_top1 = max(best_top1, record["eval_top1"], record.get("ema_eval_top1", -1.0))
-        record["best_top1"] = best_top1
+        best = max(best, record[f"eval_{metric}"], record.get(f"ema_eval_{metric}", -math.inf))
+        record[f"best_{metric}"] = best
         if env.distributed:
             sums = all_gather_floats(_param_checksum(model), env)
             record["rank_param_checksums"] = sums
@@ -412,7 +406,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
         history.append(record)
         log.write(record)
         if env.is_main:
-            _print_epoch(record, cfg, label)
+            _print_epoch(record, cfg, label, metric)
             if cfg.save_checkpoints and run_dir is not None:
                 state = {
                     "optimizer": optimizer.state_dict(),
@@ -420,7 +414,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None = None) -
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "global_step": global_step,
-                    "best_top1": best_top1,
+                    f"best_{metric}": best,
                     "config": cfg.to_dict(),
                     "torch_rng": torch.get_rng_state(),
                 }
@@ -600,14 +594,15 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, mininterval=1.0, dynamic_ncols=True)
 
 
-def _print_epoch(r: dict[str, Any], cfg: TrainConfig, label: str | None = None) -> None:
+def _print_epoch(r: dict[str, Any], cfg: TrainConfig, label: str | None = None, metric: str = "top1") -> None:
     from tqdm.auto import tqdm
 
-    ema = f" ema_top1 {r['ema_eval_top1']:.2f}" if "ema_eval_top1" in r else ""
+    ema = f" ema_{metric} {r[f'ema_eval_{metric}']:.2f}" if f"ema_eval_{metric}" in r else ""
     # tqdm.write: a progress bar of the caller (compare's bar over all runs) stays whole below the line.
     tqdm.write(
         f"{label + ' ' if label else ''}epoch {r['epoch'] + 1}/{cfg.epochs}  lr {r['lr']:.2e}  "
-        f"train_loss {r['train_loss']:.4f}  eval_loss {r['eval_loss']:.4f}  eval_top1 {r['eval_top1']:.2f}{ema}  "
+        f"train_loss {r['train_loss']:.4f}  eval_loss {r['eval_loss']:.4f}  "
+        f"eval_{metric} {r[f'eval_{metric}']:.2f}{ema}  "
         f"{r['train_img_s']:.0f} img/s",
         file=sys.stdout,
     )
