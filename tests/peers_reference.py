@@ -128,7 +128,7 @@ def naive_pola(m, x, hw, kpm=None):
     n = key_count(kpm, N)
     o_sim = normalised(a_sim, vh[..., :half], 1e-6, n)
     o_opp = normalised(a_opp, vh[..., half:], 1e-6, n)
-    if m.pola_gate == "static":
+    if m.stream_gates:
         o_sim = o_sim * m.gate_sim.double()[None, :, None, :]
         o_opp = o_opp * m.gate_opp.double()[None, :, None, :]
     o = merge(torch.cat([o_sim, o_opp], dim=-1))

@@ -265,8 +265,10 @@ def test_mirror_errors():
         create_attention("mirror", 32, num_heads=4, block_reflection=False)
     with pytest.raises(ValueError, match="theta_init"):
         create_attention("mirror", 32, num_heads=4, theta_init="gauss")
-    with pytest.raises(TypeError):
-        create_attention("mirror", 32, num_heads=4, feature_map="relu")
+    with pytest.raises(TypeError, match="feature_map='mirror'"):
+        MirrorLinearAttention(32, 4, feature_map="relu")
+    with pytest.raises(TypeError, match="renamed; use dwc_kernel"):
+        create_attention("mirror", 32, num_heads=4, kernel_size=3)
     # odd head dim is fine when no block reflection is used
     create_attention("mirror_cross", 30, num_heads=6)(torch.randn(1, 4, 30))
 

@@ -145,7 +145,8 @@ def test_pvt_attention_pattern():
     model = timm.create_model("pvt_tiny_mirror", attn_pattern="LLSS", **{**TINY["pvt"], "num_classes": 0})
     kinds = [type(stage.blocks[0].attn).__name__ for stage in model.stages]
     assert kinds[2:] == ["SpatialReductionAttention"] * 2
-    assert kinds[0] == kinds[1] == "MirrorLinearAttention"
+    assert kinds[0] == kinds[1] == "LinearAttention"
+    assert type(model.stages[0].blocks[0].attn.feature_map).__name__ == "MirrorFeatureMap"
     assert [s.blocks[0].attn.sr_ratio for s in model.stages[2:]] == [2, 1]
     assert timm.create_model("pvt_tiny_softmax", **TINY["pvt"]).attn_pattern == "SSSS"
     with pytest.raises(ValueError, match="'L' .* and 'S'"):
@@ -209,7 +210,7 @@ def test_deit_runs_at_other_resolutions_with_a_grid_dependent_attention():
         for h, w in [(32, 32), (48, 48), (24, 40)]:
             out = model(torch.randn(1, 3, h, w))
             assert out.shape == (1, 5) and torch.isfinite(out).all()
-            assert model.blocks[0].attn.grid_size == (h // 8, w // 8)
+            assert not hasattr(model.blocks[0].attn, "grid_size")  # the grid is an argument, not state
 
 
 def test_pyramid_has_no_size_dependent_parameters_except_resampled_positions():

@@ -45,10 +45,10 @@ def test_matches_quadratic_form(name, hw):
     "name, options",
     [
         ("flatten", dict(norm_scope="head")),
-        ("flatten", dict(pe="none", kernel_size=3)),
-        ("flatten", dict(pe_grid=(6, 8))),
-        ("pola", dict(gate="static")),
-        ("pola", dict(alpha=7.0, kernel_size=0, pe="none")),
+        ("flatten", dict(key_pos_grid=None, dwc_kernel=3)),
+        ("flatten", dict(key_pos_grid=(6, 8))),
+        ("pola", dict(gate=None, stream_gates=True)),
+        ("pola", dict(alpha=7.0, dwc_kernel=0, key_pos_grid=None)),
         ("nala", dict(rope=False)),
         ("nala_cos", dict(rope=False, phase_scale=3.0)),
     ],
@@ -129,7 +129,7 @@ def test_grid_errors(name):
 
 def test_grid_is_not_needed_without_grid_parts():
     # With DWC, P and RoPE off, any N works (the layers are then pure token mixers).
-    for name, kw in (("flatten", dict(kernel_size=0, pe="none")), ("nala", dict(kernel_size=0, rope=False))):
+    for name, kw in (("flatten", dict(dwc_kernel=0, key_pos_grid=None)), ("nala", dict(dwc_kernel=0, rope=False))):
         m = create_attention(name, 64, num_heads=2, **kw)
         assert m(torch.randn(1, 50, 64)).shape == (1, 50, 64)
         with pytest.raises(ValueError, match=r"H\*W"):  # a given hw is still checked
@@ -138,20 +138,22 @@ def test_grid_is_not_needed_without_grid_parts():
 
 def test_construction_errors():
     with pytest.raises(TypeError, match="fixes 'feature_map'"):
-        create_attention("flatten", 64, num_heads=2, feature_map="relu")
+        create_attention("pola", 64, num_heads=2, feature_map="relu")
     with pytest.raises(TypeError, match="fixes 'dwc_shared'"):
         create_attention("pola", 64, num_heads=2, dwc_shared=False)
     with pytest.raises(TypeError, match="fixes 'gate'"):
         create_attention("nala", 64, num_heads=2, gate="linear")
-    with pytest.raises(ValueError, match="pe must be"):
+    with pytest.raises(TypeError, match="renamed; use key_pos_grid"):
         create_attention("flatten", 64, num_heads=2, pe="sincos")
     with pytest.raises(ValueError, match="norm_scope"):
         create_attention("flatten", 64, num_heads=2, norm_scope="token")
     with pytest.raises(ValueError, match="gate must be"):
-        create_attention("pola", 64, num_heads=2, gate="silu")
+        create_attention("pola", 64, num_heads=2, gate="tanh")
+    with pytest.raises(ValueError, match="stream_gates=True"):
+        create_attention("pola", 64, num_heads=2, gate="static")
     with pytest.raises(ValueError, match="head_dim % 4"):
         create_attention("nala", 12, num_heads=2)  # head_dim 6
     with pytest.raises(ValueError, match="nala_form"):
         create_attention("nala", 64, num_heads=2, nala_form="paper")
     with pytest.raises(ValueError, match="grid"):
-        create_attention("flatten", 64, num_heads=2, pe_grid=(0, 4))
+        create_attention("flatten", 64, num_heads=2, key_pos_grid=(0, 4))

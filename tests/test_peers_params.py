@@ -30,8 +30,8 @@ def n_params(m):
 @pytest.mark.parametrize(
     "name, kwargs, expected",
     [
-        ("flatten", dict(pe_grid=(7, 7)), 20672),
-        ("pola", dict(pe_grid=(7, 7)), 24896),
+        ("flatten", dict(key_pos_grid=(7, 7)), 20672),
+        ("pola", dict(key_pos_grid=(7, 7)), 24896),
         ("nala", {}, 22592),
         ("nala_cos", {}, 22592),
     ],
@@ -55,7 +55,7 @@ def assert_trunc_normal_002(w):
 
 
 def test_flatten_parameters_and_init():
-    m = create_attention("flatten", 64, num_heads=2, pe_grid=(7, 7))
+    m = create_attention("flatten", 64, num_heads=2, key_pos_grid=(7, 7))
     assert shapes(m) == {
         "proj.weight": (64, 64),
         "proj.bias": (64,),
@@ -77,7 +77,7 @@ def test_flatten_parameters_and_init():
 
 
 def test_pola_parameters_and_init():
-    m = create_attention("pola", 64, num_heads=2, pe_grid=(7, 7))
+    m = create_attention("pola", 64, num_heads=2, key_pos_grid=(7, 7))
     assert shapes(m) == {
         "proj.weight": (64, 64),
         "proj.bias": (64,),
@@ -95,7 +95,7 @@ def test_pola_parameters_and_init():
         assert p.abs().max() == 0
     assert torch.allclose(m.feature_map.exponent(), torch.full((1, 2, 1, 32), 3.0))  # 1 + 4·sigmoid(0)
     assert m.feature_map.alpha == 4 and m.gate == "linear"
-    static = create_attention("pola", 64, num_heads=2, gate="static")
+    static = create_attention("pola", 64, num_heads=2, gate=None, stream_gates=True)
     assert static.qkv.weight.shape == (192, 64)
     assert static.gate_sim.shape == (2, 16) and static.gate_opp.shape == (2, 16)
     assert static.gate_sim.eq(1).all() and static.gate_opp.eq(1).all()
@@ -174,7 +174,7 @@ def test_pvt_key_position_table_is_sized_per_stage(attention):
         at_256 = pvt(f"pvt_tiny_{attention}", img_size=256)
     assert at_256.stages[0].blocks[0].attn.pos_embed.grid == (64, 64)
     with torch.device("meta"):
-        explicit = pvt(f"pvt_tiny_{attention}", attn_kwargs=dict(pe_grid=(14, 14)))
+        explicit = pvt(f"pvt_tiny_{attention}", attn_kwargs=dict(key_pos_grid=(14, 14)))
     assert all(blk.attn.pos_embed.grid == (14, 14) for stage in explicit.stages for blk in stage.blocks)
 
 

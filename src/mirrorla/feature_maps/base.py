@@ -16,13 +16,25 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mirrorla.feature_maps.registry import register_feature_map
+
 __all__ = ["FeatureMap", "IdentityFeatureMap", "ReLUFeatureMap", "ELUFeatureMap"]
 
 
 class FeatureMap(nn.Module):
-    """Base class of all feature maps; subclasses implement :meth:`forward`."""
+    """Base class of all feature maps; subclasses implement :meth:`forward`.
 
+    Every map is built as ``cls(num_heads, head_dim, **options)`` (the registry's calling
+    convention); maps without per-head parameters ignore the two sizes.
+    """
+
+    #: φ of a token depends on that token alone (only such maps may be used causally).
     token_local: bool = True
+    #: φq·φk ≥ 0 is guaranteed because both features are ≥ 0 (tests check it for maps that claim it).
+    non_negative: bool = True
+
+    def __init__(self, num_heads: int | None = None, head_dim: int | None = None) -> None:
+        super().__init__()
 
     def feature_dim(self, head_dim: int) -> int:
         """F, the output feature dimension for a head dimension D."""
@@ -31,9 +43,20 @@ class FeatureMap(nn.Module):
     def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def fold_projection(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+        """The fused qkv(g) projection with the map's constant linear part folded into its q and k rows,
+        or None (the default: nothing to fold). A map that returns weights also implements
+        :meth:`prefolded_features`, which finishes φ from the folded q and k."""
+        return None
+
+    def prefolded_features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} folds nothing into the projection")
+
 
 class IdentityFeatureMap(FeatureMap):
     """φ(x) = x. Not non-negative: only for softmax attention, which exponentiates the scores."""
+
+    non_negative = False
 
     def forward(self, q, k, key_padding_mask=None):
         return q, k
@@ -51,3 +74,8 @@ class ELUFeatureMap(FeatureMap):
 
     def forward(self, q, k, key_padding_mask=None):
         return F.elu(q) + 1.0, F.elu(k) + 1.0
+
+
+register_feature_map("identity", IdentityFeatureMap)
+register_feature_map("relu", ReLUFeatureMap)
+register_feature_map("elu", ELUFeatureMap)

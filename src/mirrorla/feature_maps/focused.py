@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
 
 __all__ = ["FocusedFeatureMap", "focus"]
@@ -94,6 +95,9 @@ class FocusedFeatureMap(FeatureMap):
         return (
             f"heads={self.num_heads}, head_dim={self.head_dim}, p={self.focusing_factor}, norm_scope={self.norm_scope}"
         )
+
+
+register_feature_map("focused", FocusedFeatureMap)
 
 
 def _upcast(x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
 from mirrorla.ops.naive import dense_block_reflection, dense_cross_head_reflection
 from mirrorla.ops.reflections import (
@@ -27,30 +28,21 @@ from mirrorla.ops.reflections import (
     modulated_angle,
 )
 
-__all__ = ["MirrorFeatureMap", "set_fast_path", "set_compile"]
+__all__ = ["MirrorFeatureMap", "set_fast_path"]
 
-# Backend switches with a global default (STYLE.md, like timm's fused_attn): each feature map copies
-# them into its ``fast_path`` and ``compile`` attributes when it is built.
-#   fast_path (default on, MIRRORLA_FAST_PATH=0 turns it off): the fused op
-#       :func:`mirrorla.ops.reflections.mirror_features`; off = the reference composition of
-#       ``cross_head_reflect`` / ``block_variance`` / ``block_reflect`` and a ReLU.
-#   compile (default off, MIRRORLA_COMPILE=1 turns it on): run the reference composition through
-#       ``torch.compile`` (one generated kernel per shape; the first call compiles, which takes
-#       seconds to minutes and needs a C++ compiler on CPU). Takes precedence over fast_path.
+# Backend switch with a global default (STYLE.md, like timm's fused_attn): each feature map copies it
+# into its ``fast_path`` attribute when it is built. On (default; MIRRORLA_FAST_PATH=0 turns it off):
+# the fused op :func:`mirrorla.ops.reflections.mirror_features`, and in a layer the constant
+# reflections folded into the projection; off: the reference composition of ``cross_head_reflect`` /
+# ``block_variance`` / ``block_reflect`` and a ReLU. A ``torch.compile`` switch and a bfloat16 core
+# were measured slower on CPU and removed (docs/efficiency.md, "MirrorLA backend").
 _FAST_PATH_DEFAULT = os.environ.get("MIRRORLA_FAST_PATH", "1") != "0"
-_COMPILE_DEFAULT = os.environ.get("MIRRORLA_COMPILE", "0") == "1"
 
 
 def set_fast_path(enable: bool) -> None:
     """Default of ``fast_path`` for MirrorLA feature maps built from now on (existing ones: set the attribute)."""
     global _FAST_PATH_DEFAULT
     _FAST_PATH_DEFAULT = bool(enable)
-
-
-def set_compile(enable: bool) -> None:
-    """Default of ``compile`` for MirrorLA feature maps built from now on (existing ones: set the attribute)."""
-    global _COMPILE_DEFAULT
-    _COMPILE_DEFAULT = bool(enable)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -69,9 +61,8 @@ class MirrorFeatureMap(FeatureMap):
         variance_eps: ε in 1/(σ² + ε).
         detach_variance: compute σ² without gradient.
 
-    Attributes ``fast_path`` (default on) and ``compile`` (default off) select the backend; their
-    defaults come from :func:`set_fast_path` / :func:`set_compile` (or the environment variables
-    ``MIRRORLA_FAST_PATH=0`` / ``MIRRORLA_COMPILE=1``). All backends compute the same φ.
+    The attribute ``fast_path`` (default on; :func:`set_fast_path` or ``MIRRORLA_FAST_PATH=0``)
+    selects the fused op or the reference composition. Both compute the same φ.
 
     Parameters (all exempt from weight decay, see :meth:`no_weight_decay`):
         ``u_c`` (C,) ~ N(0, 1); ``theta`` (H, D/2); ``alpha`` (H, D/2).
@@ -112,7 +103,6 @@ class MirrorFeatureMap(FeatureMap):
         self.detach_variance = detach_variance
         self.token_local = not variance_modulation
         self.fast_path = _FAST_PATH_DEFAULT
-        self.compile = _COMPILE_DEFAULT
         J = head_dim // 2
         if cross_head:
             self.u_c = nn.Parameter(torch.randn(num_heads * head_dim))
@@ -156,8 +146,6 @@ class MirrorFeatureMap(FeatureMap):
         return self._features(q, k, key_padding_mask)
 
     def _features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        if self.compile:
-            return _compiled_reference()(self, q, k, key_padding_mask)
         if not self.fast_path:
             return self.reference_features(q, k, key_padding_mask)
         return mirror_features(
@@ -178,9 +166,9 @@ class MirrorFeatureMap(FeatureMap):
         P = S·H_c (H_c the cross-head reflection, S the odd-channel sign flip when the block
         reflection is on), so that ``F.linear(x, W', b')`` yields S·H_c·q and S·H_c·k directly;
         :meth:`prefolded_features` finishes φ from them. Costs O(C²) per call instead of
-        O(N·C) per token pass. Returns None when ``fast_path`` is off or ``compile`` is on.
+        O(N·C) per token pass. Returns None when ``fast_path`` is off.
         """
-        if self.compile or not self.fast_path or not (self.cross_head or self.block_reflection):
+        if not self.fast_path or not (self.cross_head or self.block_reflection):
             return None
         C = self.num_heads * self.head_dim
         # Folded in fp32 (fp64 stays fp64) and rounded once: with fp16 weights the fold's backward
@@ -238,7 +226,7 @@ class MirrorFeatureMap(FeatureMap):
     def reflection_matrix(self) -> Tensor:
         """The constant C×C matrix R = blockdiag(H_blk(θ)) · H_c (only without modulation).
 
-        Used by :meth:`MirrorLinearAttention.fold_reflections`.
+        Used by :meth:`LinearAttention.fold_reflections`.
         """
         if self.variance_modulation:
             raise ValueError("the reflection depends on the input under variance_modulation; nothing to fold")
@@ -259,19 +247,11 @@ class MirrorFeatureMap(FeatureMap):
         )
 
 
-_COMPILED = None
+register_feature_map("mirror", MirrorFeatureMap)
 
 
 def _odd_sign_full(C: int, like: Tensor) -> Tensor:
     return torch.tensor([1.0, -1.0], dtype=like.dtype, device=like.device).repeat(C // 2)
-
-
-def _compiled_reference():
-    """``torch.compile`` of the reference composition, built on first use (compiling is slow)."""
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(MirrorFeatureMap.reference_features, dynamic=True)
-    return _COMPILED
 
 
 def _init_theta(theta_init: str | float, H: int, J: int) -> Tensor:

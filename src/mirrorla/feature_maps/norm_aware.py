@@ -27,6 +27,7 @@ from torch import Tensor
 
 from mirrorla.feature_maps.base import FeatureMap
 from mirrorla.feature_maps.focused import _check_heads, _upcast
+from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
 
 __all__ = ["NormAwareFeatureMap", "NALA_FORMS", "norm_aware_power"]
@@ -72,6 +73,8 @@ class NormAwareFeatureMap(FeatureMap):
         norm_eps = check_positive("norm_eps", norm_eps, "the floor of the query norm r that divides q; 1e-6")
         self.num_heads, self.head_dim = num_heads, head_dim
         self.form, self.lam, self.phase_scale, self.norm_eps = form, lam, phase_scale, norm_eps
+        # The cosine form's features can be negative (its scores cannot: |θ| < π/4).
+        self.non_negative = form == "code"
 
     def feature_dim(self, head_dim: int) -> int:
         return 2 * head_dim
@@ -98,3 +101,6 @@ class NormAwareFeatureMap(FeatureMap):
     def extra_repr(self) -> str:
         extra = f", phase_scale={self.phase_scale}" if self.form == "cosine" else ""
         return f"heads={self.num_heads}, head_dim={self.head_dim}, form={self.form!r}, lam={self.lam}{extra}"
+
+
+register_feature_map("norm_aware", NormAwareFeatureMap)

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from mirrorla.feature_maps.base import FeatureMap
 from mirrorla.feature_maps.focused import _check_heads, _upcast
+from mirrorla.feature_maps.registry import register_feature_map
 
 __all__ = ["PolarityFeatureMap", "polarity_split", "swap_polarity"]
 
@@ -85,3 +86,6 @@ class PolarityFeatureMap(FeatureMap):
 
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, head_dim={self.head_dim}, alpha={self.alpha}"
+
+
+register_feature_map("polarity", PolarityFeatureMap)

@@ -8,8 +8,9 @@ Constructor: ``(dim, num_heads=8, qkv_bias=True, attn_drop=0., proj_drop=0., num
 honour raise, they are never silently dropped.
 
 Forward: ``forward(x, hw=None, key_padding_mask=None, attn_mask=None, is_causal=False)`` with x
-(B, N, C) → (B, N, C). Layers that need the token grid take ``hw``, else ``self.grid_size`` (set by a
-backbone that cannot pass ``hw`` through timm's ``Block``), else infer a square grid from N − P.
+(B, N, C) → (B, N, C). Layers that need the token grid take ``hw`` (backbones pass their patch grid
+down the call: block → layer → parts), else infer a square grid from N − P; a non-square N − P
+without ``hw`` raises. Nothing about a call is stored on the module.
 A given ``hw`` must fit N − P in every layer, including those that do not use the grid. Empty
 inputs work as in ``scaled_dot_product_attention``: B = 0 gives an empty output (every parameter
 gets a zero gradient); so does N = 0 in a layer that takes any N, while a layer that needs the grid
@@ -34,9 +35,10 @@ class AttentionBase(nn.Module):
     is_linear: bool = True
     #: False for layers that only work on a pure token grid (e.g. window attention: no cls token).
     supports_prefix_tokens: bool = True
-    #: Name of the constructor option that sizes a learned table by the token grid (FLatten's and
-    #: PolaFormer's key position table: ``"pe_grid"``), or None. A backbone that builds one layer per
-    #: stage passes the stage's grid through it, as the official PVT models do.
+    #: Name of the constructor option that sizes a learned table by the token grid (the key position
+    #: table of :class:`LinearAttention`: ``"key_pos_grid"``), or None. A backbone that builds one
+    #: layer per stage passes the stage's grid through it when the table is on, as the official PVT
+    #: models do.
     build_grid_option: str | None = None
 
     def __init__(
@@ -80,7 +82,6 @@ class AttentionBase(nn.Module):
             raise ValueError(f"num_prefix_tokens must be >= 0, got {num_prefix_tokens}")
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
         self.num_prefix_tokens = num_prefix_tokens
-        self.grid_size: tuple[int, int] | None = None
         self._factory = {"device": device, "dtype": dtype}
         self._proj_bias = proj_bias
         self._qkv_bias = qkv_bias
@@ -132,7 +133,8 @@ class AttentionBase(nn.Module):
         return t.transpose(1, 2).reshape(B, N, H * D)
 
     def grid(self, num_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
-        return resolve_grid(num_tokens, self.num_prefix_tokens, hw if hw is not None else self.grid_size)
+        """The (Hg, Wg) of the N − P spatial tokens: ``hw`` (checked) or a square, else a ValueError."""
+        return resolve_grid(num_tokens, self.num_prefix_tokens, hw)
 
     def _input_linear(self, n: int) -> nn.Linear:
         """The fused input projection ``Linear(C, n·C)`` with the layer's qkv_bias, device

@@ -29,11 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirrorla.layers import softmax as _softmax_layer
 from mirrorla.layers.base import AttentionBase
+from mirrorla.layers.fused import use_fused_attn
 from mirrorla.layers.linear import LinearAttention
 from mirrorla.layers.parts import resolve_grid
 from mirrorla.ops.softmax import softmax_attention
+from mirrorla.registry import register_attention
 
 __all__ = [
     "LinearGlobalAttention",
@@ -76,7 +77,7 @@ class LinearGlobalAttention(LinearAttention):
         temperature_init: float | None = None,
         **kwargs,
     ) -> None:
-        for fixed in ("feature_map", "normalizer", "eps", "gate", "dwc_kernel", "out_norm"):
+        for fixed in ("feature_map", "feature_map_kwargs", "normalizer", "eps", "gate", "dwc_kernel", "out_norm"):
             if fixed in kwargs:
                 raise TypeError(
                     f"LinearGlobalAttention fixes {fixed!r} (ReLU map, clamped sum normaliser, no DWC/gate/"
@@ -97,11 +98,24 @@ class LinearGlobalAttention(LinearAttention):
         tau = self.head_dim**-0.5 if temperature_init is None else float(temperature_init)
         self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), tau, **self._factory))
 
-    def mix(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+    def mix(
+        self,
+        phi_q: Tensor,
+        phi_k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        grid: tuple[int, int] | None = None,
+    ) -> Tensor:
         # τ multiplies the state S = φKᵀV only (not the denominator); [Code] comment: "add scale on
         # attn out is better than add scale on k". A per-head scalar on S equals one on the output.
         o = super().mix(phi_q, phi_k, v, key_padding_mask, causal)
         return o * self.temperature.to(o.dtype)
+
+
+register_attention(
+    "l2vit_lga", LinearGlobalAttention, "L²ViT linear global attention: ReLU, τ on the kv state, denominator ≥ 100"
+)
 
 
 class LocalWindowAttention(AttentionBase):
@@ -150,7 +164,7 @@ class LocalWindowAttention(AttentionBase):
         self.window_size = window_size
         self.l2vit_compat = bool(l2vit_compat)
         self.qkv = self._input_linear(3)
-        self.fused = _softmax_layer._FUSED_DEFAULT
+        self.fused = use_fused_attn()
         self._init_linear(self.qkv, self.proj)
 
     def forward(
@@ -198,6 +212,11 @@ class LocalWindowAttention(AttentionBase):
         )
         o = _window_reverse(self.merge_heads(o), w, B, Hp, Wp)[:, :Hg, :Wg]
         return self.proj_drop(self.proj(o.reshape(B, N, C)))
+
+
+register_attention(
+    "window_softmax", LocalWindowAttention, "softmax in non-overlapping 7x7 windows, padded keys masked (L²ViT LWA)"
+)
 
 
 class LocalConcentrationModule(nn.Module):

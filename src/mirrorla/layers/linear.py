@@ -1,52 +1,98 @@
 """The linear attention layer: a configuration of shared parts (STYLE.md).
 
-    x → qkv(g) projection → feature map φ → linear-attention core → merge heads
+    x → qkv(g) projection → [k ← k + P] → feature map φ → value path (:meth:`mix`) → merge heads
       → [+ DWC(V)] → [LayerNorm] → [⊙ gate] → proj
 
-Dimension letters: B batch, N tokens, C channels, H heads, D head dim, F feature dim.
-Subclasses change one part: the feature map (MirrorLA), or the value path (:meth:`mix`).
+Dimension letters: B batch, N tokens (P prefix + Hg·Wg spatial), C channels, H heads, D head dim,
+F feature dim.
+
+A method is a feature map (by name, :mod:`mirrorla.feature_maps`) × a value path × optional parts:
+the depthwise-conv branch on V, the learned key position table P, the output LayerNorm and the
+gate. FLatten and MirrorLA are registry entries of this class; a subclass exists only where a
+method changes how values are mixed (PolaFormer's two streams, NaLaFormer's RoPE numerator,
+L²ViT's temperature).
+
+The token grid (Hg, Wg) is resolved once per call and passed down as an argument
+(``project(x, grid)``, ``mix(..., grid)``); nothing about a call is stored on the module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirrorla.feature_maps import ELUFeatureMap, FeatureMap, ReLUFeatureMap
+from mirrorla.feature_maps import FeatureMap, ReLUFeatureMap, create_feature_map, feature_map_options
 from mirrorla.layers.base import AttentionBase
-from mirrorla.layers.parts import DepthwiseConvBranch
+from mirrorla.layers.parts import DepthwiseConvBranch, LearnedPositionEmbedding
 from mirrorla.ops._checks import check_positive
 from mirrorla.ops.linear_attention import NORMALIZERS, linear_attention
+from mirrorla.registry import register_attention
 
-__all__ = ["LinearAttention", "FEATURE_MAPS", "GATES"]
+__all__ = ["LinearAttention", "GATES", "RENAMED_OPTIONS", "reject_fixed", "reject_renamed"]
 
-FEATURE_MAPS: dict[str, Callable[[int, int], FeatureMap]] = {
-    "relu": lambda num_heads, head_dim: ReLUFeatureMap(),
-    "elu": lambda num_heads, head_dim: ELUFeatureMap(),
-}
 GATES = (None, "linear", "silu")
+
+#: Constructor options renamed in the layer refactor (old name → the one option that replaces it).
+#: Passing an old name raises a TypeError that names the new one; nothing is silently dropped.
+RENAMED_OPTIONS = {
+    "kernel_size": "dwc_kernel (0 turns the depthwise-conv branch off)",
+    "pe": "key_pos_grid (None turns the key position table off)",
+    "pe_grid": "key_pos_grid",
+}
+
+
+def reject_renamed(who: str, kwargs: dict[str, Any]) -> None:
+    for old, new in RENAMED_OPTIONS.items():
+        if old in kwargs:
+            raise TypeError(f"{who}: option {old!r} was renamed; use {new}")
+
+
+def reject_fixed(who: str, kwargs: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Raise for options a method fixes (they would otherwise be silently overridden)."""
+    for name in names:
+        if name in kwargs:
+            raise TypeError(
+                f"{who} fixes {name!r} (it is part of the method's definition); use LinearAttention to "
+                "combine parts differently"
+            )
 
 
 class LinearAttention(AttentionBase):
-    """Normalised linear attention with optional depthwise-conv branch, output norm and gate.
+    """Normalised linear attention with optional key position table, DWC branch, output norm and gate.
 
     Args (beyond the common contract of :class:`AttentionBase`):
-        feature_map: a name in :data:`FEATURE_MAPS` or a callable ``(num_heads, head_dim) -> FeatureMap``.
-        normalizer, eps, min_denominator, core_dtype, chunk_size: passed to
+        feature_map: a name in :func:`mirrorla.feature_maps.list_feature_maps` (``"relu"``,
+            ``"mirror"``, ``"focused"``, ...) or a callable ``(num_heads, head_dim) -> FeatureMap``.
+        feature_map_kwargs: options of a named feature map. Options of the named map may also be
+            given directly as keyword arguments (``variance_modulation=False`` for ``"mirror"``);
+            any other unknown keyword raises a TypeError.
+        normalizer, eps, min_denominator, chunk_size: passed to
             :func:`mirrorla.ops.linear_attention`; ``eps`` and ``min_denominator`` must be finite
             numbers > 0 (``eps`` is unused when ``min_denominator`` is set).
         dwc_kernel: 0 (off) or an odd kernel size: O ← O + DWC(V) over the token grid.
         dwc_shared: one D-channel kernel shared by the heads (FLatten/PolaFormer) or C kernels.
+        key_pos_grid: ``None`` (off) or the construction grid (Hp, Wp) of a learned, zero-init table
+            P (1, Hp·Wp, C) added to the keys after the projection, k ← k + P (FLatten, PolaFormer;
+            resized bicubically at other grids, see :class:`LearnedPositionEmbedding`).
         out_norm: LayerNorm(C) after the DWC add, before the gate. With it, the value path's output
             stays fp32 up to and including the norm (autocast off), then takes v's dtype: that
             output is not bounded by the values (NaLaFormer's rotated numerator over an un-rotated
             denominator reaches 1e5 at ×100 inputs), and an fp16 cast before the norm gave inf → NaN.
         gate: ``None``, ``"linear"`` (O ⊙ g) or ``"silu"`` (O ⊙ SiLU(g)); g = W_g x + b comes from a
             fused qkvg projection.
+
+    Parameters: ``qkv`` Linear(C, 3C or 4C), ``proj`` Linear(C, C): trunc_normal(0.02), bias 0;
+    ``feature_map.*``; ``dwc.conv``; ``out_norm``; ``pos_embed.weight`` (1, Hp·Wp, C) init 0.
     """
+
+    #: The constructor option that sizes a learned table by the token grid. A backbone that builds
+    #: one layer per stage passes the stage's grid through it when the table is on, as the official
+    #: PVT models do.
+    build_grid_option = "key_pos_grid"
 
     def __init__(
         self,
@@ -58,27 +104,36 @@ class LinearAttention(AttentionBase):
         num_prefix_tokens: int = 0,
         *,
         feature_map: str | Callable[[int, int], FeatureMap] = "relu",
+        feature_map_kwargs: dict[str, Any] | None = None,
         normalizer: str = "mean",
         eps: float = 1e-6,
         min_denominator: float | None = None,
         dwc_kernel: int = 0,
         dwc_shared: bool = False,
+        key_pos_grid: tuple[int, int] | None = None,
         out_norm: bool = False,
         gate: str | None = None,
-        core_dtype: str = "float32",
         chunk_size: int = 64,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
+        reject_renamed(type(self).__name__, kwargs)
+        fm_kwargs = dict(feature_map_kwargs or {})
+        if isinstance(feature_map, str):
+            for name in feature_map_options(feature_map) & set(kwargs):
+                if name in fm_kwargs:
+                    raise TypeError(f"{name!r} given both directly and in feature_map_kwargs")
+                fm_kwargs[name] = kwargs.pop(name)
+        elif fm_kwargs:
+            raise TypeError("feature_map_kwargs needs a feature map name; a callable takes (num_heads, head_dim)")
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
         if normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
         if isinstance(feature_map, str):
-            if feature_map not in FEATURE_MAPS:
-                raise ValueError(f"unknown feature_map {feature_map!r}; valid: {sorted(FEATURE_MAPS)}")
-            feature_map = FEATURE_MAPS[feature_map]
-        self.feature_map = feature_map(num_heads, self.head_dim)
+            self.feature_map = create_feature_map(feature_map, num_heads, self.head_dim, **fm_kwargs)
+        else:
+            self.feature_map = feature_map(num_heads, self.head_dim)
         if not isinstance(self.feature_map, FeatureMap):
             raise TypeError(f"feature_map must build a FeatureMap, got {type(self.feature_map).__name__}")
         eps = check_positive("eps", eps, "it keeps the denominator φq·z + eps away from 0; the default is 1e-6")
@@ -87,21 +142,36 @@ class LinearAttention(AttentionBase):
                 "min_denominator", min_denominator, "it bounds the denominator from below; L²ViT uses 100"
             )
         self.normalizer, self.eps, self.min_denominator = normalizer, eps, min_denominator
-        self.core_dtype, self.chunk_size = core_dtype, chunk_size
+        self.chunk_size = chunk_size
         self.gate = gate
-        n_proj = 4 if gate else 3
-        self.qkv = self._input_linear(n_proj)
+        self.qkv = self._input_linear(4 if gate else 3)
         self.dwc = DepthwiseConvBranch(num_heads, self.head_dim, dwc_kernel, dwc_shared) if dwc_kernel else None
         self.out_norm = nn.LayerNorm(dim, **self._factory) if out_norm else None
+        self.pos_embed = LearnedPositionEmbedding(dim, tuple(key_pos_grid)) if key_pos_grid is not None else None
         self._init_linear(self.qkv, self.proj)
+
+    @property
+    def needs_grid(self) -> bool:
+        """Whether a part works on the token grid (then ``forward`` resolves it and passes it down)."""
+        return self.dwc is not None or self.pos_embed is not None
 
     def no_weight_decay(self) -> set[str]:
         fm = getattr(self.feature_map, "no_weight_decay", None)
         return {f"feature_map.{n}" for n in fm()} if fm else set()
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x (B, N, C) → q, k, v (B, H, N, D) and the gate g (B, N, C) or None."""
-        return self._split_qkv(self.qkv(x))
+    def project(self, x: Tensor, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x (B, N, C) → q, k, v (B, H, N, D) and the gate g (B, N, C) or None.
+
+        With the key position table, ``grid`` is the (Hg, Wg) of the N − P spatial tokens (default:
+        a square of N − P, which raises for a non-square count).
+        """
+        q, k, v, g = self._split_qkv(self.qkv(x))
+        if self.pos_embed is not None:
+            N = x.shape[1]
+            # [Code] FLatten/PolaFormer: k = k + positional_encoding, on all C channels, before the map.
+            pe = self.pos_embed(self.grid(N, grid), self.num_prefix_tokens)  # (1, N, C)
+            k = k + self.split_heads(pe).to(k.dtype)
+        return q, k, v, g
 
     def _split_qkv(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         B, N, _ = t.shape
@@ -110,23 +180,16 @@ class LinearAttention(AttentionBase):
         g = parts[3].transpose(1, 2).reshape(B, N, self.dim) if self.gate else None
         return parts[0], parts[1], parts[2], g
 
-    def _folded_projection(self, x: Tensor):
-        """Fast path: q, k with the feature map's constant transform folded into the weights, or None.
-
-        A feature map may offer ``fold_projection(W, b)`` (MirrorLA: the cross-head reflection and a
-        sign flip, O(C²) per call) and ``prefolded_features(q, k, mask)``; then the per-token passes
-        of those transforms disappear. Subclasses that override :meth:`project` keep their own path.
-        """
-        fold = getattr(self.feature_map, "fold_projection", None)
-        if fold is None or type(self).project is not LinearAttention.project:
-            return None
-        folded = fold(self.qkv.weight, self.qkv.bias)
-        if folded is None:
-            return None
-        return self._split_qkv(F.linear(x, *folded))
-
-    def mix(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
-        """The value path: (B, H, N, F), (B, H, N, F), (B, H, N, D) → (B, H, N, D)."""
+    def mix(
+        self,
+        phi_q: Tensor,
+        phi_k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        grid: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """The value path: (B, H, N, F), (B, H, N, F), (B, H, N, D) → (B, H, N, D). Grid unused here."""
         return linear_attention(
             phi_q,
             phi_k,
@@ -137,19 +200,24 @@ class LinearAttention(AttentionBase):
             min_denominator=self.min_denominator,
             key_padding_mask=key_padding_mask,
             chunk_size=self.chunk_size,
-            core_dtype=self.core_dtype,
         )
 
     def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None = None, causal: bool = False
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        grid: tuple[int, int] | None = None,
     ) -> Tensor:
         """The attention core without projections: feature map, then :meth:`mix`.
 
         q, k, v (B, H, N, D) as :meth:`project` returns them → (B, H, N, D). Padded values must
-        already be zeroed (``forward`` does it).
+        already be zeroed (``forward`` does it). ``grid``: as in :meth:`project`.
         """
         phi_q, phi_k = self.feature_map(q, k, key_padding_mask)
-        return self.mix(phi_q, phi_k, v, key_padding_mask, causal)
+        return self.mix(phi_q, phi_k, v, key_padding_mask, causal, grid)
 
     def forward(
         self,
@@ -159,7 +227,7 @@ class LinearAttention(AttentionBase):
         attn_mask: Tensor | None = None,
         is_causal: bool = False,
     ) -> Tensor:
-        self.check_input(x, key_padding_mask, hw)
+        self.check_input(x, key_padding_mask, hw)  # a given hw must fit N even when no part needs the grid
         if attn_mask is not None:
             raise ValueError(
                 f"{type(self).__name__} is a linear attention and cannot honour an arbitrary attn_mask in "
@@ -167,24 +235,57 @@ class LinearAttention(AttentionBase):
             )
         if is_causal:
             self._check_causal(key_padding_mask)
-        N = x.shape[1]
-        folded = self._folded_projection(x)
-        q, k, v, g = folded if folded is not None else self.project(x)
+        grid = self.grid(x.shape[1], hw) if self.needs_grid else None
+        # Fast path (docs/efficiency.md, "MirrorLA backend"): a map with a constant linear part (MirrorLA's
+        # H_c and sign flip) folds it into the q, k rows of the projection, O(C²) per call instead of a
+        # per-token pass. Not with the key table: P is added before the map, so it cannot be folded.
+        folded = (
+            None if self.pos_embed is not None else self.feature_map.fold_projection(self.qkv.weight, self.qkv.bias)
+        )
+        if folded is not None:
+            q, k, v, g = self._split_qkv(F.linear(x, *folded))
+        else:
+            q, k, v, g = self.project(x, grid)
         if key_padding_mask is not None:
             v = v * key_padding_mask[:, None, :, None].to(v.dtype)
         if folded is not None:
             phi_q, phi_k = self.feature_map.prefolded_features(q, k, key_padding_mask)
-            o = self.merge_heads(self.mix(phi_q, phi_k, v, key_padding_mask, is_causal))
+            o = self.merge_heads(self.mix(phi_q, phi_k, v, key_padding_mask, is_causal, grid))
         else:
-            o = self.merge_heads(self.attend(q, k, v, key_padding_mask, is_causal))
+            o = self.merge_heads(self.attend(q, k, v, key_padding_mask, is_causal, grid))
         if self.dwc is not None:
-            o = o + self.dwc(v, self.grid(N, hw), self.num_prefix_tokens)
+            o = o + self.dwc(v, grid, self.num_prefix_tokens)
         if self.out_norm is not None:
             o = _layer_norm_fp32(self.out_norm, o)
         o = o.to(v.dtype)
         if g is not None:
             o = o * (F.silu(g) if self.gate == "silu" else g)
         return self.proj_drop(self.proj(o))
+
+    @torch.no_grad()
+    def fold_reflections(self) -> LinearAttention:
+        """Multiply the feature map's constant reflection R (MirrorLA: R = H_blk(θ)·H_c) into the q
+        and k rows of ``qkv`` (inference); the map becomes a plain ReLU and outputs are unchanged.
+
+        Only possible without variance modulation (then R does not depend on the input). Returns self.
+        """
+        matrix = getattr(self.feature_map, "reflection_matrix", None)
+        if matrix is None:
+            raise ValueError(
+                f"{type(self.feature_map).__name__} has no constant reflection to fold (already folded, "
+                "or not a MirrorLA feature map)"
+            )
+        R = matrix().to(self.qkv.weight.dtype)
+        C = self.dim
+        w = self.qkv.weight
+        w[:C] = R @ w[:C]
+        w[C : 2 * C] = R @ w[C : 2 * C]
+        if self.qkv.bias is not None:
+            b = self.qkv.bias
+            b[:C] = R @ b[:C]
+            b[C : 2 * C] = R @ b[C : 2 * C]
+        self.feature_map = ReLUFeatureMap()
+        return self
 
     def _check_causal(self, key_padding_mask: Tensor | None) -> None:
         if not self.feature_map.token_local:
@@ -198,6 +299,10 @@ class LinearAttention(AttentionBase):
             raise ValueError("key_padding_mask is not supported together with is_causal=True")
         if self.min_denominator is not None:
             raise ValueError("min_denominator is only defined for non-causal attention")
+
+
+register_attention("linear_relu", LinearAttention, "linear attention, φ = ReLU", feature_map="relu")
+register_attention("linear_elu", LinearAttention, "linear attention, φ = ELU + 1", feature_map="elu")
 
 
 def _layer_norm_fp32(norm: nn.LayerNorm, x: Tensor) -> Tensor:

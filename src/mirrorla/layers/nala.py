@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from mirrorla.feature_maps.norm_aware import NALA_FORMS, NormAwareFeatureMap
-from mirrorla.layers.grid_linear import GridLinearAttention
+from mirrorla.feature_maps.norm_aware import NALA_FORMS
+from mirrorla.layers.linear import LinearAttention, reject_fixed, reject_renamed
 from mirrorla.ops.linear_attention import linear_attention
+from mirrorla.registry import register_attention
 
 __all__ = ["NormAwareLinearAttention", "AxialRoPE"]
 
@@ -80,13 +81,13 @@ class AxialRoPE(nn.Module):
         return out.reshape(x.shape)
 
 
-class NormAwareLinearAttention(GridLinearAttention):
+class NormAwareLinearAttention(LinearAttention):
     """NaLaFormer's norm-aware linear attention; ``nala_form`` picks the released code or the paper form.
 
     Args (beyond the common contract of :class:`AttentionBase`):
         nala_form: ``"code"`` (default, the released ``NALA.py``) or ``"cosine"`` (paper form, §5.2).
         rope: RoPE on the numerator (default True, [Code]); needs head_dim % 4 == 0.
-        kernel_size: LePE kernel (5; 0 turns it off).
+        dwc_kernel: LePE kernel (5; 0 turns it off).
         lam, phase_scale, norm_eps: see :class:`NormAwareFeatureMap`.
 
     Parameters (official names in brackets):
@@ -108,25 +109,20 @@ class NormAwareLinearAttention(GridLinearAttention):
         *,
         nala_form: str = "code",
         rope: bool = True,
-        kernel_size: int = 5,
+        dwc_kernel: int = 5,
         lam: float = 3.0,
         phase_scale: float = 20.0,
         norm_eps: float = 1e-6,
         **kwargs,
     ) -> None:
-        self.reject_fixed(
+        reject_renamed("NormAwareLinearAttention", kwargs)
+        reject_fixed(
             "NormAwareLinearAttention",
             kwargs,
-            ("feature_map", "normalizer", "dwc_kernel", "dwc_shared", "gate", "out_norm", "key_pos_grid"),
+            ("feature_map", "feature_map_kwargs", "normalizer", "dwc_shared", "gate", "out_norm", "key_pos_grid"),
         )
         if nala_form not in NALA_FORMS:
             raise ValueError(f"nala_form must be one of {NALA_FORMS}, got {nala_form!r}")
-
-        def feature_map(num_heads: int, head_dim: int) -> NormAwareFeatureMap:
-            return NormAwareFeatureMap(
-                num_heads, head_dim, form=nala_form, lam=lam, phase_scale=phase_scale, norm_eps=norm_eps
-            )
-
         super().__init__(
             dim,
             num_heads,
@@ -134,9 +130,10 @@ class NormAwareLinearAttention(GridLinearAttention):
             attn_drop,
             proj_drop,
             num_prefix_tokens,
-            feature_map=feature_map,
+            feature_map="norm_aware",
+            feature_map_kwargs=dict(form=nala_form, lam=lam, phase_scale=phase_scale, norm_eps=norm_eps),
             normalizer="mean",
-            dwc_kernel=kernel_size,
+            dwc_kernel=dwc_kernel,
             dwc_shared=False,
             out_norm=True,
             gate="silu",
@@ -155,8 +152,18 @@ class NormAwareLinearAttention(GridLinearAttention):
     def needs_grid(self) -> bool:
         return super().needs_grid or self.rope is not None
 
-    def mix(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+    def mix(
+        self,
+        phi_q: Tensor,
+        phi_k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        grid: tuple[int, int] | None = None,
+    ) -> Tensor:
         """Rotated numerator over the un-rotated denominator: (B, H, N, 2D)², (B, H, N, D) → (B, H, N, D).
+
+        ``grid``: the (Hg, Wg) of the N − P spatial tokens for RoPE (default: a square of N − P).
 
         Returns fp32 (fp64 for fp64 inputs) whatever v's dtype: the ratio is not bounded by the
         values (it reached 4.8e5 at ×100 inputs) and must reach the LayerNorm before any fp16 cast;
@@ -169,12 +176,19 @@ class NormAwareLinearAttention(GridLinearAttention):
             normalizer=self.normalizer,
             key_padding_mask=key_padding_mask,
             chunk_size=self.chunk_size,
-            core_dtype=self.core_dtype,
         )
         # Denominator φq·mean(φk) from the un-rotated features ([Code]: z uses q, k; kv uses q_, k_).
         den = linear_attention(phi_q, phi_k, v.new_ones(*v.shape[:-1], 1), **core)
         if self.rope is not None:
-            grid, P = self.current_grid(phi_q.shape[2]), self.num_prefix_tokens
+            grid, P = self.grid(phi_q.shape[2], grid), self.num_prefix_tokens
             phi_q, phi_k = self.rope(phi_q, grid, P), self.rope(phi_k, grid, P)
         num = linear_attention(phi_q, phi_k, v, **core)
         return num / (den + self.eps)
+
+
+register_attention(
+    "nala", NormAwareLinearAttention, "NaLaFormer, released-code form: norm-aware power, RoPE numerator, LN, SiLU gate"
+)
+register_attention(
+    "nala_cos", NormAwareLinearAttention, "NaLaFormer, paper cosine-inhibit form (option)", nala_form="cosine"
+)

@@ -44,9 +44,9 @@ def resolve_grid(num_tokens: int, num_prefix_tokens: int, hw: tuple[int, int] | 
     """The (height, width) of the spatial token grid, both ≥ 1.
 
     Order: the explicit ``hw`` (checked by :func:`check_hw`); otherwise a square grid inferred
-    from N − P, which raises when N − P is not a perfect square (pass ``hw=(H, W)`` or set the
-    layer's ``grid_size`` then). An empty grid (N − P = 0) raises: the parts that need the grid
-    (depthwise convs, position tables, RoPE, windows) have nothing to work on.
+    from N − P, which raises when N − P is not a perfect square (pass ``hw=(H, W)`` then). An
+    empty grid (N − P = 0) raises: the parts that need the grid (depthwise convs, position tables,
+    RoPE, windows) have nothing to work on.
     """
     spatial = num_tokens - num_prefix_tokens
     if hw is not None:
@@ -56,8 +56,8 @@ def resolve_grid(num_tokens: int, num_prefix_tokens: int, hw: tuple[int, int] | 
         if spatial > 0 and H * W != spatial:
             raise ValueError(
                 f"this layer needs the spatial grid, and {spatial} spatial tokens (N={num_tokens}, "
-                f"num_prefix_tokens={num_prefix_tokens}) are not a square; pass hw=(H, W) to forward or set "
-                "layer.grid_size = (H, W)"
+                f"num_prefix_tokens={num_prefix_tokens}) are not a square; pass hw=(H, W) to forward (a "
+                "backbone passes its patch grid down to its blocks)"
             )
     if H == 0 or W == 0:
         given = f", hw={(H, W)}" if hw is not None else ""

@@ -13,35 +13,36 @@ flash-bidirectional-linear-attention ``flash_bla/layers/polaformer.py``.
     y = proj((merge(O) + DWC₅ₓ₅(V)) ⊙ g)
 
 A configuration of shared parts: :class:`PolarityFeatureMap` × a two-stream value path (:meth:`mix`)
-× the shared DWC branch × the shared linear gate of :class:`LinearAttention` × the shared key
-position table of :class:`GridLinearAttention`.
+× the shared DWC branch × the shared linear gate × the shared key position table of :class:`LinearAttention`.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from mirrorla.feature_maps.polarity import PolarityFeatureMap, swap_polarity
-from mirrorla.layers.flatten import DEFAULT_PE_GRID, PE_MODES
-from mirrorla.layers.grid_linear import GridLinearAttention
+from mirrorla.feature_maps.polarity import swap_polarity
+from mirrorla.layers.linear import LinearAttention, reject_fixed, reject_renamed
+from mirrorla.registry import register_attention
 
-__all__ = ["PolaLinearAttention", "POLA_GATES"]
-
-POLA_GATES = ("linear", "static")
+__all__ = ["PolaLinearAttention"]
 
 
-class PolaLinearAttention(GridLinearAttention):
+class PolaLinearAttention(LinearAttention):
     """PolaFormer's linear attention.
 
     Args (beyond the common contract of :class:`AttentionBase`):
-        alpha: α = 4; the learnable power is p = 1 + α·sigmoid(w).
-        kernel_size: DWC kernel (5; 0 turns the branch off).
-        pe, pe_grid: the learned key position table, as in :class:`FocusedLinearAttention`.
+        alpha: α = 4; the learnable power is p = 1 + α·sigmoid(w) (an option of the ``polarity`` map).
+        dwc_kernel: DWC kernel (5; 0 turns the branch off).
+        key_pos_grid: construction grid of the learned key position table P ((14, 14); None = off).
         gate: ``"linear"`` (default, [Code]): the token-dependent g = W_g x + b of the fused qkvg
-            projection multiplies (O + DWC(V)), no activation. ``"static"`` ([Paper] reading of
-            Fig. 2): two learnable per-head, per-channel coefficient matrices G^s, G^o (init 1)
-            scale the same-sign and opposite-sign streams; qkv is then Linear(C, 3C).
+            projection multiplies (O + DWC(V)), no activation. ``None``: no output gate (qkv is then
+            Linear(C, 3C)). ``"silu"`` is accepted as for any :class:`LinearAttention`.
+        stream_gates: ``False`` (default). ``True`` ([Paper] reading of Fig. 2, with ``gate=None``):
+            two learnable per-head, per-channel coefficient matrices G^s, G^o (init 1) scale the
+            same-sign and opposite-sign streams.
 
     Parameters (official names in brackets):
         ``qkv`` Linear(C, 4C, bias=qkv_bias) [qkvg; PVT splits it into qg and kv with the same
@@ -49,13 +50,10 @@ class PolaLinearAttention(GridLinearAttention):
         ``feature_map.scale`` (1, 1, C) init 0 [scale]; ``feature_map.power`` (1, H, 1, D) init 0
         [power]; ``pos_embed.weight`` (1, Hp·Wp, C) init 0 [positional_encoding];
         ``dwc.conv`` Conv2d(D, D, k, groups D) PyTorch default [dwc];
-        ``gate="static"`` only: ``gate_sim`` (H, ⌈D/2⌉), ``gate_opp`` (H, ⌊D/2⌋), init 1.
+        ``stream_gates=True`` only: ``gate_sim`` (H, ⌈D/2⌉), ``gate_opp`` (H, ⌊D/2⌋), init 1.
 
     V is split with ``chunk(2)`` as in the official code (the sim half gets ⌈D/2⌉ channels).
     """
-
-    #: P's construction grid is a constructor option; PVT backbones pass each stage's patch grid.
-    build_grid_option = "pe_grid"
 
     def __init__(
         self,
@@ -67,30 +65,23 @@ class PolaLinearAttention(GridLinearAttention):
         num_prefix_tokens: int = 0,
         *,
         alpha: float = 4.0,
-        kernel_size: int = 5,
-        pe: str = "learned",
-        pe_grid: tuple[int, int] = DEFAULT_PE_GRID,
-        gate: str = "linear",
-        **kwargs,
+        dwc_kernel: int = 5,
+        key_pos_grid: tuple[int, int] | None = (14, 14),
+        gate: str | None = "linear",
+        stream_gates: bool = False,
+        **kwargs: Any,
     ) -> None:
-        self.reject_fixed(
-            "PolaLinearAttention",
-            kwargs,
-            ("feature_map", "normalizer", "dwc_kernel", "dwc_shared", "out_norm", "key_pos_grid"),
+        reject_renamed("PolaLinearAttention", kwargs)
+        reject_fixed(
+            "PolaLinearAttention", kwargs, ("feature_map", "feature_map_kwargs", "normalizer", "dwc_shared", "out_norm")
         )
-        if pe not in PE_MODES:
-            raise ValueError(f"pe must be one of {PE_MODES}, got {pe!r}")
-        if gate not in POLA_GATES:
-            raise ValueError(f"gate must be one of {POLA_GATES} for PolaFormer, got {gate!r}")
+        if gate == "static":
+            raise ValueError("PolaLinearAttention: gate='static' was renamed; use gate=None, stream_gates=True")
         if dim // max(num_heads, 1) < 2:
             raise ValueError(
                 f"PolaFormer splits each head's values into two halves and needs head_dim >= 2, got "
                 f"dim={dim}, num_heads={num_heads}"
             )
-
-        def feature_map(num_heads: int, head_dim: int) -> PolarityFeatureMap:
-            return PolarityFeatureMap(num_heads, head_dim, alpha=alpha)
-
         super().__init__(
             dim,
             num_heads,
@@ -98,27 +89,41 @@ class PolaLinearAttention(GridLinearAttention):
             attn_drop,
             proj_drop,
             num_prefix_tokens,
-            feature_map=feature_map,
+            feature_map="polarity",
+            feature_map_kwargs=dict(alpha=alpha),
             normalizer="mean",
-            dwc_kernel=kernel_size,
+            dwc_kernel=dwc_kernel,
             dwc_shared=True,
-            gate="linear" if gate == "linear" else None,
-            key_pos_grid=tuple(pe_grid) if pe == "learned" else None,
+            gate=gate,
+            key_pos_grid=key_pos_grid,
             **kwargs,
         )
-        self.pola_gate = gate
-        if gate == "static":
+        self.stream_gates = bool(stream_gates)
+        if stream_gates:
             D = self.head_dim
             self.gate_sim = nn.Parameter(torch.ones(num_heads, D - D // 2))
             self.gate_opp = nn.Parameter(torch.ones(num_heads, D // 2))
 
-    def mix(self, phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Tensor | None, causal: bool) -> Tensor:
+    def mix(
+        self,
+        phi_q: Tensor,
+        phi_k: Tensor,
+        v: Tensor,
+        key_padding_mask: Tensor | None,
+        causal: bool,
+        grid: tuple[int, int] | None = None,
+    ) -> Tensor:
         """Same-sign stream on V¹, opposite-sign stream on V²: (B, H, N, 2D)², (B, H, N, D) → (B, H, N, D)."""
         v_sim, v_opp = v.chunk(2, dim=-1)
         o_sim = super().mix(phi_q, phi_k, v_sim, key_padding_mask, causal)
         # [Code] opposite stream [q⁻ ; q⁺]·[k⁺ ; k⁻] (the paper draws [q⁺ ; q⁻]·[k⁻ ; k⁺]: same scores).
         o_opp = super().mix(swap_polarity(phi_q), phi_k, v_opp, key_padding_mask, causal)
-        if self.pola_gate == "static":
+        if self.stream_gates:
             o_sim = o_sim * self.gate_sim[None, :, None, :].to(o_sim.dtype)
             o_opp = o_opp * self.gate_opp[None, :, None, :].to(o_opp.dtype)
         return torch.cat([o_sim, o_opp], dim=-1)
+
+
+register_attention(
+    "pola", PolaLinearAttention, "PolaFormer: polarity split, learnable power, ± streams, linear gate, DWC, P"
+)

@@ -5,33 +5,27 @@ Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
 
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
 from mirrorla.layers.base import AttentionBase
+from mirrorla.layers.fused import set_fused_attn, use_fused_attn
 from mirrorla.ops.softmax import softmax_attention
+from mirrorla.registry import register_attention
 
 __all__ = ["SoftmaxAttention", "set_fused_softmax"]
 
-# Backend switch as a global default (like timm's TIMM_FUSED_ATTN): fused SDPA unless
-# MIRRORLA_FUSED_ATTN=0. Each layer copies it into its ``fused`` attribute at construction.
-_FUSED_DEFAULT = os.environ.get("MIRRORLA_FUSED_ATTN", "1") != "0"
-
-
-def set_fused_softmax(enable: bool) -> None:
-    """Default backend of SoftmaxAttention layers built from now on (existing layers: set ``.fused``)."""
-    global _FUSED_DEFAULT
-    _FUSED_DEFAULT = bool(enable)
+#: The former name of :func:`mirrorla.layers.fused.set_fused_attn` (one switch for every softmax layer).
+set_fused_softmax = set_fused_attn
 
 
 class SoftmaxAttention(AttentionBase):
     """qkv → softmax(QKᵀ·D^-1/2 + mask) V → proj, mirroring ``timm.layers.Attention``.
 
-    ``fused`` (attribute) selects ``scaled_dot_product_attention`` (default) or the explicit matrix,
-    which FLOP counters can see. Supports ``attn_mask`` (bool True = attend, or additive float),
-    ``key_padding_mask`` (B, M) True = keep, ``is_causal`` and attention dropout.
+    ``fused`` (attribute, default :func:`mirrorla.layers.fused.use_fused_attn`) selects
+    ``scaled_dot_product_attention`` or the explicit matrix, which FLOP counters can see. Supports
+    ``attn_mask`` (bool True = attend, or additive float), ``key_padding_mask`` (B, M) True = keep,
+    ``is_causal`` and attention dropout.
     """
 
     is_linear = False
@@ -48,7 +42,7 @@ class SoftmaxAttention(AttentionBase):
     ) -> None:
         super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
         self.qkv = self._input_linear(3)
-        self.fused = _FUSED_DEFAULT
+        self.fused = use_fused_attn()
         self._init_linear(self.qkv, self.proj)
 
     def forward(
@@ -81,3 +75,6 @@ class SoftmaxAttention(AttentionBase):
             fused=self.fused,
         )
         return self.proj_drop(self.proj(self.merge_heads(o)))
+
+
+register_attention("softmax", SoftmaxAttention, "softmax attention (scaled_dot_product_attention)")

@@ -16,11 +16,11 @@ from typing import Any
 
 import torch
 from timm.layers import Attention as TimmAttention
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from mirrorla.layers.base import AttentionBase
-from mirrorla.models.vit import LinearVisionTransformer
+from mirrorla.models.vit import GridBlock, LinearVisionTransformer
 from mirrorla.registry import create_attention, get_attention_entry
 
 __all__ = ["convert"]
@@ -37,8 +37,9 @@ def convert(model: nn.Module, attention: str = "mirror", **kwargs: Any) -> nn.Mo
         **kwargs: options of the new attention (e.g. ``dwc_kernel=5``); qkv/proj bias, proj dropout
             and ``num_prefix_tokens`` come from the model.
 
-    The model's class becomes :class:`LinearVisionTransformer` (a subclass of timm's, adding no state)
-    so that layers needing the patch grid learn it for every input size. Raises ``TypeError`` for
+    The model's class becomes :class:`LinearVisionTransformer` and each block's :class:`GridBlock`
+    (subclasses of timm's, adding no state) so that the patch grid of every input reaches the layers
+    that need it, as an argument. Raises ``TypeError`` for
     models or attention modules it cannot convert, before changing anything.
     """
     entry = get_attention_entry(attention)  # raises for an unknown name, listing valid ones
@@ -51,6 +52,11 @@ def convert(model: nn.Module, attention: str = "mirror", **kwargs: Any) -> nn.Mo
     target_linear = getattr(entry.cls, "is_linear", True)
     plans = []
     for i, blk in enumerate(model.blocks):
+        if type(blk) not in (Block, GridBlock):
+            raise TypeError(
+                f"blocks.{i} is a {type(blk).__name__}; convert supports timm's pre-norm Block only (its "
+                "forward is replaced by GridBlock's, which passes the patch grid to the attention)"
+            )
         src = getattr(blk, "attn", None)
         qkv, proj, heads, attn_drop = _source_parts(src, i)
         if target_linear and attn_drop > 0:
@@ -90,6 +96,7 @@ def convert(model: nn.Module, attention: str = "mirror", **kwargs: Any) -> nn.Mo
                 new.proj.bias.copy_(proj.bias)
         new.train(src.training)
         blk.attn = new
+        blk.__class__ = GridBlock
     if type(model) is VisionTransformer:
         model.__class__ = LinearVisionTransformer
     model.attention = attention

@@ -29,6 +29,7 @@ Model names: ``pvt_{tiny,small,medium,large}_{attention}`` for every registered 
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -39,10 +40,9 @@ from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 
-from mirrorla.layers.base import AttentionBase
+from mirrorla.layers.spatial_reduction import SpatialReductionAttention
 from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
-from mirrorla.ops.softmax import softmax_attention
-from mirrorla.registry import create_attention, get_attention_entry, list_attentions
+from mirrorla.registry import create_attention, get_attention_entry
 
 __all__ = [
     "PyramidVisionTransformer",
@@ -70,68 +70,6 @@ def default_pattern(attention: str) -> str:
     """'SSSS' for ``softmax`` (the original PVT), else 'LLLL': the named attention in every stage (§8.1)."""
     get_attention_entry(attention)  # raises for an unknown name
     return "SSSS" if attention == "softmax" else "LLLL"
-
-
-class SpatialReductionAttention(AttentionBase):
-    """PVT's softmax attention with keys/values from a downsampled grid.
-
-    q = W_q x; x' = LN(Conv_{sr×sr, stride sr}(x)) when sr > 1; k, v = W_kv x';
-    O = softmax(q kᵀ / √D) v → proj. Shapes: x (B, N, C), N = H·W → (B, N, C).
-    Parameter names (q, kv, sr, norm, proj) follow PVT v1 so its checkpoints map one to one.
-    ``fused`` selects SDPA or the explicit matrix (FLOP counters need the latter).
-    """
-
-    is_linear = False
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
-        *,
-        sr_ratio: int = 1,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
-        if num_prefix_tokens:
-            raise ValueError("SpatialReductionAttention works on a pure token grid; num_prefix_tokens must be 0")
-        if not isinstance(sr_ratio, int) or sr_ratio < 1:
-            raise ValueError(f"sr_ratio must be an int >= 1, got {sr_ratio!r}")
-        self.sr_ratio = sr_ratio
-        self.q = self._input_linear(1)
-        self.kv = self._input_linear(2)
-        if sr_ratio > 1:
-            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio, **self._factory)
-            self.norm = nn.LayerNorm(dim, **self._factory)
-        self.fused = True
-        self._init_linear(self.q, self.kv, self.proj)
-
-    def forward(
-        self,
-        x: Tensor,
-        hw: tuple[int, int] | None = None,
-        key_padding_mask: Tensor | None = None,
-        attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-    ) -> Tensor:
-        self.check_input(x, None, hw)
-        if key_padding_mask is not None or attn_mask is not None or is_causal:
-            raise ValueError("SpatialReductionAttention supports no masks: its keys are a downsampled grid")
-        B, N, C = x.shape
-        H, W = self.grid(N, hw)
-        q = self.split_heads(self.q(x))
-        if self.sr_ratio > 1:
-            if H < self.sr_ratio or W < self.sr_ratio:
-                raise ValueError(f"grid {H}x{W} is smaller than sr_ratio={self.sr_ratio}; use a larger input")
-            x = self.sr(x.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
-            x = self.norm(x)
-        M = x.shape[1]
-        k, v = self.kv(x).view(B, M, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        o = softmax_attention(q, k, v, dropout_p=self.attn_drop_p if self.training else 0.0, fused=self.fused)
-        return self.proj_drop(self.proj(self.merge_heads(o)))
 
 
 class PyramidBlock(nn.Module):
@@ -206,7 +144,7 @@ class PyramidVisionTransformer(nn.Module):
         attention: registry name used by the ``'L'`` stages.
         attn_pattern: 4 characters from {'L', 'S'}; default :func:`default_pattern` of ``attention``.
         attn_kwargs: extra options for the ``'L'`` attention. An attention with a grid-sized table
-            (``build_grid_option``, e.g. ``pe_grid``) gets each stage's grid unless set here.
+            (``build_grid_option``: ``key_pos_grid``, when on) gets each stage's grid unless set here.
         sr_ratios: spatial reduction of the ``'S'`` stages.
         pos_embed: per-stage absolute position tables (resampled to other resolutions).
         img_size: build resolution of the position tables (and of the attentions' key tables).
@@ -235,8 +173,7 @@ class PyramidVisionTransformer(nn.Module):
         drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
-        if attention not in list_attentions():
-            raise ValueError(f"unknown attention {attention!r}; valid names: {', '.join(list_attentions())}")
+        entry = get_attention_entry(attention)  # the one place that checks a name
         pattern = default_pattern(attention) if attn_pattern is None else attn_pattern
         for arg, val in dict(embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths,
                              sr_ratios=sr_ratios, attn_pattern=pattern).items():  # fmt: skip
@@ -256,14 +193,16 @@ class PyramidVisionTransformer(nn.Module):
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, self.feature_info = [], []
         in_chs, reduction, cursor = in_chans, 1, 0
-        grid_option = get_attention_entry(attention).cls.build_grid_option
+        # [Code] FLatten / PolaFormer PVT: positional_encoding (1, num_patches // sr², C) per layer, so a
+        # layer whose grid-sized table is on gets its stage's grid unless attn_kwargs set it.
+        grid_option = entry.cls.build_grid_option
+        table_on = grid_option is not None and _option_value(entry, grid_option, attn_kwargs or {}) is not None
         for i in range(4):
             stride = patch_size if i == 0 else 2
             reduction *= stride
             stage_grid = (img_size[0] // reduction, img_size[1] // reduction)
-            # [Code] FLatten / PolaFormer PVT: positional_encoding (1, num_patches // sr², C) per layer.
             stage_kwargs = dict(attn_kwargs or {})
-            if grid_option is not None:
+            if table_on:
                 stage_kwargs.setdefault(grid_option, stage_grid)
             blocks = []
             for j in range(depths[i]):
@@ -452,6 +391,16 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTran
         else:
             out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["q"], parts["kv"]])
     return out
+
+
+def _option_value(entry, name: str, attn_kwargs: dict[str, Any]) -> Any:
+    """The value option ``name`` takes in a layer built from ``entry``: attn_kwargs, entry default, class default."""
+    if name in attn_kwargs:
+        return attn_kwargs[name]
+    if name in entry.defaults:
+        return entry.defaults[name]
+    param = inspect.signature(entry.cls.__init__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def _build(name: str, *, size: str, attention: str, **kwargs: Any) -> PyramidVisionTransformer:

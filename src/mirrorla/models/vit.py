@@ -3,9 +3,12 @@
 Dimension letters: B batch, N tokens (P prefix + Hp·Wp patches), C channels.
 
 The attention comes in through timm's ``attn_layer`` hook (no copy of timm's model). timm's ``Block``
-calls ``attn(x, attn_mask=...)`` without the patch grid, so :class:`LinearVisionTransformer` tells
-every attention module the grid of the current input (``attn.grid_size``) when it embeds the patches;
-layers that need the grid (depthwise-conv branches) then work for non-square inputs too.
+calls ``attn(x, attn_mask=...)`` without the patch grid, so the blocks here are :class:`GridBlock`
+(timm's ``block_fn=`` hook), whose forward takes the grid and passes it to the attention as ``hw``;
+:class:`LinearVisionTransformer` passes the patch grid of the current input to every block in
+``forward_features`` and ``forward_intermediates`` (and so in ``features_only`` models). Layers that
+need the grid (depthwise-conv branches, key position tables, RoPE) then work for non-square inputs;
+nothing about a call is stored on a module.
 
 Sizes (METHODS.md §8.2, DeiT paper): patch 16, MLP ratio 4, qkv bias; tiny 192/12/3, small 384/12/6,
 base 768/12/12 (width / blocks / heads). Model names: ``deit_{size}_{attention}`` for every name in
@@ -18,12 +21,14 @@ from typing import Any
 
 import torch
 from timm.models import build_model_with_cfg
-from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+from timm.models._features import feature_take_indices
+from timm.models.vision_transformer import Block, VisionTransformer, checkpoint_filter_fn
+from torch.utils.checkpoint import checkpoint
 
 from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
-from mirrorla.registry import attention_layer, create_attention, list_attentions
+from mirrorla.registry import attention_layer, create_attention
 
-__all__ = ["LinearVisionTransformer", "DEIT_SIZES", "SKIPPED", "register_deit_models", "set_grid_size"]
+__all__ = ["LinearVisionTransformer", "GridBlock", "DEIT_SIZES", "SKIPPED", "register_deit_models"]
 
 default_cfgs: dict[str, Any] = {}
 
@@ -34,11 +39,22 @@ DEIT_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def set_grid_size(model: VisionTransformer, grid: tuple[int, int]) -> None:
-    """Tell every attention module of ``model.blocks`` the patch grid ``(Hp, Wp)`` of the input."""
-    for blk in model.blocks:
-        if hasattr(blk.attn, "grid_size"):
-            blk.attn.grid_size = (int(grid[0]), int(grid[1]))
+class GridBlock(Block):
+    """timm's pre-norm ``Block`` whose forward takes the patch grid and passes it to the attention.
+
+    Same parameters, names and initialisation as ``Block`` (it only overrides ``forward``).
+    """
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        hw: tuple[int, int] | None = None,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ) -> torch.Tensor:
+        attn = self.attn(self.norm1(x), hw=hw, attn_mask=attn_mask, is_causal=is_causal)
+        x = x + self.drop_path1(self.ls1(attn))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
 class LinearVisionTransformer(VisionTransformer):
@@ -57,14 +73,15 @@ class LinearVisionTransformer(VisionTransformer):
     """
 
     def __init__(self, attention: str = "mirror", attn_kwargs: dict[str, Any] | None = None, **kwargs: Any):
-        if "attn_layer" in kwargs:
-            raise TypeError("pass attention='<registry name>' (and attn_kwargs=) instead of attn_layer")
-        if attention not in list_attentions():
-            raise ValueError(f"unknown attention {attention!r}; valid names: {', '.join(list_attentions())}")
+        for hook in ("attn_layer", "block_fn"):
+            if hook in kwargs:
+                raise TypeError(
+                    f"LinearVisionTransformer sets {hook} itself; pass attention='<registry name>' (and attn_kwargs=)"
+                )
         num_prefix = (1 if kwargs.get("class_token", True) else 0) + int(kwargs.get("reg_tokens", 0) or 0)
         kwargs.setdefault("dynamic_img_size", True)
         layer = attention_layer(attention, num_prefix_tokens=num_prefix, **(attn_kwargs or {}))
-        super().__init__(attn_layer=layer, **kwargs)
+        super().__init__(attn_layer=layer, block_fn=GridBlock, **kwargs)
         self.attention = attention
 
     @torch.jit.ignore
@@ -72,11 +89,70 @@ class LinearVisionTransformer(VisionTransformer):
         """timm's (position table, cls token) plus what the attention layers exclude (e.g. angles)."""
         return set(super().no_weight_decay()) | submodule_no_weight_decay(self)
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        # Every path (forward_features, forward_intermediates, features_only) embeds patches here:
-        # x is (B, Hp, Wp, C) with dynamic_img_size, else (B, N, C) on the fixed patch grid.
-        set_grid_size(self, x.shape[1:3] if x.dim() == 4 else self.patch_embed.grid_size)
-        return super()._pos_embed(x)
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Image (B, 3, H, W) → tokens (B, P + Hp·Wp, C) and the patch grid (Hp, Wp)."""
+        x = self.patch_embed(x)
+        # (B, Hp, Wp, C) with dynamic_img_size, else (B, N, C) on the fixed patch grid.
+        grid = tuple(x.shape[1:3]) if x.dim() == 4 else tuple(self.patch_embed.grid_size)
+        x = self.norm_pre(self.patch_drop(self._pos_embed(x)))
+        return x, (int(grid[0]), int(grid[1]))
+
+    def _run_block(self, blk, x, grid, attn_mask, is_causal) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(blk, x, grid, attn_mask, is_causal, use_reentrant=False)
+        return blk(x, grid, attn_mask=attn_mask, is_causal=is_causal)
+
+    def forward_features(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False
+    ) -> torch.Tensor:
+        """timm's ``forward_features`` with the patch grid passed to every block."""
+        x, grid = self.embed(x)
+        for blk in self.blocks:
+            x = self._run_block(blk, x, grid, attn_mask, is_causal)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ):
+        """timm's ``forward_intermediates`` (same arguments and outputs) with the grid passed to every block."""
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        B = x.shape[0]
+        x, (Hp, Wp) = self.embed(x)
+        blocks = self.blocks if not stop_early else self.blocks[: max_index + 1]
+        intermediates = []
+        for i, blk in enumerate(blocks):
+            x = self._run_block(blk, x, (Hp, Wp), attn_mask, is_causal)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        P = self.num_prefix_tokens
+        prefix_tokens = [y[:, :P] for y in intermediates] if P else None
+        intermediates = [y[:, P:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(B, Hp, Wp, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if output_dict:
+            out: dict[str, Any] = {"image_intermediates": intermediates}
+            if prefix_tokens is not None and return_prefix_tokens:
+                out["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                out["image_features"] = self.norm(x)
+            return out
+        if return_prefix_tokens and prefix_tokens is not None:
+            intermediates = list(zip(intermediates, prefix_tokens, strict=True))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
 
 
 def _build(name: str, *, size: str, attention: str, **kwargs: Any) -> LinearVisionTransformer:
