@@ -1,6 +1,6 @@
 """Independent quadratic references for the peer-method tests (FLatten, PolaFormer, NaLaFormer).
 
-Everything is written from METHODS.md §3–5 directly in float64 from the module's parameters: the
+Everything is written from docs/methods.md §3–5 directly in float64 from the module's parameters: the
 N×N score matrix is built explicitly and normalised explicitly; depthwise convolutions are sums of
 shifted images; RoPE uses complex numbers (relative-phase form), not the library's rotation code.
 """
@@ -140,7 +140,7 @@ def naive_pola(m, x, hw, kpm=None):
 
 
 def rope_phases(hw, d, prefix=0):
-    """β (N, d/2) of METHODS.md §5.1 written from the formula: ω_i = 10000^(−i/(d/4 − 1)).
+    """β (N, d/2) of docs/methods.md §5.1 written from the formula: ω_i = 10000^(−i/(d/4 − 1)).
 
     The official table is float32 (NaLaFormer ``NALA.py``, ``RoPE.__init__``:
     ``1.0 / (10000 ** torch.linspace(0, 1, d // 4))``); the reference takes those float32 values of ω,
@@ -169,7 +169,7 @@ def rotated_scores(fq, fk, beta, d):
 
 
 def nala_features(m, q, k):
-    """φq, φk (B, h, N, 2d) written from METHODS.md §5.1 / §5.2 (float64)."""
+    """φq, φk (B, h, N, 2d) written from docs/methods.md §5.1 / §5.2 (float64)."""
     fm = m.feature_map
     r = q.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     p = 3 * (0.5 + torch.tanh(r))

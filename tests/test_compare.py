@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mirrorla.cli import main
-from mirrorla.compare import BASE, CompareConfig, format_table, run_compare
 from mirrorla.data import DatasetNotFoundError, InMemoryImages, find_fashion_mnist
 from mirrorla.data.datasets import DatasetInfo
+from mirrorla.engine.compare import BASE, CompareConfig, format_table, run_compare
 from mirrorla.engine.model import measure_throughput_rounds
 from mirrorla.engine.trainer import TrainingDivergedError
 

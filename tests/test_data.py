@@ -267,7 +267,7 @@ def test_subset_sizes_are_checked():
 
     assert _subset_indices(10, None) is None and _subset_indices(10, 10) is None
     assert len(_subset_indices(10, 3)) == 3
-    with pytest.raises(ValueError, match="only 10; use at most 10"):
+    with pytest.raises(ValueError, match=r"train_subset 11 is larger than the training split \(10 images\)"):
         _subset_indices(10, 11)  # was silently "all"
     with pytest.raises(ValueError, match="positive integer"):
         _subset_indices(10, 0)

@@ -105,7 +105,7 @@ def test_one_epoch_decreases_loss_and_writes_outputs(tmp_path, data, capsys):
     assert evaluate(model, data[1], cfg)["top1"] == record["eval_top1"]
     # `mirrorla train --resume DIR` alone takes the run's settings; options given override them.
     from mirrorla.cli import build_parser
-    from mirrorla.train_cli import config_from_args
+    from mirrorla.commands.train import config_from_args
 
     resumed_cfg = config_from_args(build_parser().parse_args(["train", "--resume", str(tmp_path)]))
     assert resumed_cfg == cfg.replace(resume=str(tmp_path))

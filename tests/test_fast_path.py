@@ -133,7 +133,7 @@ def test_mirror_features_gradcheck_float64():
 
 @pytest.mark.parametrize("name", [n for n in list_attentions() if n != "softmax"])
 def test_linear_core_equals_quadratic_oracle(name):
-    """Each LinearAttention with the shared value path: attend() = the (N, M) oracle of METHODS.md §1.1."""
+    """Each LinearAttention with the shared value path: attend() = the (N, M) oracle of docs/methods.md §1.1."""
     torch.manual_seed(0)
     layer = create_attention(name, 64, num_heads=4)
     if not isinstance(layer, LinearAttention) or type(layer).mix is not LinearAttention.mix:

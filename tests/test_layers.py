@@ -1,4 +1,4 @@
-"""The layer contract (METHODS.md §0.3), the registry API and the demo CLI."""
+"""The layer contract (docs/methods.md §0.3), the registry API and the demo CLI."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""MirrorLA invariants (METHODS.md §2.9, tests 1–12)."""
+"""MirrorLA invariants (docs/methods.md §2.9, tests 1–12)."""
 
 import itertools
 import math

@@ -66,7 +66,7 @@ def test_compare_path_honours_exclusions(monkeypatch, tmp_path):
     from test_engine import tiny_data
 
     import mirrorla.engine.trainer as trainer_mod
-    from mirrorla.compare import BASE, CompareConfig, run_compare
+    from mirrorla.engine.compare import BASE, CompareConfig, run_compare
 
     seen = []
 
@@ -101,7 +101,7 @@ def test_bench_models_path_builds_through_the_factory():
 
 
 def test_eval_path_builds_the_trained_class():
-    # eval rebuilds the run's model with create_classifier (train_cli.run_eval): the same class as training.
+    # eval rebuilds the run's model with create_classifier (the eval command): the same class as training.
     model = create_classifier(TrainConfig(attention="mirror", **TINY), 10, 1, 28)
     assert isinstance(model, LinearVisionTransformer)
     _assert_angles_not_decayed(model, decay_groups(model, 0.05))

@@ -16,7 +16,7 @@ TINY = dict(depths=(2, 2, 2, 2), dims=(32, 32, 64, 64), num_heads=(1, 1, 2, 2))
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
 def test_parameter_count_matches_published(size):
-    # Published (github.com/ChuanyangZheng/L2ViT readme.md, METHODS.md §6.3): Tiny 29M, Small 50M, Base 89M.
+    # Published (github.com/ChuanyangZheng/L2ViT readme.md, docs/methods.md §6.3): Tiny 29M, Small 50M, Base 89M.
     with torch.device("meta"):
         model = timm.create_model(f"l2vit_{size}")
     params = sum(p.numel() for p in model.parameters()) / 1e6

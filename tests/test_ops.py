@@ -1,4 +1,4 @@
-"""The linear-attention ops against their quadratic references (METHODS.md §1)."""
+"""The linear-attention ops against their quadratic references (docs/methods.md §1)."""
 
 import pytest
 import torch

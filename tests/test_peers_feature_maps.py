@@ -147,7 +147,7 @@ def test_nala_cosine_scores_nonnegative_and_code_limit():
         phi_q, phi_k = cos(q, k)
         scores = phi_q @ phi_k.transpose(-1, -2)
         assert (scores >= 0).all() and (phi_q < 0).any()  # features signed, scores not
-    # a → ∞: cos Δθ → 1 (same sign) or 0 (opposite): the code form's scores (METHODS.md §5.2).
+    # a → ∞: cos Δθ → 1 (same sign) or 0 (opposite): the code form's scores (docs/methods.md §5.2).
     steep = NormAwareFeatureMap(2, 8, form="cosine", phase_scale=1e7).double()
     q, k = qk()
     a_cos = steep(q, k)

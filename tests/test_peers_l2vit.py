@@ -1,4 +1,4 @@
-"""L²ViT parts (METHODS.md §6): LGA, LWA, LCM, CPE against independent naive formulas.
+"""L²ViT parts (docs/methods.md §6): LGA, LWA, LCM, CPE against independent naive formulas.
 
 Official code: github.com/ChuanyangZheng/L2ViT, classification/models/l2vit.py.
 """
@@ -37,7 +37,7 @@ def merge(t):
 
 # -- LGA -----------------------------------------------------------------------------------------
 def naive_lga(m: LinearGlobalAttention, x, key_padding_mask=None):
-    """Quadratic form: A = ReLU(q) ReLU(k)ᵀ; O = τ · A V / max(A·1, 100) (METHODS.md §6.1)."""
+    """Quadratic form: A = ReLU(q) ReLU(k)ᵀ; O = τ · A V / max(A·1, 100) (docs/methods.md §6.1)."""
     h = m.num_heads
     q, k, v = (heads(t, h) for t in F.linear(x, m.qkv.weight, m.qkv.bias).chunk(3, dim=-1))
     a = F.relu(q) @ F.relu(k).transpose(-1, -2)  # (B, h, N, N)

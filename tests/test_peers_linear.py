@@ -1,4 +1,4 @@
-"""FLatten, PolaFormer, NaLaFormer layers against independent quadratic formulas (METHODS.md §3–5).
+"""FLatten, PolaFormer, NaLaFormer layers against independent quadratic formulas (docs/methods.md §3–5).
 
 The references in ``peers_reference.py`` build the N×N score matrix in float64 from the module's
 parameters and normalise it explicitly. Tolerance: relative RMS error < 1e-5 for the fp32 module

@@ -249,8 +249,8 @@ def _strip_new_records(out):
 
 
 def test_compare_resume_reuses_runs_written_before_data_hashes(tmp_path, fake_data, monkeypatch):
-    from mirrorla import compare
-    from mirrorla.compare import BASE, CompareConfig, run_compare
+    from mirrorla.engine import compare
+    from mirrorla.engine.compare import BASE, CompareConfig, run_compare
 
     base = BASE.replace(embed_dim=16, depth=1, num_heads=2, patch_size=7, batch_size=16, epochs=1, train_subset=64,
                         eval_subset=32, data_dir=str(fake_data), download=False)  # fmt: skip
@@ -361,7 +361,7 @@ def test_lock_waits_for_its_holder_then_names_it(tmp_path):
 def test_a_subset_larger_than_the_data_is_refused(tmp_path, fake_data, capsys):
     assert _train(tmp_path / "run", fake_data, "--train-subset", "100000000") == 2
     err = capsys.readouterr().err
-    assert "--train-subset 100000000" in err and "60000 images" in err and not (tmp_path / "run").exists()
+    assert "train_subset 100000000" in err and "(60000 images)" in err and not (tmp_path / "run").exists()
 
 
 def test_compare_honours_a_given_epochs_and_subset(tmp_path, fake_data):
@@ -411,7 +411,7 @@ def test_ctrl_c_in_compare_says_how_to_continue(tmp_path, fake_data, capsys, mon
     out = tmp_path / "cmp"
     args = ["compare", "--attentions", "softmax,mirror", "--seeds", "0", *TINY, "--data-dir", str(fake_data),
             "--jobs", "1", "--throughput-iters", "1", "--throughput-rounds", "1", "--out", str(out)]  # fmt: skip
-    from mirrorla import compare
+    from mirrorla.engine import compare
 
     real = compare.train
 

@@ -373,8 +373,8 @@ def test_compare_worker_disk_error_keeps_its_kind():
     """A full disk in a compare worker process reaches the CLI as a one-line OutputWriteError, not a RuntimeError."""
     import errno as _errno
 
-    from mirrorla.compare import worker_error
     from mirrorla.engine.checkpoint import OutputWriteError, output_write_error
+    from mirrorla.engine.compare import worker_error
     from mirrorla.engine.config import TrainConfig
 
     cfg = TrainConfig(attention="mirror", seed=1)

@@ -60,7 +60,7 @@ def test_chunk_decode_reference_agree(N, variant):
     out = still_attention(q, k, v, phi_q, phi_k, gate, **kw)
     dec, _ = decode_loop(q, k, v, phi_q, phi_k, gate, **kw)
     assert out.shape == ref.shape == dec.shape == (B, H, N, D)
-    # fp32 tolerances of METHODS.md §1.2 (1e-5) and §7.6 (decode vs prefill 1e-4).
+    # fp32 tolerances of docs/methods.md §1.2 (1e-5) and §7.6 (decode vs prefill 1e-4).
     assert rel_rms(out, ref) <= 1e-5
     assert rel_rms(dec, ref) <= 1e-5
     assert rel_rms(dec, out) <= 1e-4

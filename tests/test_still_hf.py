@@ -1,4 +1,4 @@
-"""STILL on Hugging Face Llama models: linearize, generate, cache, save/load, errors (METHODS.md §7.7)."""
+"""STILL on Hugging Face Llama models: linearize, generate, cache, save/load, errors (docs/methods.md §7.7)."""
 
 from __future__ import annotations
 

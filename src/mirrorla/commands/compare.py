@@ -1,6 +1,6 @@
 """``mirrorla compare``: every option of ``train`` (the same option groups), plus the comparison's own.
 
-The work is :func:`mirrorla.compare.run_compare`; this module only turns arguments into a
+The work is :func:`mirrorla.engine.compare.run_compare`; this module only turns arguments into a
 :class:`~mirrorla.engine.config.CompareConfig`.
 """
 
@@ -127,7 +127,7 @@ def compare_config_from_args(args: argparse.Namespace) -> CompareConfig:
 
 
 def _interrupted(cc: CompareConfig, argv: list[str]) -> Interrupted:
-    from mirrorla.compare import finished_runs
+    from mirrorla.engine.compare import finished_runs
 
     done, total = finished_runs(cc)
     again = [a for a in argv if a != "--overwrite"]
@@ -140,7 +140,7 @@ def _interrupted(cc: CompareConfig, argv: list[str]) -> Interrupted:
 
 @user_errors
 def run_compare_cmd(args: argparse.Namespace) -> int:
-    from mirrorla.compare import run_compare
+    from mirrorla.engine.compare import run_compare
 
     check_out_folder(args.out)
     cc = compare_config_from_args(args)

@@ -132,15 +132,19 @@ def _random_translate_flip(x: Tensor, pad: int, hflip: bool, generator: torch.Ge
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _subset_indices(n: int, limit: int | None, seed: int = 0) -> np.ndarray | None:
+def _subset_indices(n: int, limit: int | None, seed: int = 0, option: str = "train_subset") -> np.ndarray | None:
     # A fixed permutation (seed 0 by default) so every run and every seed of a comparison sees the
     # same subset; the run seed varies initialisation and order, not the data.
     if limit is None:
         return None
     if not isinstance(limit, numbers.Integral) or limit <= 0:
-        raise ValueError(f"subset size must be a positive integer, got {limit!r}; None means all images")
+        raise ValueError(f"{option} must be a positive integer, got {limit!r}; None means all images")
     if limit > n:
-        raise ValueError(f"subset of {limit} images asked for, but the split has only {n}; use at most {n}")
+        split = "training" if option == "train_subset" else "evaluation"
+        raise ValueError(
+            f"{option} {limit} is larger than the {split} split ({n} images): pass at most {n}, or leave it "
+            "out to use all of it"
+        )
     if limit == n:
         return None
     return np.random.default_rng(seed).permutation(n)[:limit]
@@ -190,9 +194,9 @@ def build_datasets(
 def _fashion_mnist(data_dir, image_size, augment, train_subset, eval_subset, download):
     files = find_fashion_mnist(data_dir, download=download)
     splits = {}
-    for split, limit in (("train", train_subset), ("test", eval_subset)):
+    for split, limit, option in (("train", train_subset, "train_subset"), ("test", eval_subset, "eval_subset")):
         images, labels = read_split(files, split)
-        idx = _subset_indices(len(labels), limit)
+        idx = _subset_indices(len(labels), limit, option=option)
         if idx is not None:
             images, labels = images[idx], labels[idx]
         splits[split] = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels))
@@ -207,8 +211,8 @@ def _fashion_mnist(data_dir, image_size, augment, train_subset, eval_subset, dow
     return train, test, info
 
 
-def _maybe_subset(ds: Dataset, limit: int | None) -> Dataset:
-    idx = _subset_indices(len(ds), limit)
+def _maybe_subset(ds: Dataset, limit: int | None, option: str) -> Dataset:
+    idx = _subset_indices(len(ds), limit, option=option)
     return ds if idx is None else torch.utils.data.Subset(ds, idx.tolist())
 
 
@@ -248,7 +252,10 @@ def _torchvision(name, key, data_dir, image_size, augment, train_subset, eval_su
     test_raw.transform = T.Compose(resize + [T.CenterCrop(size)] + norm)
     classes = getattr(train_raw, "classes", None)
     num_classes = len(classes) if classes else int(max(np.asarray(getattr(train_raw, "labels", [0])))) + 1
-    train, test = _maybe_subset(train_raw, train_subset), _maybe_subset(test_raw, eval_subset)
+    train, test = (
+        _maybe_subset(train_raw, train_subset, "train_subset"),
+        _maybe_subset(test_raw, eval_subset, "eval_subset"),
+    )
     info = DatasetInfo(
         key if not name.startswith("tv:") else name, num_classes, in_chans, size, mean, std, len(train), len(test),
         files=data_records(_torchvision_sources(train_raw) + _torchvision_sources(test_raw)),
@@ -291,7 +298,10 @@ def _image_folder(data_dir, size, augment, train_subset, eval_subset):
     test_raw = datasets.ImageFolder(str(eval_dir), transform=T.Compose(eval_tf + norm))
     if train_raw.classes != test_raw.classes:
         raise ValueError(f"class folders differ between {root / 'train'} and {eval_dir}")
-    train, test = _maybe_subset(train_raw, train_subset), _maybe_subset(test_raw, eval_subset)
+    train, test = (
+        _maybe_subset(train_raw, train_subset, "train_subset"),
+        _maybe_subset(test_raw, eval_subset, "eval_subset"),
+    )
     info = DatasetInfo(
         "imagefolder", len(train_raw.classes), 3, size, _IMAGENET_MEAN, _IMAGENET_STD, len(train), len(test),
         files=data_records([root / "train", eval_dir]),

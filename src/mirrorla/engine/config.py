@@ -34,7 +34,7 @@ class TrainConfig:
     """Everything a training run depends on. Defaults suit a small ViT on Fashion-MNIST on a CPU.
 
     The recipe is the AdamW + warmup + cosine family of the FLatten/PolaFormer/DeiT code bases
-    (METHODS.md §8.4) with a short schedule; ``lr`` is per run, not scaled by batch size.
+    (docs/methods.md §8.4) with a short schedule; ``lr`` is per run, not scaled by batch size.
     """
 
     # data
@@ -156,7 +156,7 @@ def check_subset_sizes(cfg: TrainConfig, train_size: int, eval_size: int) -> Non
             )
 
 
-#: Softmax, ReLU linear attention, the peer methods, MirrorLA and its ablation rows (METHODS.md §2.8).
+#: Softmax, ReLU linear attention, the peer methods, MirrorLA and its ablation rows (docs/methods.md §2.8).
 DEFAULT_ATTENTIONS = (
     "softmax", "linear_relu", "flatten", "pola", "nala", "l2vit_lga",
     "mirror", "mirror_block", "mirror_block_var", "mirror_cross",

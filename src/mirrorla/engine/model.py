@@ -50,7 +50,7 @@ def measure_throughput(
 ) -> float:
     """Inference images/s: eval mode, one batch, ``warmup`` forwards, then ``iters`` timed forwards.
 
-    The protocol of METHODS.md §9.1 (Swin's ``main.py``: 50 warm-up, 30 timed); the counts are
+    The protocol of docs/methods.md §9.1 (Swin's ``main.py``: 50 warm-up, 30 timed); the counts are
     arguments so CPU runs can use fewer.
     """
     device = next(model.parameters()).device

@@ -1,4 +1,4 @@
-"""FLatten's focused feature map (METHODS.md §3).
+"""FLatten's focused feature map (docs/methods.md §3).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, C = H·D.
 
@@ -54,7 +54,7 @@ class FocusedFeatureMap(FeatureMap):
         index (c // D, c % D). Not exempt from weight decay: the official Swin training code only
         exempts 1-D parameters and biases, and this one is 3-D.
 
-    Evaluated in fp32 with autocast off (METHODS.md §1.1, precision rule 2); float64 stays float64.
+    Evaluated in fp32 with autocast off (docs/methods.md §1.1, precision rule 2); float64 stays float64.
     """
 
     def __init__(

@@ -1,4 +1,4 @@
-"""MirrorLA feature map: φ(x) = ReLU(H_blk(Θ) · H_c · x) (METHODS.md §2).
+"""MirrorLA feature map: φ(x) = ReLU(H_blk(Θ) · H_c · x) (docs/methods.md §2).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, J = D/2 blocks per head, C = H·D.
 
@@ -19,7 +19,6 @@ from torch import Tensor, nn
 from mirrorla.feature_maps.base import FeatureMap
 from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
-from mirrorla.ops.naive import dense_block_reflection, dense_cross_head_reflection
 from mirrorla.ops.reflections import (
     block_reflect,
     block_variance,
@@ -27,15 +26,17 @@ from mirrorla.ops.reflections import (
     mirror_features,
     modulated_angle,
 )
+from mirrorla.ops.reflections.naive import dense_block_reflection, dense_cross_head_reflection, naive_mirror_features
 
 __all__ = ["MirrorFeatureMap", "set_fast_path"]
 
 # Backend switch with a global default (STYLE.md, like timm's fused_attn): each feature map copies it
 # into its ``fast_path`` attribute when it is built. On (default; MIRRORLA_FAST_PATH=0 turns it off):
 # the fused op :func:`mirrorla.ops.reflections.mirror_features`, and in a layer the constant
-# reflections folded into the projection; off: the reference composition of ``cross_head_reflect`` /
-# ``block_variance`` / ``block_reflect`` and a ReLU. A ``torch.compile`` switch and a bfloat16 core
-# were measured slower on CPU and removed (docs/efficiency.md, "MirrorLA backend").
+# reflections folded into the projection; off: the reference composition
+# :func:`mirrorla.ops.reflections.naive.naive_mirror_features` (one op per formula, then a ReLU).
+# A ``torch.compile`` switch and a bfloat16 core were measured slower on CPU and removed
+# (docs/efficiency.md, "MirrorLA backend").
 _FAST_PATH_DEFAULT = os.environ.get("MIRRORLA_FAST_PATH", "1") != "0"
 
 
@@ -220,8 +221,16 @@ class MirrorFeatureMap(FeatureMap):
 
     def reference_features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """φ by the reference composition (one op per formula); the fast path is tested against it."""
-        rq, rk = self.reflect(q, k, key_padding_mask)
-        return F.relu(rq), F.relu(rk)
+        return naive_mirror_features(
+            q,
+            k,
+            self.u_c if self.cross_head else None,
+            self.theta if self.block_reflection else None,
+            self.alpha if self.variance_modulation else None,
+            variance_eps=self.variance_eps,
+            detach_variance=self.detach_variance,
+            key_padding_mask=key_padding_mask,
+        )
 
     def reflection_matrix(self) -> Tensor:
         """The constant C×C matrix R = blockdiag(H_blk(θ)) · H_c (only without modulation).

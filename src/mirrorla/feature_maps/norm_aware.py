@@ -1,4 +1,4 @@
-"""NaLaFormer's norm-aware feature maps (METHODS.md §5).
+"""NaLaFormer's norm-aware feature maps (docs/methods.md §5).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, F = 2D feature dim.
 

@@ -1,4 +1,4 @@
-"""PolaFormer's polarity-aware feature map (METHODS.md §4).
+"""PolaFormer's polarity-aware feature map (docs/methods.md §4).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, C = H·D, F = 2D feature dim.
 
@@ -50,7 +50,7 @@ class PolarityFeatureMap(FeatureMap):
         ``power`` (1, H, 1, D), init 0 → p = 1 + α/2 (official shape and name); shared by q, k and
         the two polarity halves.
 
-    ``feature_dim(D) = 2D``. Evaluated in fp32 with autocast off (METHODS.md §1.1): (|q|/ln 2)^5
+    ``feature_dim(D) = 2D``. Evaluated in fp32 with autocast off (docs/methods.md §1.1): (|q|/ln 2)^5
     exceeds the fp16 maximum once |q| > 6.4.
     """
 

@@ -1,4 +1,4 @@
-"""The contract every attention layer follows (METHODS.md §0.3) and its shared plumbing.
+"""The contract every attention layer follows (docs/methods.md §0.3) and its shared plumbing.
 
 Dimension letters: B batch, N tokens, C channels, H heads, D = C/H head dim.
 
@@ -144,7 +144,7 @@ class AttentionBase(nn.Module):
         return nn.Linear(self.dim, n * self.dim, bias=self._qkv_bias, **self._factory)
 
     def _init_linear(self, *linears: nn.Linear) -> None:
-        # METHODS.md §0.3: Linear trunc_normal(std 0.02), bias 0.
+        # docs/methods.md §0.3: Linear trunc_normal(std 0.02), bias 0.
         for lin in linears:
             nn.init.trunc_normal_(lin.weight, std=0.02)
             if lin.bias is not None:

@@ -1,4 +1,4 @@
-"""FLatten: focused linear attention (METHODS.md §3), the common baseline of PolaFormer and NaLaFormer.
+"""FLatten: focused linear attention (docs/methods.md §3), the common baseline of PolaFormer and NaLaFormer.
 
 Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
 

@@ -1,4 +1,4 @@
-"""L²ViT's token mixers and local parts (METHODS.md §6).
+"""L²ViT's token mixers and local parts (docs/methods.md §6).
 
 Dimension letters: B batch, N tokens, C channels, H heads, D head dim, Hg×Wg the token grid,
 w the window side, nW the number of windows per image.
@@ -49,7 +49,7 @@ L2VIT_MIN_DENOMINATOR = 100.0
 
 
 class LinearGlobalAttention(LinearAttention):
-    """L²ViT linear global attention (LGA), METHODS.md §6.1.
+    """L²ViT linear global attention (LGA), docs/methods.md §6.1.
 
     ``O_i = τ_h · φq_iᵀ (Σ_j φk_j v_jᵀ) / max(φq_iᵀ Σ_j φk_j, 100)`` with φ = ReLU, then ``proj``.
 
@@ -119,7 +119,7 @@ register_attention(
 
 
 class LocalWindowAttention(AttentionBase):
-    """Softmax attention inside non-overlapping w×w windows (L²ViT's LWA), METHODS.md §6.3.
+    """Softmax attention inside non-overlapping w×w windows (L²ViT's LWA), docs/methods.md §6.3.
 
     qkv Linear(C, 3C, bias=qkv_bias), scale D^-1/2, no shift, no relative position bias. When
     Hg or Wg is not a multiple of w, the grid is zero-padded at the bottom/right (in a block this
@@ -220,7 +220,7 @@ register_attention(
 
 
 class LocalConcentrationModule(nn.Module):
-    """LCM(x) = DW7(BN(GELU(DW7(x)))), METHODS.md §6.2: the branch only, the block adds the residual.
+    """LCM(x) = DW7(BN(GELU(DW7(x)))), docs/methods.md §6.2: the branch only, the block adds the residual.
 
     Official block: ``x = x + DropPath(LCM(LN₃(x)))`` after the LGA residual. GELU comes before BN;
     no pointwise conv, no expansion.
@@ -251,7 +251,7 @@ class LocalConcentrationModule(nn.Module):
 
 
 class ConvPositionEncoding(nn.Module):
-    """CPE: x + DW3(x) (L²ViT's conditional position encoding, METHODS.md §6.3), residual included.
+    """CPE: x + DW3(x) (L²ViT's conditional position encoding, docs/methods.md §6.3), residual included.
 
     Args:
         dim: C. kernel_size: 3. act: apply GELU to the conv output (official ``cpe_act``, off).

@@ -1,4 +1,4 @@
-"""MirrorLA (METHODS.md §2): :class:`LinearAttention` with the ``mirror`` feature map, and its registry entries.
+"""MirrorLA (docs/methods.md §2): :class:`LinearAttention` with the ``mirror`` feature map, and its registry entries.
 
 Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
 
@@ -33,7 +33,7 @@ class MirrorLinearAttention(LinearAttention):
 register_attention(
     "mirror", LinearAttention, "MirrorLA (R3): block + variance + cross-head reflections", feature_map="mirror"
 )
-# Ablation rows (METHODS.md §2.8).
+# Ablation rows (docs/methods.md §2.8).
 register_attention(
     "mirror_block",
     LinearAttention,

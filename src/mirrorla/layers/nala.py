@@ -1,4 +1,4 @@
-"""NaLaFormer: norm-aware linear attention (METHODS.md §5).
+"""NaLaFormer: norm-aware linear attention (docs/methods.md §5).
 
 Dimension letters: B batch, N tokens (P prefix + Hg·Wg), C channels, H heads, D head dim,
 F = 2D feature dim, J = D/2 rotation pairs.

@@ -107,7 +107,7 @@ class LearnedPositionEmbedding(nn.Module):
     [Code] FLatten ``models/flatten_swin.py`` and PolaFormer keep ``positional_encoding`` of shape
     (1, window_h·window_w, C), zero-initialised, and fail at any other resolution. [Design] At a
     runtime grid other than the construction grid the table is resized bicubically
-    (``align_corners=False``, no antialias; METHODS.md §3); at the construction grid it is used as is.
+    (``align_corners=False``, no antialias; docs/methods.md §3); at the construction grid it is used as is.
     Prefix (cls) tokens get no embedding (zero rows).
 
     Args:

@@ -1,4 +1,4 @@
-"""PolaFormer: polarity-aware linear attention (METHODS.md §4).
+"""PolaFormer: polarity-aware linear attention (docs/methods.md §4).
 
 Dimension letters: B batch, N tokens, C channels, H heads, D head dim, F = 2D feature dim.
 

@@ -1,4 +1,4 @@
-"""Softmax attention layer (METHODS.md §1.3), the quadratic baseline.
+"""Softmax attention layer (docs/methods.md §1.3), the quadratic baseline.
 
 Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
 """

@@ -8,10 +8,11 @@ Attentions registered after import get their model names from :func:`register_at
 Every entry point builds its models with :func:`create_model`.
 """
 
+from mirrorla.layers.spatial_reduction import SpatialReductionAttention
 from mirrorla.models._timm import list_models, no_weight_decay_names
 from mirrorla.models.factory import create_model
 from mirrorla.models.l2vit import L2ViT
-from mirrorla.models.pyramid import PyramidVisionTransformer, SpatialReductionAttention, register_pvt_models
+from mirrorla.models.pyramid import PyramidVisionTransformer, register_pvt_models
 from mirrorla.models.vit import LinearVisionTransformer, register_deit_models
 from mirrorla.registry import list_attentions
 

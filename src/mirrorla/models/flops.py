@@ -10,7 +10,7 @@ FLOPs = 2 × MACs; everything here is MACs.
 ``attn_macs`` is the part done in batched matmuls (``bmm``/``baddbmm``): the attention cores
 (QKᵀ and AV for softmax; φKᵀV and φQ·S for linear attention). Linear layers run as ``mm``/``addmm``
 and convolutions separately. :func:`analytic_attention_macs` gives the per-layer formula used to
-cross-check it (METHODS.md §9.1).
+cross-check it (docs/methods.md §9.1).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def count_macs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> t
 def analytic_attention_macs(
     kind: str, num_tokens: int, num_heads: int, head_dim: int, num_keys: int | None = None
 ) -> int:
-    """MACs of one attention core (no projections) per image, the cross-check formula of METHODS.md §9.1.
+    """MACs of one attention core (no projections) per image, the cross-check formula of docs/methods.md §9.1.
 
     ``softmax``: QKᵀ and AV, 2·N·M·d per head. ``linear``: φKᵀV (M·d·d) and φQ·S (N·d·d) per head;
     the normaliser adds N·d + M·d when computed as matmuls, which this formula leaves out.

@@ -3,7 +3,7 @@
 Dimension letters: B batch, N = H·W tokens, C channels.
 
 Source: C. Zheng, "The Linear Attention Resurrection in Vision Transformer", arXiv 2501.16182; official
-code github.com/ChuanyangZheng/L2ViT ``classification/models/l2vit.py``; METHODS.md §6.3. The layers
+code github.com/ChuanyangZheng/L2ViT ``classification/models/l2vit.py``; docs/methods.md §6.3. The layers
 (LGA ``l2vit_lga``, LWA ``window_softmax``, LCM, CPE) are mirrorla's, in :mod:`mirrorla.layers.l2vit`.
 
     stem   Conv3×3 s2 (3 → C₁/2) BN ReLU Conv3×3 s2 (→ C₁) BN, flatten, LayerNorm(C₁)    stride 4
@@ -13,7 +13,7 @@ code github.com/ChuanyangZheng/L2ViT ``classification/models/l2vit.py``; METHODS
     block j of a stage is LWA for even j, LGA for odd j; head LayerNorm → token mean → Linear
 
 Module and parameter names follow the official code, so its state dicts load without renaming.
-Deviation [Design, METHODS.md §6.3]: LWA masks the keys of zero-padded window positions;
+Deviation [Design, docs/methods.md §6.3]: LWA masks the keys of zero-padded window positions;
 ``l2vit_compat=True`` lets them attend as the official code does. Inputs whose sides are not a
 multiple of the stride are zero-padded before each strided conv (official ``PatchEmbed``).
 
@@ -49,7 +49,7 @@ L2VIT_SIZES: dict[str, dict[str, Any]] = {
     "small": dict(depths=(2, 2, 18, 2), dims=(96, 192, 384, 768), num_heads=(3, 6, 12, 24)),
     "base": dict(depths=(2, 2, 18, 2), dims=(128, 256, 512, 1024), num_heads=(4, 8, 16, 32)),
 }
-#: (params M, GMACs at 224²) from the official README (github.com/ChuanyangZheng/L2ViT readme.md; METHODS.md §6.3).
+#: (params M, GMACs at 224²) from the official README (github.com/ChuanyangZheng/L2ViT readme.md; docs/methods.md §6.3).
 L2VIT_PUBLISHED: dict[str, tuple[float, float]] = {"tiny": (29, 4.7), "small": (50, 9.0), "base": (89, 15.9)}
 
 

@@ -2,13 +2,13 @@
 
 Dimension letters: B batch, C channels, H×W the token grid of a stage, N = H·W tokens.
 
-Architecture (METHODS.md §8.2, PVT v1 as patched by FLatten/PolaFormer): stage i = patch embed
+Architecture (docs/methods.md §8.2, PVT v1 as patched by FLatten/PolaFormer): stage i = patch embed
 (Conv k×k stride k, k = 4 then 2, + LayerNorm) → + absolute position table → blocks
 ``x + DP(attn(LN(x)))``, ``x + DP(MLP(LN(x)))`` (LN eps 1e-6) → NCHW map. Dims 64/128/320/512,
 heads 1/2/5/8, MLP ratios 8/8/4/4, qkv bias. Head: token mean → Linear (no final norm and no cls
 token, as in the patched code; the original PVT used a cls token and a final norm, ≈1.5k parameters).
 
-Attention per stage, one character each (METHODS.md §8.1):
+Attention per stage, one character each (docs/methods.md §8.1):
   ``L`` the model's registry attention (``create_attention(attention, ...)``) on full-resolution keys;
   ``S`` PVT's spatial-reduction softmax attention (keys/values from a stride-sr conv, sr 8/4/2/1).
 Default ``'LLLL'`` (the FLatten/PolaFormer/MirrorLA PVT setting) for every attention except
@@ -55,7 +55,7 @@ __all__ = [
 
 default_cfgs: dict[str, Any] = {}
 
-# PVT v1 (github.com/whai362/PVT classification/pvt.py; METHODS.md §8.2).
+# PVT v1 (github.com/whai362/PVT classification/pvt.py; docs/methods.md §8.2).
 PVT_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(depths=(2, 2, 2, 2)),
     "small": dict(depths=(3, 4, 6, 3)),

@@ -10,7 +10,7 @@ calls ``attn(x, attn_mask=...)`` without the patch grid, so the blocks here are 
 need the grid (depthwise-conv branches, key position tables, RoPE) then work for non-square inputs;
 nothing about a call is stored on a module.
 
-Sizes (METHODS.md §8.2, DeiT paper): patch 16, MLP ratio 4, qkv bias; tiny 192/12/3, small 384/12/6,
+Sizes (docs/methods.md §8.2, DeiT paper): patch 16, MLP ratio 4, qkv bias; tiny 192/12/3, small 384/12/6,
 base 768/12/12 (width / blocks / heads). Model names: ``deit_{size}_{attention}`` for every name in
 :func:`mirrorla.list_attentions`.
 """
@@ -68,7 +68,7 @@ class LinearVisionTransformer(VisionTransformer):
             divisible by the patch (the position table is resampled, as timm does).
 
     ``num_prefix_tokens`` of the attention (cls + register tokens) is set from the model, so the
-    spatial parts of an attention (DWC on V) see only the patch grid (METHODS.md §8.1, DeiT row).
+    spatial parts of an attention (DWC on V) see only the patch grid (docs/methods.md §8.1, DeiT row).
     The class adds no state to ``VisionTransformer``; :func:`mirrorla.convert` relies on that.
     """
 

@@ -1,83 +1,25 @@
-"""Quadratic reference implementations (tests only): they build the (N, M) score matrix.
+"""Every naive reference in one place (tests and docs import from here).
 
-Dimension letters: B batch, H heads, N queries, M keys, F feature dim, D value head dim.
-Plain and obviously correct; evaluated in float64 when given float64, else float32.
+Each op package keeps its own reference beside its fast forms (``ops/<op>/naive.py``, as in
+flash-linear-attention); this module only re-exports them.
 """
 
-from __future__ import annotations
+from mirrorla.ops.linear_attention.naive import naive_linear_attention
+from mirrorla.ops.reflections.naive import (
+    dense_block_reflection,
+    dense_cross_head_reflection,
+    naive_block_variance,
+    naive_mirror_features,
+    naive_modulated_angle,
+)
+from mirrorla.ops.softmax.naive import naive_softmax_attention
 
-import torch
-from torch import Tensor
-
-from mirrorla.ops._checks import check_positive
-
-
-def _dtype(*ts: Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-
-
-def naive_linear_attention(
-    phi_q: Tensor,
-    phi_k: Tensor,
-    v: Tensor,
-    *,
-    causal: bool = False,
-    normalizer: str = "mean",
-    eps: float = 1e-6,
-    min_denominator: float | None = None,
-    key_padding_mask: Tensor | None = None,
-) -> Tensor:
-    """A = φQ φKᵀ (masked columns zeroed, lower triangle if causal); O = A V / (A·1 + ε_sum).
-
-    ``normalizer="mean"`` uses ε_sum = M_b·ε with M_b the number of kept keys of each sample, which
-    is the sum form of the mean-normalised attention (METHODS.md §1.1). Causal uses the sum form.
-    """
-    check_positive("eps", eps, "it keeps the denominator A·1 + ε away from 0")
-    dt = _dtype(phi_q, phi_k, v)
-    q, k, vv = phi_q.to(dt), phi_k.to(dt), v.to(dt)
-    a = q @ k.transpose(-2, -1)  # (B, H, N, M)
-    M = k.shape[2]
-    if key_padding_mask is not None:
-        a = a * key_padding_mask[:, None, None, :].to(dt)
-        n_keys = key_padding_mask.sum(-1).clamp_min(1).to(dt)[:, None, None, None]
-    else:
-        n_keys = torch.full((), float(M), dtype=dt)
-    if causal:
-        a = a.tril()
-    num = a @ vv
-    row = a.sum(-1, keepdim=True)
-    if min_denominator is not None:
-        return num / row.clamp_min(min_denominator)
-    eps_sum = eps if (causal or normalizer == "sum") else eps * n_keys
-    return num / (row + eps_sum)
-
-
-def naive_softmax_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None, causal: bool = False
-) -> Tensor:
-    """softmax(q kᵀ·scale) v with an explicit matrix."""
-    dt = _dtype(q, k, v)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = (q.to(dt) @ k.to(dt).transpose(-2, -1)) * scale
-    if causal:
-        N, M = s.shape[-2:]
-        s = s.masked_fill(~torch.ones(N, M, dtype=torch.bool, device=s.device).tril(), float("-inf"))
-    return s.softmax(-1) @ v.to(dt)
-
-
-def dense_block_reflection(angle: Tensor, head_dim: int) -> Tensor:
-    """The block-diagonal D×D matrix H_blk(Θ) built from I − 2uuᵀ per block. angle (..., D/2)."""
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    u = torch.stack((cos, sin), dim=-1)  # (..., J, 2)
-    eye2 = torch.eye(2, dtype=angle.dtype, device=angle.device)
-    blocks = eye2 - 2.0 * u.unsqueeze(-1) * u.unsqueeze(-2)  # (..., J, 2, 2)
-    out = torch.zeros(*angle.shape[:-1], head_dim, head_dim, dtype=angle.dtype, device=angle.device)
-    for j in range(head_dim // 2):
-        out[..., 2 * j : 2 * j + 2, 2 * j : 2 * j + 2] = blocks[..., j, :, :]
-    return out
-
-
-def dense_cross_head_reflection(u: Tensor) -> Tensor:
-    """The C×C matrix I − 2uuᵀ/‖u‖²."""
-    u = u.reshape(-1)
-    return torch.eye(u.numel(), dtype=u.dtype, device=u.device) - 2.0 * torch.outer(u, u) / (u @ u)
+__all__ = [
+    "naive_linear_attention",
+    "naive_softmax_attention",
+    "dense_block_reflection",
+    "dense_cross_head_reflection",
+    "naive_block_variance",
+    "naive_modulated_angle",
+    "naive_mirror_features",
+]

@@ -1,4 +1,4 @@
-"""STILL: linearize a pretrained causal LM with intra-layer softmax/linear hybrid attention (METHODS.md §7).
+"""STILL: linearize a pretrained causal LM with intra-layer softmax/linear hybrid attention (docs/methods.md §7).
 
 Core math (no extra dependency): :func:`still_attention`, :func:`still_decode_step`, :class:`NPMap`,
 :class:`StillConfig`. Hugging Face integration (needs ``transformers``): :func:`linearize`.

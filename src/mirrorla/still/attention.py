@@ -1,4 +1,4 @@
-"""STILL hybrid attention: chunk-parallel form (training/prefill) and decoding step (METHODS.md §7.5, §7.6).
+"""STILL hybrid attention: chunk-parallel form (training/prefill) and decoding step (docs/methods.md §7.5, §7.6).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, F feature dim of φ (= 2·D_f),
 L chunk size, K top-k tokens per chunk, S selected tokens in the cache.

@@ -1,4 +1,4 @@
-"""STILL configuration (METHODS.md §7): a frozen dataclass validated on construction."""
+"""STILL configuration (docs/methods.md §7): a frozen dataclass validated on construction."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class StillConfig:
             raise ValueError(f"eps must be >= 0 and saliency_eps > 0, got {self.eps}, {self.saliency_eps}")
         if self.compat == "official":
             raise NotImplementedError(
-                "compat='official' (the official code's prefill/decode quirks Q1-Q5 of METHODS.md §7.8) is not "
+                "compat='official' (the official code's prefill/decode quirks Q1-Q5 of docs/methods.md §7.8) is not "
                 "implemented; use compat='clean', whose prefill and decode agree"
             )
         if self.compat not in COMPAT_MODES:

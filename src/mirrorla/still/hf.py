@@ -1,4 +1,4 @@
-"""Hugging Face integration: swap the attention of a Llama-family causal LM for STILL (METHODS.md §7.1, §7.6).
+"""Hugging Face integration: swap the attention of a Llama-family causal LM for STILL (docs/methods.md §7.1, §7.6).
 
 Dimension letters: B batch, N tokens, C hidden size, H query heads, G key/value heads, D head dim,
 F feature dim (2·D_f).

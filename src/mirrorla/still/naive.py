@@ -1,4 +1,4 @@
-"""Quadratic STILL reference with explicit (N, N) masks (tests only; METHODS.md §7.3-§7.5).
+"""Quadratic STILL reference with explicit (N, N) masks (tests only; docs/methods.md §7.3-§7.5).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, F feature dim, L chunk size, K top-k.
 Plain and obviously correct; float64 when given float64, else float32.

@@ -1,4 +1,4 @@
-"""NP-Map, the norm-preserved feature map of STILL (METHODS.md §7.2).
+"""NP-Map, the norm-preserved feature map of STILL (docs/methods.md §7.2).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, F = feature_dim (D_f); features have 2F entries.
 
@@ -28,7 +28,7 @@ def np_map(x: Tensor, householder: Tensor, weight: Tensor) -> Tensor:
 
     Returns:
         (B, H, N, 2F) non-negative features in fp32 (float64 inputs stay float64); autocast is off
-        inside because the map has a norm, a division and an exp (precision policy, METHODS.md §1.1).
+        inside because the map has a norm, a division and an exp (precision policy, docs/methods.md §1.1).
     """
     if x.dim() != 4:
         raise ValueError(f"np_map expects x of shape (B, H, N, D), got {tuple(x.shape)}")

@@ -1,4 +1,4 @@
-"""Self-saliency score and per-chunk top-k selection of STILL (METHODS.md §7.3, §7.4).
+"""Self-saliency score and per-chunk top-k selection of STILL (docs/methods.md §7.3, §7.4).
 
 Dimension letters: B batch, H heads, N tokens, D head dim, L chunk size (= window length l), K top-k.
 

@@ -1,4 +1,4 @@
-"""Two-stage STILL training (METHODS.md §7.7) and perplexity evaluation.
+"""Two-stage STILL training (docs/methods.md §7.7) and perplexity evaluation.
 
 Dimension letters: B batch, N tokens per block.
 
@@ -29,7 +29,7 @@ __all__ = ["LinearizeConfig", "attention_transfer", "lora_finetune", "perplexity
 
 @dataclass(frozen=True)
 class LinearizeConfig:
-    """Budget and optimiser settings of both stages (defaults: LoLCATs/Liger, METHODS.md §7.7).
+    """Budget and optimiser settings of both stages (defaults: LoLCATs/Liger, docs/methods.md §7.7).
 
     ``stage1_steps``/``stage2_steps`` count optimiser steps of ``batch_size × grad_accum`` blocks;
     ``None`` means 2 epochs over the training blocks. 0 skips the stage.

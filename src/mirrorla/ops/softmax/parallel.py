@@ -1,7 +1,4 @@
-"""Softmax attention baseline (METHODS.md §1.3).
-
-Dimension letters: B batch, H heads, N queries, M keys, D head dim.
-"""
+"""Softmax attention: the fused SDPA kernel or the explicit (B, H, N, M) matrix."""
 
 from __future__ import annotations
 
@@ -10,6 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mirrorla.ops._checks import check_qkv
+
+__all__ = ["softmax_attention"]
 
 
 def softmax_attention(
