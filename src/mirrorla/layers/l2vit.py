@@ -25,6 +25,8 @@ calling convention; a square grid is inferred when ``hw`` is omitted) *or* a fea
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,11 +70,7 @@ class LinearGlobalAttention(LinearAttention):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
-        *,
+        *args: Any,
         min_denominator: float = L2VIT_MIN_DENOMINATOR,
         temperature_init: float | None = None,
         **kwargs,
@@ -86,10 +84,7 @@ class LinearGlobalAttention(LinearAttention):
         super().__init__(
             dim,
             num_heads,
-            qkv_bias,
-            attn_drop,
-            proj_drop,
-            num_prefix_tokens,
+            *args,
             feature_map="relu",
             normalizer="sum",
             min_denominator=float(min_denominator),
@@ -144,22 +139,18 @@ class LocalWindowAttention(AttentionBase):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
-        *,
+        *args: Any,
         window_size: int = 7,
         l2vit_compat: bool = False,
         **kwargs,
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
+        super().__init__(dim, num_heads, *args, **kwargs)
         if not isinstance(window_size, int) or window_size <= 0:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        if num_prefix_tokens:
+        if self.num_prefix_tokens:
             raise ValueError(
                 "LocalWindowAttention partitions the spatial grid into windows and has no place for prefix "
-                f"(cls) tokens; got num_prefix_tokens={num_prefix_tokens}, use 0"
+                f"(cls) tokens; got num_prefix_tokens={self.num_prefix_tokens}, use 0"
             )
         self.window_size = window_size
         self.l2vit_compat = bool(l2vit_compat)

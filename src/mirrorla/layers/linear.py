@@ -98,11 +98,7 @@ class LinearAttention(AttentionBase):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
-        *,
+        *args: Any,
         feature_map: str | Callable[[int, int], FeatureMap] = "relu",
         feature_map_kwargs: dict[str, Any] | None = None,
         normalizer: str = "mean",
@@ -125,7 +121,7 @@ class LinearAttention(AttentionBase):
                 fm_kwargs[name] = kwargs.pop(name)
         elif fm_kwargs:
             raise TypeError("feature_map_kwargs needs a feature map name; a callable takes (num_heads, head_dim)")
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
+        super().__init__(dim, num_heads, *args, **kwargs)
         if normalizer not in NORMALIZERS:
             raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
         if gate not in GATES:

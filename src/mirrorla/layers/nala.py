@@ -18,6 +18,8 @@ A configuration of shared parts: :class:`NormAwareFeatureMap` × a RoPE-numerato
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -102,11 +104,7 @@ class NormAwareLinearAttention(LinearAttention):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
-        *,
+        *args: Any,
         nala_form: str = "code",
         rope: bool = True,
         dwc_kernel: int = 5,
@@ -126,10 +124,7 @@ class NormAwareLinearAttention(LinearAttention):
         super().__init__(
             dim,
             num_heads,
-            qkv_bias,
-            attn_drop,
-            proj_drop,
-            num_prefix_tokens,
+            *args,
             feature_map="norm_aware",
             feature_map_kwargs=dict(form=nala_form, lam=lam, phase_scale=phase_scale, norm_eps=norm_eps),
             normalizer="mean",

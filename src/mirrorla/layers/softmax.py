@@ -5,6 +5,8 @@ Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -34,13 +36,10 @@ class SoftmaxAttention(AttentionBase):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
+        *args: Any,
         **kwargs,
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
+        super().__init__(dim, num_heads, *args, **kwargs)
         self.qkv = self._input_linear(3)
         self.fused = use_fused_attn()
         self._init_linear(self.qkv, self.proj)

@@ -34,16 +34,12 @@ class SpatialReductionAttention(AttentionBase):
         self,
         dim: int,
         num_heads: int = 8,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        num_prefix_tokens: int = 0,
-        *,
+        *args: Any,
         sr_ratio: int = 1,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dim, num_heads, qkv_bias, attn_drop, proj_drop, num_prefix_tokens, **kwargs)
-        if num_prefix_tokens:
+        super().__init__(dim, num_heads, *args, **kwargs)
+        if self.num_prefix_tokens:
             raise ValueError("SpatialReductionAttention works on a pure token grid; num_prefix_tokens must be 0")
         if not isinstance(sr_ratio, int) or sr_ratio < 1:
             raise ValueError(f"sr_ratio must be an int >= 1, got {sr_ratio!r}")
