@@ -269,6 +269,11 @@ def test_mirror_errors():
         MirrorLinearAttention(32, 4, feature_map="relu")
     with pytest.raises(TypeError, match="renamed; use dwc_kernel"):
         create_attention("mirror", 32, num_heads=4, kernel_size=3)
+    for removed in ("core_dtype", "compile"):
+        with pytest.raises(TypeError, match=f"option '{removed}' was removed"):
+            create_attention("mirror", 32, num_heads=4, **{removed: "bfloat16"})
+        with pytest.raises(TypeError, match=f"option '{removed}' was removed"):
+            create_attention("nala", 32, num_heads=2, **{removed: "bfloat16"})
     # odd head dim is fine when no block reflection is used
     create_attention("mirror_cross", 30, num_heads=6)(torch.randn(1, 4, 30))
 

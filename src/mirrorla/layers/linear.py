@@ -43,12 +43,21 @@ RENAMED_OPTIONS = {
     "pe": "key_pos_grid (None turns the key position table off)",
     "pe_grid": "key_pos_grid",
 }
+#: Options removed because a benchmark showed them slower here (docs/efficiency.md, "MirrorLA backend").
+REMOVED_OPTIONS = {
+    "core_dtype": "the layer runs its core in fp32 (bf16 was 1.3x slower on CPU); the op "
+    "mirrorla.ops.linear_attention still takes core_dtype",
+    "compile": "torch.compile of the feature map was 1.27x slower on CPU; compile the whole model instead",
+}
 
 
 def reject_renamed(who: str, kwargs: dict[str, Any]) -> None:
     for old, new in RENAMED_OPTIONS.items():
         if old in kwargs:
             raise TypeError(f"{who}: option {old!r} was renamed; use {new}")
+    for old, why in REMOVED_OPTIONS.items():
+        if old in kwargs:
+            raise TypeError(f"{who}: option {old!r} was removed: {why}")
 
 
 def reject_fixed(who: str, kwargs: dict[str, Any], names: tuple[str, ...]) -> None:
