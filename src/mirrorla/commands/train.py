@@ -97,22 +97,10 @@ def check_attention_options(attention: str | None, options: dict[str, Any], dim:
 
 
 def load_datasets(cfg: TrainConfig):
-    """(train, eval, info) of ``cfg``; a subset larger than its split is an error (it would be recorded
-    as the size used)."""
-    from mirrorla.data import build_datasets
-    from mirrorla.engine.config import check_subset_sizes
+    """(train, eval, info) of ``cfg``, built by its task; a subset larger than its split raises there."""
+    from mirrorla.tasks import create_task
 
-    datasets = build_datasets(
-        cfg.dataset,
-        data_dir=cfg.data_dir,
-        image_size=cfg.image_size,
-        augment=cfg.augment,
-        train_subset=cfg.train_subset,
-        eval_subset=cfg.eval_subset,
-        download=cfg.download,
-    )
-    check_subset_sizes(cfg, datasets[2].train_size, datasets[2].eval_size)
-    return datasets
+    return create_task("classification").build_datasets(cfg)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -237,7 +225,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from mirrorla.data import build_datasets
     from mirrorla.engine import count_macs, create_classifier, evaluate, load_checkpoint
     from mirrorla.engine.checkpoint import resolve_checkpoint
-    from mirrorla.engine.config import check_subset_sizes
     from mirrorla.engine.distributed import setup_distributed
     from mirrorla.engine.model import measure_throughput
 
@@ -267,7 +254,6 @@ def run_eval(args: argparse.Namespace) -> int:
         eval_subset=cfg.eval_subset,
         download=cfg.download,
     )
-    check_subset_sizes(cfg.replace(train_subset=None), info.train_size, info.eval_size)
     model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
     weights = ckpt["ema"] if args.ema else ckpt["model"]
     if weights is None:

@@ -73,7 +73,7 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
 
 def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     """Run the comparison; returns the dict written to ``results.json``."""
-    from mirrorla.data import build_datasets
+    from mirrorla.tasks import create_task
 
     check_attentions(list(cc.attentions))
     _require("matplotlib", "the figures")  # fail now, not after hours of training
@@ -84,18 +84,11 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     _check_out_folder(out, cc)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    if datasets is None:
-        datasets = build_datasets(
-            base.dataset,
-            data_dir=base.data_dir,
-            image_size=base.image_size,
-            augment=base.augment,
-            train_subset=base.train_subset,
-            eval_subset=base.eval_subset,
-            download=base.download,
-        )
+    if datasets is None:  # the task raises for a subset larger than its split
+        datasets = create_task("classification").build_datasets(base)
+    else:  # data built by the caller: the subsets the runs record must fit it
+        check_subset_sizes(base, datasets[2].train_size, datasets[2].eval_size)
     info = datasets[2]
-    check_subset_sizes(base, info.train_size, info.eval_size)
     _check_run_folders(cc, out, info.files)
     jobs = _resolve_jobs(cc)
     reusable = cc.resume or jobs > 1  # jobs > 1: the workers below train every run, this loop reads their results
