@@ -149,16 +149,7 @@ class MirrorFeatureMap(FeatureMap):
     def _features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
         if not self.fast_path:
             return self.reference_features(q, k, key_padding_mask)
-        return mirror_features(
-            q,
-            k,
-            self.u_c if self.cross_head else None,
-            self.theta if self.block_reflection else None,
-            self.alpha if self.variance_modulation else None,
-            variance_eps=self.variance_eps,
-            detach_variance=self.detach_variance,
-            key_padding_mask=key_padding_mask,
-        )
+        return self._call_op(mirror_features, q, k, key_padding_mask)
 
     def fold_projection(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
         """Fold the constant part of φ into a fused qkv(g) projection, for the fast layer path.
@@ -207,30 +198,29 @@ class MirrorFeatureMap(FeatureMap):
         return self._prefolded(q, k, key_padding_mask)
 
     def _prefolded(self, q, k, key_padding_mask):
-        return mirror_features(
-            q,
-            k,
-            None,
-            self.theta,
-            self.alpha if self.variance_modulation else None,
-            variance_eps=self.variance_eps,
-            detach_variance=self.detach_variance,
-            key_padding_mask=key_padding_mask,
-            odd_negated=True,
-        )
+        # H_c is folded into the projection: only the block reflection is left to apply.
+        return self._call_op(mirror_features, q, k, key_padding_mask, cross_head=False, odd_negated=True)
 
-    def reference_features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """φ by the reference composition (one op per formula); the fast path is tested against it."""
-        return naive_mirror_features(
+    def _call_op(
+        self, op, q: Tensor, k: Tensor, key_padding_mask: Tensor | None, cross_head: bool | None = None, **extra
+    ):
+        """``op`` (the fused :func:`mirror_features` or its naive reference) with this map's switches and parameters."""
+        cross = self.cross_head if cross_head is None else cross_head
+        return op(
             q,
             k,
-            self.u_c if self.cross_head else None,
+            self.u_c if cross else None,
             self.theta if self.block_reflection else None,
             self.alpha if self.variance_modulation else None,
             variance_eps=self.variance_eps,
             detach_variance=self.detach_variance,
             key_padding_mask=key_padding_mask,
+            **extra,
         )
+
+    def reference_features(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """φ by the reference composition (one op per formula); the fast path is tested against it."""
+        return self._call_op(naive_mirror_features, q, k, key_padding_mask)
 
     def reflection_matrix(self) -> Tensor:
         """The constant C×C matrix R = blockdiag(H_blk(θ)) · H_c (only without modulation).
