@@ -21,6 +21,10 @@ __all__ = [
     "crossovers",
     "plot_ops",
     "plot_models",
+    "plot_sr",
+    "sr_pivot_table",
+    "sr_largest_table",
+    "sr_detail_table",
     "write_json",
     "series",
 ]
@@ -310,4 +314,140 @@ def plot_models(results: list[dict], out_dir: str | Path, subtitle: str) -> str:
         panels.append((label, data))
     path = out_dir / "models.png"
     _plot_panels(panels, path, f"models: {subtitle}", "pixels (resolution²)", 512 * 512)
+    return str(path)
+
+
+# ``mirrorla bench sr``: records of mirrorla.bench.sr (one forward per case; sizes are output images W×H).
+
+
+def _sr_seconds(ms: float) -> str:
+    s = ms / 1e3
+    return f"{s:,.0f} s" if s >= 100 else f"{s:.3g} s"
+
+
+def _sr_bytes(b: float | None) -> str:
+    if b is None:
+        return "–"
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / MIB:,.0f} MiB"
+
+
+def _sr_cell(rec: dict | None) -> str:
+    if rec is None:
+        return "–"
+    if rec["status"] == "ok":
+        cell = f"{_sr_seconds(rec['fwd']['median_ms'])} · {_sr_bytes(rec.get('mem_fwd_bytes'))}"
+        return cell if rec.get("within_budget") is not False else f"{cell} (over budget)"
+    if rec["status"] == "skipped":
+        pred = rec.get("predicted_seconds")
+        return f"skipped (pred. {_sr_seconds(pred * 1e3)})" if pred is not None else "skipped"
+    return rec["status"]
+
+
+def sr_pivot_table(results: list[dict]) -> str:
+    """Rows attention, columns output W×H (tokens per attention below); cells 'latency · peak memory'."""
+    sizes = list(dict.fromkeys((r["out_w"], r["out_h"], r["N"]) for r in results))
+    by = {(r["method"], r["out_w"], r["out_h"]): r for r in results}
+    lines = [
+        "| attention | " + " | ".join(f"{w}×{h} (N={n:,})" for w, h, n in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for method in dict.fromkeys(r["method"] for r in results):
+        cells = [_sr_cell(by.get((method, w, h))) for w, h, _n in sizes]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sr_largest_table(largest: dict[str, dict], reference: str = "softmax") -> str:
+    """The largest single-pass output within budget per attention, and its pixels over ``reference``'s."""
+    lines = [
+        f"| attention | largest output | pixels | × {reference} | latency | peak memory |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, e in largest.items():
+        if e["pixels"] is None:
+            lines.append(f"| {method} | none within budget | – | – | – | – |")
+            continue
+        ratio = e["ratio_to_reference"]
+        ratio_txt = "–" if ratio is None else f"{ratio:g}×" + (" (≥)" if e["reached_largest_tried"] else "")
+        lines.append(
+            f"| {method} | {e['out_w']}×{e['out_h']}{' (largest tried)' if e['reached_largest_tried'] else ''} | "
+            f"{e['pixels']:,} | {ratio_txt} | {_sr_seconds(e['latency_ms'])} | {_sr_bytes(e['peak_bytes'])} |"
+        )
+    return "\n".join(lines)
+
+
+def sr_detail_table(results: list[dict]) -> str:
+    """Every SR case: latency median [min–max] with its repeat count, peak memory, GMACs and the note."""
+    lines = [
+        "| attention | output | LR | tokens N | status | latency median [min–max] | repeats | peak memory | "
+        "GMACs | note |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        t = r.get("fwd")
+        lat = f"{_sr_seconds(t['median_ms'])} [{_sr_seconds(t['min_ms'])}–{_sr_seconds(t['max_ms'])}]" if t else "–"
+        macs = r.get("macs")
+        lines.append(
+            f"| {r['method']} | {r['out_w']}×{r['out_h']} | {r['lr_w']}×{r['lr_h']} | {r['N']:,} | {r['status']} | "
+            f"{lat} | {t['repeats'] if t else '–'} | {_sr_bytes(r.get('mem_fwd_bytes'))} | "
+            f"{_fmt(macs / 1e9, 2) if macs else '–'} | {r.get('note', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_sr(
+    results: list[dict], out_dir: str | Path, subtitle: str, max_seconds: float, max_memory_bytes: float
+) -> str:
+    """``sr.png``: seconds per image and peak MiB against output pixels, log-log, one line per attention.
+
+    Measured points are filled; a skipped case with a prediction is a hollow marker joined to the last
+    measured point by a dotted line; the budgets are horizontal dashed lines.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = (
+        ("seconds per image (forward)", lambda r: r["fwd"]["median_ms"] / 1e3, "predicted_seconds", max_seconds),
+        ("peak MiB (forward)", lambda r: r["mem_fwd_bytes"] / MIB, "predicted_memory_bytes", max_memory_bytes / MIB),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    for ax, (label, value, pred_key, limit) in zip(axes[0], panels, strict=True):
+        for i, method in enumerate(methods):
+            recs = sorted((r for r in results if r["method"] == method), key=lambda r: r["pixels"])
+            ok = [
+                (r["pixels"], value(r))
+                for r in recs
+                if r["status"] == "ok" and (pred_key == "predicted_seconds" or r.get("mem_fwd_bytes"))
+            ]
+            pred = [(r["pixels"], r[pred_key]) for r in recs if r["status"] == "skipped" and r.get(pred_key)]
+            if pred_key == "predicted_memory_bytes":
+                pred = [(x, y / MIB) for x, y in pred]
+            color, style = cmap(i % 10), "--" if method.startswith("softmax") else "-"
+            if ok:
+                ax.plot(*zip(*ok, strict=True), style, marker="o", ms=4, color=color, label=method)
+            if pred:
+                chain = ok[-1:] + pred
+                ax.plot(*zip(*chain, strict=True), ":", color=color, alpha=0.7)
+                ax.plot(*zip(*pred, strict=True), "o", ms=6, mfc="none", color=color,
+                        label=None if ok else f"{method} (predicted only)")  # fmt: skip
+        ax.axhline(limit, color="gray", ls="--", lw=1)
+        ax.annotate("budget", (1, limit), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("output pixels (W·H)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"sr: {subtitle}  (hollow: skipped, predicted)", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "sr.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return str(path)

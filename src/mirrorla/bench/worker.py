@@ -3,7 +3,7 @@
 The parent (:func:`run_cases`) starts ``python -m mirrorla.bench.worker`` with the environment of
 :func:`mirrorla.bench.memory.worker_env`, writes a JSON job to its stdin and reads one line
 ``@@RESULT {json}`` per case from its stdout (so a progress bar can move while it runs). A job is
-``{"task": "ops"|"models", "settings": {...}, "cases": [...], "gemm": bool}``.
+``{"task": "ops"|"models"|"sr", "settings": {...}, "cases": [...], "gemm": bool}``.
 
 Phase 1, per case: build it, warm up, time the forward, then the same for forward+backward
 (``@@RESULT``). Phase 2, after every timing: switch malloc to exact accounting
@@ -47,6 +47,10 @@ def _build(task: str, case: dict, settings: dict):
         from mirrorla.bench.models import build_model_case
 
         return build_model_case(case, settings)
+    if task == "sr":
+        from mirrorla.bench.sr import build_sr_case
+
+        return build_sr_case(case, settings)
     raise ValueError(f"unknown task {task!r}")
 
 

@@ -49,6 +49,7 @@ COMMAND_MODULES = (
     "mirrorla.commands.bench",
     "mirrorla.commands.still",
     "mirrorla.commands.models",
+    "mirrorla.commands.sr",
 )
 
 

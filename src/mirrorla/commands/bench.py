@@ -1,10 +1,11 @@
-"""``mirrorla bench ops`` and ``mirrorla bench models``: run a sweep, print tables, write JSON/PNG.
+"""``mirrorla bench ops``, ``models`` and ``sr``: run a sweep, print tables, write JSON/PNG.
 
 Examples::
 
     mirrorla bench ops --quick                       # ~1 minute on a laptop CPU; writes runs/bench/
     mirrorla bench ops --threads 2 --out docs/results/efficiency
     mirrorla bench models --resolutions 224,384,512,1024
+    mirrorla bench sr --sizes 256 512 1024 --attentions softmax mirror   # whole-image SR, no tiling
 
 The sweeps themselves are in :mod:`mirrorla.bench`; torch is imported when the command runs.
 """
@@ -35,22 +36,44 @@ def _ints(text: str) -> list[int]:
     return values
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _output_sizes(text: str) -> list[tuple[int, int]]:
+    """``"512"`` → [(512, 512)]; ``"768x512"`` → [(768, 512)] (W×H); commas separate several."""
+    sizes = []
+    for token in (t for t in text.replace(" ", "").lower().replace("×", "x").split(",") if t):
+        w, sep, h = token.partition("x")
+        try:
+            size = (int(w), int(h) if sep else int(w))
+        except ValueError:
+            size = (0, 0)
+        if min(size) <= 0:
+            raise argparse.ArgumentTypeError(
+                f"expected output sizes like 512 or 768x512 (positive integers, W x H), got {text!r}"
+            )
+        sizes.append(size)
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected output sizes like 512 or 768x512, got {text!r}")
+    return sizes
+
+
+def _common(p: argparse.ArgumentParser, *, per_case_budget: bool = True) -> None:
+    """Options of every bench kind; ``per_case_budget=False`` (sr) leaves out --batch and --max-case-seconds."""
     p.add_argument("--quick", action="store_true", help="tiny sweep, 3 repeats, one worker (about a minute on CPU)")
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
     p.add_argument("--dtype", default="float32", choices=_DTYPES, help="tensor and parameter dtype")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument(
-        "--batch", type=positive_int, default=None, help="batch size (default: ops 1; models 1 on CPU, 8 on CUDA)"
-    )
+    if per_case_budget:
+        p.add_argument(
+            "--batch", type=positive_int, default=None, help="batch size (default: ops 1; models 1 on CPU, 8 on CUDA)"
+        )
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats after warm-up (median/min/max)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per case and mode")
-    p.add_argument(
-        "--max-case-seconds",
-        type=positive_float,
-        default=120.0,
-        help="skip a case whose predicted run time (extrapolated from smaller sizes) is longer",
-    )
+    if per_case_budget:
+        p.add_argument(
+            "--max-case-seconds",
+            type=positive_float,
+            default=120.0,
+            help="skip a case whose predicted run time (extrapolated from smaller sizes) is longer",
+        )
     p.add_argument("--out", default="runs/bench", help="output folder for the JSON, Markdown and PNG files")
     p.add_argument(
         "--isolate",
@@ -66,7 +89,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench_what", metavar="{ops,models}", required=True)
+    sub = p.add_subparsers(dest="bench_what", metavar="{ops,models,sr}", required=True)
     from mirrorla.commands import HelpFormatter as fmt
 
     ops = sub.add_parser("ops", help="attention layers and cores vs SDPA over token counts", formatter_class=fmt)
@@ -102,6 +125,44 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="comma-separated input sizes (default: 224, 384, 512, 768, 1024, 1536, 2048; --quick 224, 320)",
     )
+    sr = sub.add_parser(
+        "sr",
+        help="whole-image super-resolution inference vs output size, no tiling: where softmax breaks",
+        formatter_class=fmt,
+    )
+    _common(sr, per_case_budget=False)
+    sr.set_defaults(repeats=3, out="runs/bench-sr")
+    sr.add_argument("--model", default="sr_light", help="SR network: sr_tiny, sr_small or sr_light")
+    sr.add_argument("--scale", type=positive_int, default=4, help="upscaling factor: 2, 3 or 4")
+    sr.add_argument(
+        "--sizes",
+        type=_output_sizes,
+        nargs="+",
+        default=None,
+        help="output sizes: a side of a square image (512) or WxH (768x512), multiples of --scale "
+        "(default: 256 512 1024 1536 2048, --quick 64 128, rounded down to multiples of --scale)",
+    )
+    sr.add_argument(
+        "--attentions",
+        nargs="+",
+        default=None,
+        help="registry names or patterns ('mirror*') (default: softmax linear_relu flatten pola nala l2vit_lga "
+        "mirror mirror_dwc)",
+    )
+    sr.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        default=60.0,
+        help="time budget per image: a size predicted (from the smaller sizes) or measured to take longer "
+        "ends the attention's sweep",
+    )
+    sr.add_argument(
+        "--max-memory-gb",
+        type=positive_float,
+        default=None,
+        help="peak-memory budget per image in GiB, used as --max-seconds is (default: 80%% of the memory "
+        "available at the start: free CUDA memory, or MemAvailable on CPU)",
+    )
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -111,13 +172,17 @@ def run_bench(args: argparse.Namespace) -> int:
     from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
 
     check_out_folder(args.out)
+    sr_cases = _plan_sr(args) if args.bench_what == "sr" else None  # bad input: one line, before any work
     device = resolve_device(args.device)
     if args.threads is None:
         args.threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     if args.quick:
         args.repeats, args.isolate = min(args.repeats, 3), False
-        args.max_case_seconds = min(args.max_case_seconds, 10.0)
+        if args.bench_what == "sr":
+            args.max_seconds = min(args.max_seconds, 10.0)
+        else:
+            args.max_case_seconds = min(args.max_case_seconds, 10.0)
     settings = {
         "device": str(device),
         "dtype": args.dtype,
@@ -125,7 +190,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "repeats": args.repeats,
         "min_repeats": min(3, args.repeats),
         "warmup": args.warmup,
-        "max_case_seconds": args.max_case_seconds,
+        "max_case_seconds": getattr(args, "max_case_seconds", None),
         "seed": args.seed,
         "gemm_size": args.gemm_size,
     }
@@ -134,7 +199,7 @@ def run_bench(args: argparse.Namespace) -> int:
     machine = describe_machine(device)
     machine["torch_threads"] = args.threads
     header = {
-        "command": "mirrorla " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "",
+        "command": "mirrorla " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", sys.argv[1:])),
         "machine": machine,
         "memory_method": CUDA_METHOD if device.type == "cuda" else CPU_METHOD,
         "macs_note": "forward matmul/conv multiply-accumulates (FLOPs/2) counted on the meta device with "
@@ -142,10 +207,12 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     if args.bench_what == "ops":
         return _run_ops(args, settings, header, out)
+    if args.bench_what == "sr":
+        return _run_sr(args, sr_cases, settings, header, out)
     return _run_models(args, settings, header, out)
 
 
-def _select_methods(spec: str) -> list[str]:
+def _select_methods(spec: str, option: str = "--methods") -> list[str]:
     from mirrorla.registry import list_attentions
 
     names = list_attentions()
@@ -153,7 +220,7 @@ def _select_methods(spec: str) -> list[str]:
     for pat in (p.strip() for p in spec.split(",") if p.strip()):
         hits = [n for n in names if fnmatch.fnmatch(n, pat)]
         if not hits:
-            raise UsageError(f"--methods: no registered attention matches {pat!r}; registered: {', '.join(names)}")
+            raise UsageError(f"{option}: no registered attention matches {pat!r}; registered: {', '.join(names)}")
         chosen += [h for h in hits if h not in chosen]
     return chosen
 
@@ -301,6 +368,127 @@ def _run_models(args, settings, header, out: Path) -> int:
     (out / "models.md").write_text(md + "\n")
     print(md)
     print(f"wrote {out / 'models.json'}, {out / 'models.md'}, {png}")
+    return 0
+
+
+def _plan_sr(args) -> list[dict]:
+    """The SR cases of the command line; a bad model, scale, size or attention is a one-line UsageError."""
+    from mirrorla.bench import sr
+    from mirrorla.models.sr import SR_SCALES
+
+    if args.model not in sr.SR_MODELS:
+        raise UsageError(f"--model: unknown SR model {args.model!r}; valid models: {', '.join(sr.SR_MODELS)}")
+    if args.scale not in SR_SCALES:
+        raise UsageError(f"--scale: the SR network upscales by {', '.join(map(str, SR_SCALES))}, got {args.scale}")
+    if args.attentions:
+        attentions = _select_methods(",".join(args.attentions), option="--attentions")
+    else:
+        attentions = list(sr.DEFAULT_ATTENTIONS)
+    if args.sizes:
+        sizes = [size for group in args.sizes for size in group]
+    else:  # the default sides, rounded down to multiples of the scale
+        sizes = [(n - n % args.scale,) * 2 for n in (sr.QUICK_SIZES if args.quick else sr.DEFAULT_SIZES)]
+    try:
+        return sr.plan_sr_cases(args.model, attentions, sizes, args.scale)
+    except ValueError as err:
+        raise UsageError(f"--sizes: {err}") from None
+
+
+def _run_sr(args, cases: list[dict], settings: dict, header: dict, out: Path) -> int:
+    import torch
+
+    from mirrorla.bench import report, sr
+    from mirrorla.bench.machine import measure_gemm_peak
+    from mirrorla.bench.memory import available_memory_bytes
+
+    device = torch.device(settings["device"])
+    if args.max_memory_gb is not None:
+        max_memory, memory_source = int(args.max_memory_gb * 2**30), "--max-memory-gb"
+    else:
+        free = available_memory_bytes(device)
+        if free is None:
+            raise UsageError("cannot read the available memory of this machine; pass --max-memory-gb")
+        max_memory, memory_source = int(0.8 * free), f"80% of the {free / 2**30:.1f} GiB available at the start"
+    budget = sr.SRBudget(args.max_seconds, max_memory)
+    settings.pop("max_case_seconds")
+    settings.update(
+        batch=1,
+        min_repeats=1,
+        model=args.model,
+        scale=args.scale,
+        sizes=list(dict.fromkeys(c["size"] for c in cases)),
+        attentions=list(dict.fromkeys(c["method"] for c in cases)),
+    )
+    budget_out = {"max_seconds": budget.max_seconds, "max_memory_bytes": max_memory, "max_memory_source": memory_source}
+    print(
+        f"mirrorla bench sr: {args.model} x{args.scale}, {settings['attentions']} at output {settings['sizes']}, "
+        f"batch 1, {args.dtype} on {settings['device']}, {args.threads} threads; budget per image "
+        f"{budget.max_seconds:g} s and {max_memory / 2**30:.2f} GiB ({memory_source})",
+        flush=True,
+    )
+    cases, build_errors = sr.count_sr_macs(cases)
+    gemm = measure_gemm_peak(device, getattr(torch, args.dtype), size=args.gemm_size)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    results = sr.run_sr_sweep(
+        cases,
+        budget,
+        settings,
+        gemm_gflops=gemm["gflops_best"],
+        build_errors=build_errors,
+        isolate=args.isolate,
+        progress=args.progress,
+    )
+    for r in results:
+        r.update(batch=1, dtype=args.dtype, device=settings["device"])
+    largest = sr.largest_within_budget(results)
+    targets = sr.evaluate_sr_targets(results, largest)
+    payload = dict(
+        header,
+        kind="sr",
+        settings=settings,
+        budget=budget_out,
+        gemm=gemm,
+        results=results,
+        largest_within_budget=largest,
+        targets=targets,
+    )
+    subtitle = f"{args.model} x{args.scale}, batch 1, {args.dtype}, {settings['device']}, {args.threads} threads"
+    png = report.plot_sr(results, out, subtitle, budget.max_seconds, max_memory)
+    payload["files"] = {"json": str(out / "sr.json"), "markdown": str(out / "sr.md"), "plot": png}
+    report.write_json(out / "sr.json", payload)
+    m = payload["machine"]
+    md = "\n".join(
+        [
+            f"Command: `{payload['command']}`  ",
+            f"Machine: {m['cpu_model']}, {m['torch_threads']} torch threads, device {m['device_name']}, "
+            f"torch {m['torch']}, load average {m['load_average_1_5_15']}, {m['date_utc']} UTC  ",
+            f"Model: {args.model} x{args.scale} with global attention over all N = h·w LR pixels; batch 1, "
+            f"{args.dtype}, one forward per image under torch.inference_mode(), no tiling.  ",
+            f"Budget per image: {budget.max_seconds:g} s and {max_memory / 2**30:.2f} GiB ({memory_source}); a "
+            "size predicted or measured over it ends that attention's sweep.  ",
+            f"Latency: median of up to {args.repeats} timed forwards after {max(1, args.warmup)} warm-up; a case "
+            f"whose warm-up took longer than {budget.max_seconds:g} s / {args.repeats} gets fewer, down to 1 (column "
+            "'repeats' below). Peak memory: one more forward; " + payload["memory_method"] + ".",
+            "",
+            "**Latency · peak memory per image** (skipped: predicted seconds per image)\n",
+            report.sr_pivot_table(results),
+            "",
+            "**Largest single-pass image within budget**\n",
+            report.sr_largest_table(largest),
+            "",
+            "**Targets**\n",
+            report.targets_table(targets),
+            "",
+            "**Every case**\n",
+            report.sr_detail_table(results),
+            "",
+            f"![sr]({Path(png).name})",
+        ]
+    )
+    (out / "sr.md").write_text(md + "\n")
+    print(md)
+    print(f"wrote {out / 'sr.json'}, {out / 'sr.md'}, {png}")
     return 0
 
 

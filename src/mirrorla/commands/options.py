@@ -222,6 +222,44 @@ def add_train_config_options(
     add("progress", "--progress", action=argparse.BooleanOptionalAction, help="a progress bar per epoch")
 
 
+def add_sr_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """--scale and --degradation of a super-resolution run."""
+    g = GivenOnly(p.add_argument_group("super-resolution"))
+    g.add_argument("--scale", type=int, choices=[2, 3, 4], default=d.scale, help="upscaling factor")
+    g.add_argument(
+        "--degradation",
+        choices=["matlab", "torch"],
+        default=d.degradation,
+        help="how LR images are made from HR ones: MATLAB-imresize-compatible bicubic (as the SR literature) or "
+        "torch's antialiased bicubic (same kernel, borders renormalised instead of mirrored)",
+    )
+    g.add_argument(
+        "--eval-dir",
+        dest="eval_data_dir",
+        default=d.eval_data_dir,
+        help="a folder of HR test images (Set5, Set14, B100, Urban100, ...) scored during and after training "
+        "(default: the built-in test photos; with --dataset folder, the training folder itself)",
+    )
+
+
+#: TrainConfig fields that only classification reads; the super-resolution commands do not offer them.
+CLASSIFICATION_ONLY = (
+    "eval_subset", "download", "embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "drop_path",
+    "label_smoothing", "mixup", "cutmix", "mixup_switch_prob",
+)  # fmt: skip
+
+#: Help of the TrainConfig options whose meaning differs for super-resolution.
+SR_HELP = {
+    "dataset": "'photos' (the photographs shipped with scikit-image, scikit-learn and matplotlib; fixed train/test "
+    "split) or 'folder' (--data-dir: a folder of HR images, e.g. DIV2K_train_HR)",
+    "data_dir": "the folder of HR images for --dataset folder",
+    "train_subset": "training patches per epoch (random crops of random images)",
+    "image_size": "LR side of a training patch in pixels",
+    "augment": "random flips and 90° rotations of the training patches",
+    "model": "sr_tiny, sr_small or sr_light (the SR network's size)",
+}
+
+
 def given_config_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line (see :class:`GivenOnly`)."""
     given = {k: v for k, v in vars(args).items() if k in config_fields()}

@@ -100,17 +100,22 @@ def load_datasets(cfg: TrainConfig):
     """(train, eval, info) of ``cfg``, built by its task; a subset larger than its split raises there."""
     from mirrorla.tasks import create_task
 
-    return create_task("classification").build_datasets(cfg)
+    return create_task(cfg.task, cfg).build_datasets(cfg)
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     add_train_config_options(p, d)
+    add_run_output_options(p, d, "runs/train")
+
+
+def add_run_output_options(p: argparse.ArgumentParser, d: TrainConfig, default_out: str) -> None:
+    """--out, --resume, --overwrite, --checkpoints, --keep-checkpoints of a training run (defaults from ``d``)."""
     g = GivenOnly(p.add_argument_group("output"))
     g.add_argument(
         "--out",
         dest="out_dir",
-        help="run folder for metrics and checkpoints (default: runs/train, or the resumed run's folder); "
+        help=f"run folder for metrics and checkpoints (default: {default_out}, or the resumed run's folder); "
         "a new run needs an empty or new folder, or --overwrite",
     )
     g.add_argument(
@@ -135,13 +140,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The TrainConfig of parsed ``train`` arguments.
+def config_from_args(
+    args: argparse.Namespace, base: TrainConfig | None = None, default_out: str = "runs/train"
+) -> TrainConfig:
+    """The TrainConfig of parsed ``train`` (or ``sr train``) arguments.
 
     The namespace holds only the options given on the command line (see
-    :class:`~mirrorla.commands.options.GivenOnly`); a new run takes the others from
-    :class:`~mirrorla.engine.config.TrainConfig`. With ``--resume``, the resumed run's saved settings
-    are the base and every option given overrides them, also one given at its default value
+    :class:`~mirrorla.commands.options.GivenOnly`); a new run takes the others from ``base``
+    (default: :class:`~mirrorla.engine.config.TrainConfig`'s defaults). With ``--resume``, the resumed
+    run's saved settings are the base and every option given overrides them, also one given at its default value
     (``mirrorla train --resume DIR`` alone continues the run as it was started);
     :func:`~mirrorla.engine.train` then refuses those that change the result. The run continues in
     the folder that holds the checkpoint, which may be a copy of the one its saved settings name.
@@ -149,7 +156,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     given = given_config_fields(args)
     resume = given.pop("resume", None)
     if not resume:
-        return TrainConfig(**{"out_dir": "runs/train", **given})
+        return (base or TrainConfig()).replace(**{"out_dir": default_out, **given})
     if given.get("overwrite"):
         raise ValueError(
             f"--resume {resume} continues the run in its folder and --overwrite replaces a run with a new one: "
@@ -224,20 +231,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from mirrorla.data import build_datasets
     from mirrorla.engine import count_macs, create_classifier, evaluate, load_checkpoint
-    from mirrorla.engine.checkpoint import resolve_checkpoint
+    from mirrorla.engine.checkpoint import checkpoint_config
     from mirrorla.engine.distributed import setup_distributed
     from mirrorla.engine.model import measure_throughput
 
     ckpt = load_checkpoint(args.checkpoint, weights_only=True)
-    if ckpt["state"] is not None:
-        saved = ckpt["state"]["config"]
-    else:
-        cfg_path = Path(resolve_checkpoint(args.checkpoint)[0]).parent.parent / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"cannot find the run's settings: neither a .state.pt file nor {cfg_path}")
-        raw = json.loads(cfg_path.read_text())
-        saved = {k: v for k, v in raw.items() if k in TrainConfig.__dataclass_fields__}
-    cfg = TrainConfig.from_dict({**saved, "resume": None, "device": args.device, "progress": False})
+    cfg = checkpoint_config(ckpt, args.checkpoint).replace(device=args.device)
+    if cfg.task != "classification":
+        raise UsageError(f"{args.checkpoint} is a {cfg.task} run; evaluate it with `mirrorla sr eval`")
     changes: dict[str, Any] = {}
     if args.data_dir is not None:
         changes["data_dir"] = args.data_dir

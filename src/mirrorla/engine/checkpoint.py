@@ -47,6 +47,7 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
+    "checkpoint_config",
     "atomic_write_bytes",
     "clean_run_dir",
     "explain_write_errors",
@@ -388,3 +389,18 @@ def _check_pair(
         )
     else:
         raise CheckpointError(f"{state_path} is not a {FORMAT} state file")
+
+
+def checkpoint_config(ckpt: dict[str, Any], checkpoint: str | os.PathLike) -> Any:
+    """The :class:`TrainConfig` of the run that wrote ``ckpt`` (its state file, else the run's config.json)."""
+    from mirrorla.engine.config import TrainConfig
+
+    if ckpt["state"] is not None:
+        saved = ckpt["state"]["config"]
+    else:
+        cfg_path = Path(resolve_checkpoint(checkpoint)[0]).parent.parent / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"cannot find the run's settings: neither a .state.pt file nor {cfg_path}")
+        raw = json.loads(cfg_path.read_text())
+        saved = {k: v for k, v in raw.items() if k in TrainConfig.__dataclass_fields__}
+    return TrainConfig.from_dict({**saved, "resume": None, "progress": False})

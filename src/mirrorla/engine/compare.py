@@ -41,6 +41,7 @@ from mirrorla.engine.config import (
     CompareConfig,
     TrainConfig,
     check_subset_sizes,
+    saved_field,
 )
 from mirrorla.engine.model import (
     check_attentions,
@@ -85,7 +86,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     if datasets is None:  # the task raises for a subset larger than its split
-        datasets = create_task("classification").build_datasets(base)
+        datasets = create_task(base.task, base).build_datasets(base)
     else:  # data built by the caller: the subsets the runs record must fit it
         check_subset_sizes(base, datasets[2].train_size, datasets[2].eval_size)
     info = datasets[2]
@@ -221,7 +222,8 @@ def _job_progress(total: int, done: int, enabled: bool):
 
 
 def _report(cfg: TrainConfig, r: dict[str, Any], bar) -> None:
-    _say(f"{run_label(cfg)} finished: top-1 {r['final_top1']:.2f}%  ({r['wall_s']:.0f} s)")
+    summary = r.get("summary") or f"top-1 {r['final_top1']:.2f}%"
+    _say(f"{run_label(cfg)} finished: {summary}  ({r['wall_s']:.0f} s)")
     if bar is not None:
         bar.update(1)
 
@@ -248,8 +250,13 @@ def _resolve_jobs(cc: CompareConfig) -> int:
     return max(1, (os.cpu_count() or 1) // (cc.base.threads or 1))
 
 
-def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path, jobs: int, bar=None) -> None:
+def _train_in_parallel(
+    cc: CompareConfig, base: TrainConfig, datasets, out: Path, jobs: int, bar=None, run_one=None
+) -> None:
     """Train every (attention, seed) run not already finished in ``jobs`` worker processes.
+
+    ``run_one(cfg, datasets)`` trains one run and writes its ``result.json`` (default: :func:`_run_one`;
+    a module-level function, so the spawned workers can import it).
 
     Each worker gets ``base.threads`` threads, or cores // jobs: for a model this small, separate
     1-thread processes use a CPU better than one process with many threads.
@@ -269,7 +276,7 @@ def _train_in_parallel(cc: CompareConfig, base: TrainConfig, datasets, out: Path
     _say(f"[compare] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(datasets,)) as pool:
-        futures = {pool.submit(_worker_run, cfg): cfg for cfg in tasks}
+        futures = {pool.submit(_worker_run, cfg, run_one or _run_one): cfg for cfg in tasks}
         try:
             for future in as_completed(futures):
                 cfg = futures[future]
@@ -304,8 +311,8 @@ def _worker_init(datasets) -> None:
     _WORKER_DATASETS = datasets
 
 
-def _worker_run(cfg: TrainConfig) -> dict[str, Any]:
-    return _run_one(cfg, _WORKER_DATASETS)
+def _worker_run(cfg: TrainConfig, run_one=None) -> dict[str, Any]:
+    return (run_one or _run_one)(cfg, _WORKER_DATASETS)
 
 
 def _read_result(folder: Path) -> dict[str, Any] | None:
@@ -329,7 +336,9 @@ def _result_differences(saved: dict[str, Any], cfg: TrainConfig, data_files) -> 
     Runs written before data files were recorded are compared on their settings only.
     """
     key, saved_key = json.loads(json.dumps(cfg.result_key())), saved.get("result_key") or {}
-    differences = [f"{k} {saved_key.get(k)!r} there, {v!r} now" for k, v in key.items() if saved_key.get(k) != v]
+    differences = [
+        f"{k} {saved_field(saved_key, k)!r} there, {v!r} now" for k, v in key.items() if saved_field(saved_key, k) != v
+    ]
     if saved.get("epochs") != cfg.epochs:
         differences.append(f"epochs {saved.get('epochs')!r} there, {cfg.epochs!r} now")
     recorded = saved.get("data_files")
@@ -461,7 +470,7 @@ def _same_setup(config: dict[str, Any] | None, base: TrainConfig) -> bool:
         return False
     mine = json.loads(json.dumps(base.to_dict()))
     keys = [k for k in RESULT_FIELDS if k not in ("attention", "seed")] + ["epochs"]
-    return all(config.get(k) == mine[k] for k in keys)
+    return all(saved_field(config, k) == mine[k] for k in keys)
 
 
 def _write_files(out: Path, results: dict[str, Any], figures: bool) -> None:

@@ -12,8 +12,13 @@ from typing import Any
 __all__ = [
     "BASE",
     "DEFAULT_ATTENTIONS",
+    "SR_BASE",
+    "SR_DEFAULT_ATTENTIONS",
+    "SR_PRESETS",
     "PRESETS",
     "RESULT_FIELDS",
+    "ADDED_FIELD_DEFAULTS",
+    "saved_field",
     "CompareConfig",
     "TrainConfig",
     "check_subset_sizes",
@@ -25,8 +30,20 @@ RESULT_FIELDS = (
     "dataset", "train_subset", "eval_subset", "image_size", "augment", "model", "attention", "attention_kwargs",
     "embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "drop_path", "batch_size", "lr", "min_lr",
     "warmup_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "cutmix", "mixup_switch_prob",
-    "ema_decay", "clip_grad", "amp", "seed",
+    "ema_decay", "clip_grad", "amp", "seed", "task", "scale", "degradation", "eval_data_dir",
 )  # fmt: skip
+
+#: Result fields added after runs were first recorded, with the value every earlier run had: a saved
+#: configuration without the key is compared as if it held this value.
+ADDED_FIELD_DEFAULTS: dict[str, Any] = {
+    "task": "classification", "scale": 2, "degradation": "matlab", "eval_data_dir": None,
+}  # fmt: skip
+
+
+def saved_field(saved: dict[str, Any], name: str) -> Any:
+    """A result field of a saved configuration (``config.json``, ``result.json``), where a field added
+    later is read as its :data:`ADDED_FIELD_DEFAULTS` value."""
+    return saved.get(name, ADDED_FIELD_DEFAULTS.get(name))
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class TrainConfig:
     (docs/methods.md §8.4) with a short schedule; ``lr`` is per run, not scaled by batch size.
     """
 
+    #: What is trained (:func:`mirrorla.tasks.list_tasks`): ``classification`` or ``super_resolution``.
+    task: str = "classification"
     # data
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
@@ -46,6 +65,13 @@ class TrainConfig:
     image_size: int | None = None
     augment: bool = True
     workers: int = 0
+    #: Super-resolution: the upscaling factor and how LR images are made from HR ones
+    #: (:data:`mirrorla.data.sr.DOWNSAMPLE_METHODS`). Classification ignores them.
+    scale: int = 2
+    degradation: str = "matlab"
+    #: Super-resolution with ``dataset="folder"``: a separate folder of HR test images (e.g. Set5), scored
+    #: after every epoch and, whole, after training. Without it the training folder is scored (a fit, not a test).
+    eval_data_dir: str | None = None
     # model
     model: str = "vit"
     attention: str | None = "softmax"
@@ -85,6 +111,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "embed_dim", "depth", "num_heads", "patch_size", "keep_checkpoints")
+        if self.task not in ("classification", "super_resolution"):
+            raise ValueError(f"task must be 'classification' or 'super_resolution', got {self.task!r}")
+        if self.scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4, got {self.scale!r}")
+        if self.degradation not in ("matlab", "torch"):
+            raise ValueError(f"degradation must be 'matlab' or 'torch', got {self.degradation!r}")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -176,11 +208,34 @@ BASE = TrainConfig(
 )  # fmt: skip
 
 
-def describe_preset(name: str) -> str:
+#: ``mirrorla sr compare``'s default set: softmax, ReLU linear attention, the peers, MirrorLA and its
+#: depthwise-conv form.
+SR_DEFAULT_ATTENTIONS = ("softmax", "linear_relu", "flatten", "pola", "nala", "l2vit_lga", "mirror", "mirror_dwc")
+#: What every super-resolution run shares by default (``mirrorla sr train`` and ``sr compare``): the tiny SR
+#: network at ×2 on the built-in photos, 24² LR patches (576 tokens), batch 16, AdamW 3e-3 with a short warm-up
+#: and cosine, L1 loss. ``train_subset`` is the number of training patches per epoch.
+SR_BASE = TrainConfig(
+    task="super_resolution", dataset="photos", model="sr_tiny", attention="mirror", scale=2, image_size=24,
+    train_subset=1600, epochs=6, batch_size=16, lr=3e-3, min_lr=1e-5, warmup_epochs=0.3, weight_decay=1e-4,
+    label_smoothing=0.0, clip_grad=None, save_checkpoints=True, keep_checkpoints=1,
+)  # fmt: skip
+#: Budgets of ``mirrorla sr compare`` (docs/results/super-resolution.md has their run times).
+SR_PRESETS: dict[str, dict[str, Any]] = {
+    "quick": dict(seeds=(0,), epochs=1, train_subset=320),
+    "default": dict(seeds=(0, 1, 2), epochs=6, train_subset=1600),
+}
+
+
+def describe_preset(name: str, presets: dict[str, dict[str, Any]] | None = None) -> str:
     """A preset in words, e.g. '1 seed (0), 3 epochs, 5000 training and 2000 evaluation images'."""
-    p = PRESETS[name]
+    p = (presets or PRESETS)[name]
     seeds = ", ".join(str(s) for s in p["seeds"])
     images = lambda n: "all" if n is None else str(n)  # noqa: E731
+    if "eval_subset" not in p:  # super-resolution: patches per epoch
+        return (
+            f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''} ({seeds}), {p['epochs']} epoch"
+            f"{'s' if p['epochs'] > 1 else ''} of {p['train_subset']} patches"
+        )
     return (
         f"{len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''} ({seeds}), {p['epochs']} epochs, "
         f"{images(p['train_subset'])} training and {images(p['eval_subset'])} evaluation images"

@@ -41,7 +41,7 @@ from mirrorla.engine.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from mirrorla.engine.config import RESULT_FIELDS, TrainConfig
+from mirrorla.engine.config import RESULT_FIELDS, TrainConfig, saved_field
 from mirrorla.engine.distributed import (
     DistEnv,
     all_gather_floats,
@@ -132,7 +132,7 @@ def evaluate(
     Under DDP each rank takes samples rank::world (no padding) and the sums are all-reduced.
     """
     env = env or DistEnv()
-    task = task or create_task("classification")
+    task = task or create_task(cfg.task, cfg)
     bs = batch_size or cfg.batch_size
     model.eval()
     idx = list(range(env.rank, len(dataset), env.world_size))
@@ -213,17 +213,19 @@ def train(
     datasets: tuple[Dataset, Dataset, Any] | None = None,
     *,
     label: str | None = None,
-    task: Task | str = "classification",
+    task: Task | str | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg`` and return ``{"history": [per-epoch metrics], "final": {...}, "run_dir": ...}``.
 
     ``datasets`` = (train, eval, DatasetInfo) overrides ``cfg.dataset`` (tests and ``compare`` pass data
     they have already loaded). ``label`` starts every line the run prints (``compare``: the attention
-    and seed). ``task`` (a name in :func:`mirrorla.tasks.list_tasks` or a task object) supplies the
+    and seed). The task (``cfg.task``; a name here overrides it, a task object replaces it) supplies the
     data, model, loss and metrics; the loop is the same for every task. Under torchrun, call it in
     every process.
     """
-    task = create_task(task) if isinstance(task, str) else task
+    if isinstance(task, str) and task != cfg.task:
+        cfg = cfg.replace(task=task)
+    task = create_task(cfg.task, cfg) if task is None or isinstance(task, str) else task
     env = setup_distributed(cfg.device)
     try:
         with _claim_run_folder(cfg, env):
@@ -574,9 +576,9 @@ def _check_resume_data(config_path: Path, info: Any) -> None:
 
 def _check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:
     diffs = [
-        f"{k}: checkpoint {saved.get(k)!r} vs now {getattr(cfg, k)!r}"
+        f"{k}: checkpoint {saved_field(saved, k)!r} vs now {getattr(cfg, k)!r}"
         for k in RESULT_FIELDS
-        if saved.get(k) != getattr(cfg, k)
+        if saved_field(saved, k) != getattr(cfg, k)
     ]
     if saved.get("epochs") != cfg.epochs:
         diffs.append(f"epochs: checkpoint {saved.get('epochs')!r} vs now {cfg.epochs!r} (changes the schedule)")

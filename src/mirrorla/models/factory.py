@@ -7,6 +7,9 @@ A model is a name plus, optionally, a registry attention for its attention layer
   timm's own ``VisionTransformer`` (softmax baseline with timm's attention).
 - a mirrorla model name (``deit_tiny_mirror``, ``pvt_small_pola``, ``l2vit_tiny``; see
   :func:`mirrorla.models.list_models`): its attention is part of the name, so ``attention`` must be None.
+- ``"sr_tiny"``, ``"sr_small"``, ``"sr_light"``: the super-resolution network
+  (:class:`~mirrorla.models.sr.SuperResolutionNet`) of that size; needs ``attention`` (``scale=2|3|4``).
+  ``sr_{size}_{attention}`` names are also registered with timm.
 - any other timm model name: built by ``timm.create_model``; with an attention, its attention modules
   are replaced by :func:`mirrorla.convert` (timm ViT/DeiT family only; others raise a clear error).
 
@@ -22,6 +25,7 @@ from torch import nn
 
 from mirrorla.models._timm import list_models
 from mirrorla.models.convert import convert
+from mirrorla.models.sr import SR_SIZES, create_sr_model
 from mirrorla.models.vit import LinearVisionTransformer
 from mirrorla.registry import get_attention_entry
 
@@ -53,6 +57,11 @@ def create_model(
 
             return VisionTransformer(**kwargs)
         return LinearVisionTransformer(attention=attention, attn_kwargs=attn_kwargs, **kwargs)
+
+    if name.startswith("sr_") and name[3:] in SR_SIZES:
+        if attention is None:
+            raise ValueError(f"model {name!r} needs an attention: pass attention='<name>' (`mirrorla list`)")
+        return create_sr_model(name[3:], attention, attn_kwargs, **kwargs)
 
     import timm
 

@@ -1,7 +1,8 @@
 """What a task gives the generic training loop, and the registry of tasks.
 
-A task is data + model head + loss + metric. :func:`mirrorla.engine.train` runs the same loop for
-every task (seeding, schedule, AMP, EMA, DDP, checkpoints, resume) and asks the task for:
+A task is data + model head + loss + metric, made for one run by ``create_task(name, cfg)``.
+:func:`mirrorla.engine.train` runs the same loop for every task (seeding, schedule, AMP, EMA, DDP,
+checkpoints, resume) and asks the task for:
 
 - ``build_datasets(cfg)`` → (train, eval, info): datasets whose items are (input, target);
 - ``build_model(cfg, info)`` → the model, built by :func:`mirrorla.models.create_model`;
@@ -53,12 +54,13 @@ def list_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
-def create_task(name: str) -> Task:
-    """The task ``name``; an unknown name raises listing the valid ones."""
+def create_task(name: str, cfg: Any = None) -> Task:
+    """The task ``name`` for the run configuration ``cfg`` (a task may read settings its sums need, e.g.
+    super-resolution's border); an unknown name raises listing the valid ones."""
     _ensure_loaded()
     if name not in _TASKS:
         raise ValueError(f"unknown task {name!r}; valid names: {', '.join(sorted(_TASKS))}")
-    return _TASKS[name]()
+    return _TASKS[name](cfg)
 
 
 def _ensure_loaded() -> None:

@@ -51,6 +51,9 @@ class ClassificationTask:
     name = "classification"
     metric = "top1"
 
+    def __init__(self, cfg: Any = None) -> None:
+        pass  # nothing of the run configuration is needed outside build_*
+
     def build_datasets(self, cfg: Any):
         from mirrorla.data import build_datasets
 

@@ -1,0 +1,287 @@
+"""``mirrorla sr {train,eval,compare,upscale}``: super-resolution with global attention over every LR pixel.
+
+``sr train`` and ``sr compare`` take the options of ``train``/``compare`` that apply to super-resolution
+(data, model, optimisation, run) with :data:`~mirrorla.engine.config.SR_BASE`'s defaults; the work is
+the one training loop with the ``super_resolution`` task, :mod:`mirrorla.engine.sr` and
+:mod:`mirrorla.engine.sr_compare`. Whole-image inference scaling against softmax is ``mirrorla bench sr``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from pathlib import Path
+
+from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands.options import (
+    CLASSIFICATION_ONLY,
+    SR_HELP,
+    add_sr_options,
+    add_train_config_options,
+    check_out_folder,
+    given_config_fields,
+    int_list,
+    positive_int,
+)
+from mirrorla.commands.train import (
+    _interrupted_train,
+    add_run_output_options,
+    check_attention_options,
+    config_from_args,
+    user_errors,
+)
+from mirrorla.engine.config import SR_BASE, SR_DEFAULT_ATTENTIONS, SR_PRESETS, CompareConfig, describe_preset
+
+__all__ = ["COMMANDS"]
+
+_SR_PRESET_FIELDS = ("epochs", "train_subset")
+
+
+def _add_sr_train_args(p: argparse.ArgumentParser) -> None:
+    add_train_config_options(p, SR_BASE, exclude=CLASSIFICATION_ONLY, help_override=SR_HELP)
+    add_sr_options(p, SR_BASE)
+    add_run_output_options(p, SR_BASE, "runs/sr-train")
+
+
+def _check_options(cfg) -> None:
+    from mirrorla.models.sr import SR_SIZES
+
+    size = SR_SIZES.get(cfg.model.removeprefix("sr_"))
+    if size is None:
+        raise UsageError(f"--model must be sr_tiny, sr_small or sr_light, got {cfg.model!r}")
+    if cfg.attention is None:
+        raise UsageError("the SR network needs an --attention (`mirrorla list`)")
+    check_attention_options(cfg.attention, cfg.attention_kwargs, size.embed_dim, size.num_heads)
+
+
+@user_errors
+def _run_sr_train(args: argparse.Namespace) -> int:
+    from mirrorla.engine import train
+    from mirrorla.engine.sr import evaluate_images, mean_scores
+    from mirrorla.tasks import create_task
+
+    cfg = config_from_args(args, SR_BASE, "runs/sr-train")
+    check_out_folder(cfg.out_dir)
+    _check_options(cfg)
+    datasets = create_task(cfg.task, cfg).build_datasets(cfg)
+    try:
+        out = train(cfg, datasets)
+    except KeyboardInterrupt:
+        raise _interrupted_train(cfg, getattr(args, "_argv", ["sr", "train"])) from None
+    from mirrorla.data.sr import load_pairs
+
+    info = datasets[2]
+    rows = evaluate_images(
+        out["model"].eval(), load_pairs(info.eval_source, "test", cfg.scale, cfg.degradation), cfg.scale
+    )
+    bicubic = evaluate_images(None, load_pairs(info.eval_source, "test", cfg.scale, cfg.degradation), cfg.scale)
+    _print_rows(rows, bicubic)
+    final = {**out["final"], "test_" + "psnr": mean_scores(rows)["psnr"], "test_ssim": mean_scores(rows)["ssim"]}
+    if out["run_dir"]:
+        Path(out["run_dir"], "test_images.json").write_text(json.dumps({"model": rows, "bicubic": bicubic}, indent=2))
+        print(f"run directory: {out['run_dir']}")
+    print(json.dumps(final))
+    return 0
+
+
+def _print_rows(rows: list[dict], bicubic: list[dict]) -> None:
+    from mirrorla.engine.sr import mean_scores
+
+    print("| image | LR size | PSNR-Y dB | SSIM-Y | bicubic PSNR-Y | gain dB | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r, b in zip(rows, bicubic, strict=True):
+        print(
+            f"| {r['image']} | {r['lr_hw'][0]}×{r['lr_hw'][1]} | {r['psnr']:.2f} | {r['ssim']:.4f} | {b['psnr']:.2f} | "
+            f"{r['psnr'] - b['psnr']:+.2f} | {r['seconds']:.2f} |"
+        )
+    m, mb = mean_scores(rows), mean_scores(bicubic)
+    print(f"| mean | | {m['psnr']:.2f} | {m['ssim']:.4f} | {mb['psnr']:.2f} | {m['psnr'] - mb['psnr']:+.2f} | |")
+
+
+def _add_sr_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder, checkpoints/ folder or .safetensors file of an SR run")
+    p.add_argument(
+        "--data",
+        default="photos",
+        help="'photos' (the built-in test photos) or a folder of HR images (Set5, Set14, B100, Urban100, DIV2K "
+        "valid, ...), each scored whole",
+    )
+    p.add_argument("--lr-dir", default=None, help="a folder of the matching LR images (default: made by bicubic)")
+    p.add_argument(
+        "--degradation", choices=["matlab", "torch"], default=None, help="how LR images are made (default: the run's)"
+    )
+    p.add_argument("--save-images", default=None, metavar="DIR", help="also write each SR output there as PNG")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+@user_errors
+def _run_sr_eval(args: argparse.Namespace) -> int:
+    from mirrorla.data.sr import load_pairs
+    from mirrorla.engine.sr import evaluate_images, load_trained_sr
+
+    model, cfg = load_trained_sr(args.checkpoint, args.device, ema=args.ema)
+    pairs = load_pairs(args.data, "test", cfg.scale, args.degradation or cfg.degradation, args.lr_dir)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(pairs), desc="sr eval", unit="image", leave=False) as bar:
+        rows = evaluate_images(model, pairs, cfg.scale, progress=bar, save_dir=args.save_images)
+    bicubic = evaluate_images(None, pairs, cfg.scale)
+    print(f"{cfg.model} with {cfg.attention}, ×{cfg.scale}, data {args.data}")
+    _print_rows(rows, bicubic)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": rows, "bicubic": bicubic}))
+    return 0
+
+
+def _add_sr_upscale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run folder, checkpoints/ folder or .safetensors file of an SR run")
+    p.add_argument("images", nargs="+", help="image files to upscale, each in one pass (no tiling)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output file (one input) or folder (written as <name>_x<scale>.png); existing files are not replaced "
+        "unless --overwrite",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
+@user_errors
+def _run_sr_upscale(args: argparse.Namespace) -> int:
+    from mirrorla.engine.sr import load_trained_sr, upscale_file
+
+    out = Path(args.out)
+    to_folder = len(args.images) > 1 or out.is_dir() or not out.suffix
+    model, cfg = load_trained_sr(args.checkpoint, args.device)
+    targets = [out / f"{Path(src).stem}_x{cfg.scale}.png" if to_folder else out for src in args.images]
+    for src, dst in zip(args.images, targets, strict=True):
+        if not Path(src).is_file():
+            raise UsageError(f"no image file {src}")
+        if dst.exists() and not args.overwrite:
+            raise UsageError(f"{dst} exists; pass --overwrite to replace it, or choose another --out")
+    for src, dst in zip(args.images, targets, strict=True):
+        r = upscale_file(model, cfg.scale, src, dst)
+        print(
+            f"{src} ({r['lr_hw'][0]}×{r['lr_hw'][1]}) → {dst} ({r['sr_hw'][0]}×{r['sr_hw'][1]}, {r['seconds']:.2f} s)"
+        )
+    return 0
+
+
+def _add_sr_compare_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("comparison")
+    g.add_argument(
+        "--quick",
+        dest="preset",
+        action="store_const",
+        const="quick",
+        default="default",
+        help=f"a minutes-long smoke run: {describe_preset('quick', SR_PRESETS)} "
+        f"(without it: {describe_preset('default', SR_PRESETS)})",
+    )
+    g.add_argument("--attentions", default=",".join(SR_DEFAULT_ATTENTIONS), help="comma-separated attentions")
+    g.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds (default: the preset's)")
+    g.add_argument("--out", default="runs/sr-compare", help="output folder (table, JSON, figures, runs)")
+    g.add_argument("--resume", action="store_true", help="reuse finished runs in --out with identical settings")
+    g.add_argument("--overwrite", action="store_true", help="retrain runs in --out (see `mirrorla compare --help`)")
+    g.add_argument("--jobs", type=positive_int, default=1, help="training runs at once, each in its own process")
+    g.add_argument(
+        "--latency-rounds", type=positive_int, default=3, help="timed whole-image forwards per attention (median)"
+    )
+    g.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=True, help="one bar over all runs, with ETA"
+    )
+    add_train_config_options(
+        p,
+        SR_BASE,
+        exclude=(*CLASSIFICATION_ONLY, "attention", "seed", "progress"),
+        help_override=SR_HELP,
+        shown={
+            f: f"the preset's: {SR_PRESETS['default'][f]}, --quick {SR_PRESETS['quick'][f]}" for f in _SR_PRESET_FIELDS
+        },
+    )
+    add_sr_options(p, SR_BASE)
+
+
+@user_errors
+def _run_sr_compare(args: argparse.Namespace) -> int:
+    from mirrorla.engine.sr_compare import run_sr_compare
+
+    check_out_folder(args.out)
+    preset = SR_PRESETS[args.preset]
+    # --resume, --overwrite and --progress are the comparison's (CompareConfig), not its runs' (TrainConfig).
+    given = {k: v for k, v in given_config_fields(args).items() if k not in ("resume", "overwrite", "progress")}
+    base = SR_BASE.replace(**{**{f: preset[f] for f in _SR_PRESET_FIELDS}, **given}, progress=False)
+    cc = CompareConfig(
+        attentions=tuple(a.strip() for a in args.attentions.split(",") if a.strip()),
+        seeds=args.seeds if args.seeds is not None else preset["seeds"],
+        base=base,
+        out_dir=args.out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        jobs=args.jobs,
+        preset=args.preset,
+        progress=args.progress,
+    )
+    for name in cc.attentions:
+        _check_options(base.replace(attention=name))
+    try:
+        results = run_sr_compare(cc, latency_rounds=args.latency_rounds)
+    except KeyboardInterrupt:
+        again = [a for a in getattr(args, "_argv", ["sr", "compare"]) if a != "--overwrite"]
+        again += [] if "--resume" in again else ["--resume"]
+        raise Interrupted(
+            f"interrupted; finished runs are kept in {cc.out_dir}/runs. Continue with: mirrorla {shlex.join(again)}"
+        ) from None
+    print(f"wrote {args.out}/results.md, results.json, crops.png, psnr_vs_latency.png ({results['wall_s']:.0f} s)")
+    return 0
+
+
+_SUBCOMMANDS = {
+    "train": (
+        "train one SR network (default: sr_tiny with mirror at ×2 on the built-in photos)",
+        _add_sr_train_args,
+        _run_sr_train,
+    ),
+    "eval": (
+        "score a trained SR checkpoint on whole images (PSNR/SSIM on Y), bicubic beside it",
+        _add_sr_eval_args,
+        _run_sr_eval,
+    ),
+    "compare": (
+        "train the SR network with each attention and seed; table, JSON and figures",
+        _add_sr_compare_args,
+        _run_sr_compare,
+    ),
+    "upscale": (
+        "upscale your own image files with a trained SR checkpoint (whole image, one pass)",
+        _add_sr_upscale_args,
+        _run_sr_upscale,
+    ),
+}
+
+
+def _add_sr_args(p: argparse.ArgumentParser) -> None:
+    from mirrorla.commands import HelpFormatter
+
+    sub = p.add_subparsers(dest="sr_what", metavar="{train,eval,compare,upscale}", required=True)
+    for name, (help_, add, run) in _SUBCOMMANDS.items():
+        s = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
+        add(s)
+        s.set_defaults(_sr_run=run, _prog=s.prog)
+
+
+def _run_sr(args: argparse.Namespace) -> int:
+    return args._sr_run(args)
+
+
+COMMANDS = [
+    Command(
+        "sr",
+        "super-resolution with global attention over every LR pixel: train, eval, compare, upscale",
+        _add_sr_args,
+        _run_sr,
+    )
+]
