@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import shlex
 
-from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands import Command, Interrupted
 from mirrorla.commands.options import (
+    add_comparison_options,
     add_train_config_options,
     check_out_folder,
     given_config_fields,
-    int_list,
     positive_int,
 )
 from mirrorla.commands.train import check_attention_options, user_errors
@@ -34,41 +34,12 @@ def _preset_default(field: str) -> str:
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("comparison")
-    g.add_argument(
-        "--quick",
-        dest="preset",
-        action="store_const",
-        const="quick",
-        default="default",
-        help=f"the ~5-minute CPU preset: {describe_preset('quick')} (without it: {describe_preset('default')})",
-    )
-    g.add_argument(
-        "--attentions",
-        default=",".join(DEFAULT_ATTENTIONS),
-        help="comma-separated registered attentions (`mirrorla list`)",
-    )
-    g.add_argument(
-        "--seeds", type=int_list, default=None, help="comma-separated seeds (default: the preset's: 0,1,2; --quick 0)"
-    )
-    g.add_argument("--out", default="runs/compare", help="output folder (table, JSON, figures, runs)")
-    g.add_argument(
-        "--resume",
-        action="store_true",
-        help="reuse finished runs in --out with identical settings (and data) and train the others; also lets "
-        "several compare processes share one --out",
-    )
-    g.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="use a --out that holds files without --resume (retrain every run), or with --resume retrain "
-        "finished runs whose settings differ",
-    )
-    g.add_argument(
-        "--jobs",
-        default="auto",
-        help="training runs at once, each in its own process; auto = one per CPU core on a CPU (with "
-        "1 thread each: faster than one many-threaded process for this small ViT), 1 on CUDA",
+    g = add_comparison_options(
+        p,
+        quick_help=f"the ~5-minute CPU preset: {describe_preset('quick')} (without it: {describe_preset('default')})",
+        attentions=DEFAULT_ATTENTIONS,
+        seeds_help="comma-separated seeds (default: the preset's: 0,1,2; --quick 0)",
+        out="runs/compare",
     )
     g.add_argument("--throughput-iters", type=positive_int, default=10, help="timed forwards per round for eval img/s")
     g.add_argument(
@@ -77,12 +48,6 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
         default=5,
         help="eval img/s is the median over this many rounds, the attentions taking turns (after training)",
     )
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="one progress bar over all runs, with the ETA of the whole job, on stderr",
-    )
     add_train_config_options(
         p,
         BASE,
@@ -90,18 +55,6 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
         shown={f: _preset_default(f) for f in PRESET_FIELDS},
         help_override={"threads": "torch CPU threads per training process (default: cores // jobs)"},
     )
-
-
-def _parse_jobs(value: str) -> int | None:
-    if value == "auto":
-        return None
-    try:
-        jobs = int(value)
-    except ValueError:
-        jobs = 0
-    if jobs < 1:
-        raise UsageError(f"--jobs must be 'auto' or a positive integer, got {value!r}")
-    return jobs
 
 
 def compare_config_from_args(args: argparse.Namespace) -> CompareConfig:
@@ -120,7 +73,7 @@ def compare_config_from_args(args: argparse.Namespace) -> CompareConfig:
         overwrite=args.overwrite,
         throughput_iters=args.throughput_iters,
         throughput_rounds=args.throughput_rounds,
-        jobs=_parse_jobs(args.jobs),
+        jobs=args.jobs,
         preset=args.preset,
         progress=args.progress,
     )

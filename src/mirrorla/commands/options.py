@@ -20,7 +20,10 @@ from mirrorla.engine.config import TrainConfig
 
 __all__ = [
     "GivenOnly",
+    "add_comparison_options",
+    "add_sr_options",
     "add_train_config_options",
+    "jobs_count",
     "check_out_folder",
     "config_fields",
     "int_list",
@@ -220,6 +223,59 @@ def add_train_config_options(
     add("device", "--device", help="auto, cpu, cuda or cuda:N")
     add("threads", "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add("progress", "--progress", action=argparse.BooleanOptionalAction, help="a progress bar per epoch")
+
+
+def add_comparison_options(
+    p: argparse.ArgumentParser, *, quick_help: str, attentions: tuple[str, ...], seeds_help: str, out: str
+) -> argparse._ArgumentGroup:
+    """The options every comparison command shares (``compare``, ``sr compare``): --quick, --attentions,
+    --seeds, --out, --resume, --overwrite, --jobs, --progress. Returns the group, for the command's own."""
+    g = p.add_argument_group("comparison")
+    g.add_argument("--quick", dest="preset", action="store_const", const="quick", default="default", help=quick_help)
+    g.add_argument(
+        "--attentions", default=",".join(attentions), help="comma-separated registered attentions (`mirrorla list`)"
+    )
+    g.add_argument("--seeds", type=int_list, default=None, help=seeds_help)
+    g.add_argument("--out", default=out, help="output folder (table, JSON, figures, runs)")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse finished runs in --out with identical settings (and data) and train the others; also lets "
+        "several compare processes share one --out",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use a --out that holds files without --resume (retrain every run), or with --resume retrain "
+        "finished runs whose settings differ",
+    )
+    g.add_argument(
+        "--jobs",
+        type=jobs_count,
+        default="auto",
+        help="training runs at once, each in its own process; auto = one per CPU core on a CPU (with "
+        "1 thread each: faster than one many-threaded process for these small models), 1 on CUDA",
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one progress bar over all runs, with the ETA of the whole job, on stderr",
+    )
+    return g
+
+
+def jobs_count(text: str) -> int | None:
+    """``--jobs``: 'auto' (None: one per CPU core) or a positive integer."""
+    if text == "auto":
+        return None
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a positive integer, got {text!r}")
+    return jobs
 
 
 def add_sr_options(p: argparse.ArgumentParser, d: TrainConfig) -> None:

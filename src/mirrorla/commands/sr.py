@@ -17,11 +17,11 @@ from mirrorla.commands import Command, Interrupted, UsageError
 from mirrorla.commands.options import (
     CLASSIFICATION_ONLY,
     SR_HELP,
+    add_comparison_options,
     add_sr_options,
     add_train_config_options,
     check_out_folder,
     given_config_fields,
-    int_list,
     positive_int,
 )
 from mirrorla.commands.train import (
@@ -171,27 +171,16 @@ def _run_sr_upscale(args: argparse.Namespace) -> int:
 
 
 def _add_sr_compare_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("comparison")
-    g.add_argument(
-        "--quick",
-        dest="preset",
-        action="store_const",
-        const="quick",
-        default="default",
-        help=f"a minutes-long smoke run: {describe_preset('quick', SR_PRESETS)} "
+    g = add_comparison_options(
+        p,
+        quick_help=f"a smoke run of minutes, not a result: {describe_preset('quick', SR_PRESETS)} "
         f"(without it: {describe_preset('default', SR_PRESETS)})",
+        attentions=SR_DEFAULT_ATTENTIONS,
+        seeds_help="comma-separated seeds (default: the preset's: 0,1,2; --quick 0)",
+        out="runs/sr-compare",
     )
-    g.add_argument("--attentions", default=",".join(SR_DEFAULT_ATTENTIONS), help="comma-separated attentions")
-    g.add_argument("--seeds", type=int_list, default=None, help="comma-separated seeds (default: the preset's)")
-    g.add_argument("--out", default="runs/sr-compare", help="output folder (table, JSON, figures, runs)")
-    g.add_argument("--resume", action="store_true", help="reuse finished runs in --out with identical settings")
-    g.add_argument("--overwrite", action="store_true", help="retrain runs in --out (see `mirrorla compare --help`)")
-    g.add_argument("--jobs", type=positive_int, default=1, help="training runs at once, each in its own process")
     g.add_argument(
         "--latency-rounds", type=positive_int, default=3, help="timed whole-image forwards per attention (median)"
-    )
-    g.add_argument(
-        "--progress", action=argparse.BooleanOptionalAction, default=True, help="one bar over all runs, with ETA"
     )
     add_train_config_options(
         p,

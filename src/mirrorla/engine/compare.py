@@ -273,7 +273,8 @@ def _train_in_parallel(
                 tasks.append(cfg)
     if not tasks:
         return
-    _say(f"[compare] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each")
+    job = "sr compare" if base.task == "super_resolution" else "compare"
+    _say(f"[{job}] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(datasets,)) as pool:
         futures = {pool.submit(_worker_run, cfg, run_one or _run_one): cfg for cfg in tasks}

@@ -29,6 +29,7 @@ __all__ = [
     "evaluate_images",
     "upscale_file",
     "save_image",
+    "image_scores",
     "mean_scores",
 ]
 
@@ -73,7 +74,8 @@ def bicubic_upscale(lr: Tensor, scale: int) -> Tensor:
     return _to_uint8(imresize(_to_unit(lr), float(scale)))
 
 
-def _scores(sr: Tensor, hr: Tensor, scale: int) -> dict[str, float]:
+def image_scores(sr: Tensor, hr: Tensor, scale: int) -> dict[str, float]:
+    """PSNR and SSIM on Y (border ``scale``) of a uint8 (3, H, W) output against its HR image."""
     from mirrorla.metrics import psnr_y, ssim_y
 
     a, b = _to_unit(sr)[None], _to_unit(hr)[None]
@@ -103,7 +105,7 @@ def evaluate_images(
             save_image(sr, Path(save_dir) / f"{pair.name}.png")
         lr_hw, hr_hw = list(pair.lr.shape[1:]), list(pair.hr.shape[1:])
         rows.append(
-            {"image": pair.name, "lr_hw": lr_hw, "hr_hw": hr_hw, **_scores(sr, pair.hr, scale), "seconds": seconds}
+            {"image": pair.name, "lr_hw": lr_hw, "hr_hw": hr_hw, **image_scores(sr, pair.hr, scale), "seconds": seconds}
         )
         if progress is not None:
             progress.update(1)

@@ -38,7 +38,7 @@ def plot_crops(path: str | os.PathLike, pairs, scale: int, outputs: dict[str, li
     import matplotlib.pyplot as plt
 
     from mirrorla.data.sr import load_image
-    from mirrorla.engine.sr import _scores, bicubic_upscale
+    from mirrorla.engine.sr import bicubic_upscale, image_scores
 
     names = list(outputs)
     cols = 2 + len(names)
@@ -46,11 +46,11 @@ def plot_crops(path: str | os.PathLike, pairs, scale: int, outputs: dict[str, li
     for row, pair in enumerate(pairs):
         bic = bicubic_upscale(pair.lr, scale)
         top, left, side = detail_crop(pair.hr, bic)
-        panels = [("HR", pair.hr, None), ("bicubic", bic, _scores(bic, pair.hr, scale)["psnr"])]
+        panels = [("HR", pair.hr, None), ("bicubic", bic, image_scores(bic, pair.hr, scale)["psnr"])]
         for name in names:
             img = outputs[name][row]
             img = load_image(img) if isinstance(img, (str, os.PathLike)) else img
-            panels.append((name, img, _scores(img, pair.hr, scale)["psnr"]))
+            panels.append((name, img, image_scores(img, pair.hr, scale)["psnr"]))
         for col, (title, img, psnr) in enumerate(panels):
             ax = axes[row][col]
             ax.imshow(img[:, top : top + side, left : left + side].permute(1, 2, 0).numpy(), interpolation="nearest")
