@@ -18,7 +18,7 @@ from mirrorla.commands.options import (
     positive_int,
 )
 from mirrorla.commands.train import check_attention_options, user_errors
-from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, describe_preset
+from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, TrainConfig, describe_preset
 
 __all__ = ["COMMANDS", "compare_config_from_args"]
 
@@ -57,25 +57,30 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def compare_config_from_args(args: argparse.Namespace) -> CompareConfig:
-    """The comparison of parsed ``compare`` arguments: :data:`~mirrorla.engine.config.BASE`, then the
-    preset's epochs, subsets and seeds, then every option given."""
-    preset = PRESETS[args.preset]
-    # --resume and --overwrite are the comparison's (CompareConfig), not its runs' (TrainConfig).
-    given = {k: v for k, v in given_config_fields(args).items() if k not in ("resume", "overwrite")}
-    base = BASE.replace(**{**{f: preset[f] for f in PRESET_FIELDS}, **given})
+def compare_config_from_args(
+    args: argparse.Namespace,
+    base: TrainConfig = BASE,
+    presets: dict[str, dict] = PRESETS,
+    preset_fields: tuple[str, ...] = PRESET_FIELDS,
+    **own: object,
+) -> CompareConfig:
+    """The comparison of parsed ``compare`` (or ``sr compare``) arguments: ``base``, then the preset's
+    ``preset_fields`` and seeds, then every option given; ``own``: the command's own CompareConfig fields."""
+    preset = presets[args.preset]
+    # --resume, --overwrite and --progress are the comparison's (CompareConfig), not its runs' (TrainConfig):
+    # the runs print no epoch bars of their own, the job has one bar over all runs.
+    given = {k: v for k, v in given_config_fields(args).items() if k not in ("resume", "overwrite", "progress")}
     return CompareConfig(
         attentions=tuple(a.strip() for a in args.attentions.split(",") if a.strip()),
         seeds=args.seeds if args.seeds is not None else preset["seeds"],
-        base=base,
+        base=base.replace(**{**{f: preset[f] for f in preset_fields}, **given}),
         out_dir=args.out,
         resume=args.resume,
         overwrite=args.overwrite,
-        throughput_iters=args.throughput_iters,
-        throughput_rounds=args.throughput_rounds,
         jobs=args.jobs,
         preset=args.preset,
         progress=args.progress,
+        **own,
     )
 
 
@@ -96,7 +101,9 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     from mirrorla.engine.compare import run_compare
 
     check_out_folder(args.out)
-    cc = compare_config_from_args(args)
+    cc = compare_config_from_args(
+        args, throughput_iters=args.throughput_iters, throughput_rounds=args.throughput_rounds
+    )
     for name in cc.attentions:
         check_attention_options(name, cc.base.attention_kwargs, cc.base.embed_dim, cc.base.num_heads)
     try:

@@ -14,6 +14,7 @@ import shlex
 from pathlib import Path
 
 from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands.compare import compare_config_from_args
 from mirrorla.commands.options import (
     CLASSIFICATION_ONLY,
     SR_HELP,
@@ -21,7 +22,6 @@ from mirrorla.commands.options import (
     add_sr_options,
     add_train_config_options,
     check_out_folder,
-    given_config_fields,
     positive_int,
 )
 from mirrorla.commands.train import (
@@ -31,7 +31,7 @@ from mirrorla.commands.train import (
     config_from_args,
     user_errors,
 )
-from mirrorla.engine.config import SR_BASE, SR_DEFAULT_ATTENTIONS, SR_PRESETS, CompareConfig, describe_preset
+from mirrorla.engine.config import SR_BASE, SR_DEFAULT_ATTENTIONS, SR_PRESETS, describe_preset
 
 __all__ = ["COMMANDS"]
 
@@ -199,21 +199,8 @@ def _run_sr_compare(args: argparse.Namespace) -> int:
     from mirrorla.engine.sr_compare import run_sr_compare
 
     check_out_folder(args.out)
-    preset = SR_PRESETS[args.preset]
-    # --resume, --overwrite and --progress are the comparison's (CompareConfig), not its runs' (TrainConfig).
-    given = {k: v for k, v in given_config_fields(args).items() if k not in ("resume", "overwrite", "progress")}
-    base = SR_BASE.replace(**{**{f: preset[f] for f in _SR_PRESET_FIELDS}, **given}, progress=False)
-    cc = CompareConfig(
-        attentions=tuple(a.strip() for a in args.attentions.split(",") if a.strip()),
-        seeds=args.seeds if args.seeds is not None else preset["seeds"],
-        base=base,
-        out_dir=args.out,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        jobs=args.jobs,
-        preset=args.preset,
-        progress=args.progress,
-    )
+    cc = compare_config_from_args(args, SR_BASE.replace(progress=False), SR_PRESETS, _SR_PRESET_FIELDS)
+    base = cc.base
     for name in cc.attentions:
         _check_options(base.replace(attention=name))
     try:
