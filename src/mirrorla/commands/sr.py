@@ -70,16 +70,16 @@ def _run_sr_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         raise _interrupted_train(cfg, getattr(args, "_argv", ["sr", "train"])) from None
     from mirrorla.data.sr import load_pairs
+    from mirrorla.engine.checkpoint import atomic_write_bytes
 
-    info = datasets[2]
-    rows = evaluate_images(
-        out["model"].eval(), load_pairs(info.eval_source, "test", cfg.scale, cfg.degradation), cfg.scale
-    )
-    bicubic = evaluate_images(None, load_pairs(info.eval_source, "test", cfg.scale, cfg.degradation), cfg.scale)
+    pairs = load_pairs(datasets[2].eval_source, "test", cfg.scale, cfg.degradation)
+    rows = evaluate_images(out["model"].eval(), pairs, cfg.scale)
+    bicubic = evaluate_images(None, pairs, cfg.scale)
     _print_rows(rows, bicubic)
-    final = {**out["final"], "test_" + "psnr": mean_scores(rows)["psnr"], "test_ssim": mean_scores(rows)["ssim"]}
+    final = {**out["final"], **{f"test_{k}": v for k, v in mean_scores(rows).items()}}
     if out["run_dir"]:
-        Path(out["run_dir"], "test_images.json").write_text(json.dumps({"model": rows, "bicubic": bicubic}, indent=2))
+        record = json.dumps({"model": rows, "bicubic": bicubic}, indent=2).encode()
+        atomic_write_bytes(Path(out["run_dir"], "test_images.json"), record)
         print(f"run directory: {out['run_dir']}")
     print(json.dumps(final))
     return 0
@@ -132,7 +132,10 @@ def _run_sr_eval(args: argparse.Namespace) -> int:
     print(f"{cfg.model} with {cfg.attention}, ×{cfg.scale}, data {args.data}")
     _print_rows(rows, bicubic)
     if args.json:
-        Path(args.json).write_text(json.dumps({"checkpoint": str(args.checkpoint), "model": rows, "bicubic": bicubic}))
+        from mirrorla.engine.checkpoint import atomic_write_bytes
+
+        record = {"checkpoint": str(args.checkpoint), "model": rows, "bicubic": bicubic}
+        atomic_write_bytes(Path(args.json), json.dumps(record, indent=2).encode())
     return 0
 
 

@@ -75,7 +75,6 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
 
 def run_sr_compare(cc: CompareConfig, latency_rounds: int = 3) -> dict[str, Any]:
     """Run the SR comparison of ``cc`` (``cc.base.task`` must be ``super_resolution``); returns results.json."""
-    from mirrorla.data.sr import load_pairs
     from mirrorla.tasks import create_task
 
     if cc.base.task != "super_resolution":
@@ -93,7 +92,7 @@ def run_sr_compare(cc: CompareConfig, latency_rounds: int = 3) -> dict[str, Any]
     t_start = time.perf_counter()
     datasets = create_task(base.task, base).build_datasets(base)
     info = datasets[2]
-    pairs = load_pairs(info.eval_source, "test", base.scale, base.degradation)
+    pairs = _test_pairs(base, info)
     _cmp._check_run_folders(cc, out, info.files)
     jobs = _cmp._resolve_jobs(cc)
     runs = [_cmp._run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
