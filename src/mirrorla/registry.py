@@ -8,12 +8,14 @@ entries only set hyper-parameters. :func:`attention_layer` turns an entry into a
 from __future__ import annotations
 
 import fnmatch
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 __all__ = [
+    "attention_option_value",
     "register_attention",
     "create_attention",
     "list_attentions",
@@ -84,3 +86,14 @@ def _ensure_loaded() -> None:
     # The layer modules register themselves on import; importing here keeps the registry complete
     # whichever entry point a user starts from.
     import mirrorla.layers  # noqa: F401
+
+
+def attention_option_value(entry: AttentionEntry, name: str, attn_kwargs: dict[str, Any]) -> Any:
+    """The value option ``name`` takes in a layer built from ``entry`` with ``attn_kwargs``: the given value, else
+    the entry's default, else the class's (None if the class has no such option)."""
+    if name in attn_kwargs:
+        return attn_kwargs[name]
+    if name in entry.defaults:
+        return entry.defaults[name]
+    param = inspect.signature(entry.cls.__init__).parameters.get(name)
+    return None if param is None or param.default is inspect.Parameter.empty else param.default

@@ -451,3 +451,144 @@ def plot_sr(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
+
+
+# ``mirrorla bench lra``: records of mirrorla.bench.lra (one training step per case; N is the length L).
+
+__all__ += ["lra_pivot_table", "lra_scaling_table", "lra_detail_table", "plot_lra"]
+
+
+def _lra_bytes(b: float | None) -> str:
+    if b is None:
+        return "–"
+    if b >= 2**30:
+        return f"{b / 2**30:.2f} GiB"
+    return f"{b / MIB:,.0f} MiB" if b >= 100 * MIB else f"{b / MIB:.3g} MiB"
+
+
+def _lra_cell(rec: dict | None, metric: str) -> str:
+    if rec is None:
+        return "–"
+    if rec["status"] == "ok":
+        if metric == "time":
+            cell = _sr_seconds(rec["step"]["median_ms"])
+        else:
+            cell = _lra_bytes(rec.get("mem_step_bytes")) if rec.get("mem_step_bytes") is not None else "not measured"
+        return cell if rec.get("within_budget") is not False else f"{cell} (over budget)"
+    if rec["status"] == "skipped":
+        pred = rec.get("predicted_seconds") if metric == "time" else rec.get("predicted_memory_bytes")
+        if pred is None:
+            return "skipped"
+        return f"skipped (pred. {_sr_seconds(pred * 1e3) if metric == 'time' else _lra_bytes(pred)})"
+    return rec["status"]
+
+
+def lra_pivot_table(results: list[dict], metric: str) -> str:
+    """Rows attention, columns length L; cells seconds per training step (``metric="time"``) or its peak
+    memory (``"memory"``); a skipped case shows its prediction."""
+    lengths = sorted({r["N"] for r in results})
+    by = {(r["method"], r["N"]): r for r in results}
+    lines = ["| attention | " + " | ".join(f"L={n:,}" for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
+    for method in dict.fromkeys(r["method"] for r in results):
+        lines.append(f"| {method} | " + " | ".join(_lra_cell(by.get((method, n)), metric) for n in lengths) + " |")
+    return "\n".join(lines)
+
+
+def lra_scaling_table(scaling: dict[str, dict]) -> str:
+    """Per attention: fitted time and memory exponents over the measured lengths, and the end-to-end ratios."""
+    lines = [
+        "| attention | lengths measured | time exponent | time(L_max)/time(L_min) | memory exponent | "
+        "memory(L_max)/memory(L_min) | tokens L_max/L_min |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for method, e in scaling.items():
+        ls = e["lengths"]
+        span = f"{ls[0]:,}…{ls[-1]:,} ({len(ls)})" if ls else "none"
+        tokens = e["time_token_ratio"]
+        mem_tokens = e["memory_token_ratio"]
+        mem_ratio = _fmt(e["memory_ratio"], 2)
+        if mem_tokens is not None and tokens is not None and mem_tokens != tokens:
+            mem_ratio += f" (×{mem_tokens:g} tokens)"
+        lines.append(
+            f"| {method} | {span} | {_fmt(e['time_exponent'], 2)} | {_fmt(e['time_ratio'], 2)} | "
+            f"{_fmt(e['memory_exponent'], 2)} | {mem_ratio} | {'–' if tokens is None else f'{tokens:g}'} |"
+        )
+    return "\n".join(lines)
+
+
+def lra_detail_table(results: list[dict]) -> str:
+    """Every case: seconds per step median [min–max] with its repeats, peak memory, forward GMACs, note."""
+    lines = [
+        "| attention | L | status | s per step median [min–max] | repeats | peak memory per step | GMACs fwd | note |",
+        "|---|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        t = r.get("step")
+        lat = f"{_sr_seconds(t['median_ms'])} [{_sr_seconds(t['min_ms'])}–{_sr_seconds(t['max_ms'])}]" if t else "–"
+        macs = r.get("macs")
+        lines.append(
+            f"| {r['method']} | {r['N']:,} | {r['status']} | {lat} | {t['repeats'] if t else '–'} | "
+            f"{_lra_bytes(r.get('mem_step_bytes'))} | {_fmt(macs / 1e9, 3) if macs else '–'} | {r.get('note', '')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_lra(results: list[dict], scaling: dict[str, dict], out_dir: str | Path, subtitle: str) -> str:
+    """``lra.png``: seconds and peak MiB per training step against L, log-log, one line per attention (legend:
+    fitted exponent); softmax dashed; a skipped case with a prediction is a hollow marker on a dotted line; grey
+    dotted guides ∝ L and ∝ L² through the first softmax point (or the first point drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    panels = (
+        ("seconds per training step", "time", lambda r: r["step"]["median_ms"] / 1e3, "predicted_seconds", 1.0),
+        ("peak MiB per training step", "memory", lambda r: r["mem_step_bytes"] / MIB, "predicted_memory_bytes", MIB),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    for ax, (label, key, value, pred_key, pred_unit) in zip(axes[0], panels, strict=True):
+        anchor = None
+        for i, method in enumerate(methods):
+            recs = sorted((r for r in results if r["method"] == method), key=lambda r: r["N"])
+            ok = [
+                (r["N"], value(r)) for r in recs if r["status"] == "ok" and (key == "time" or r.get("mem_step_bytes"))
+            ]
+            pred = [(r["N"], r[pred_key] / pred_unit) for r in recs if r["status"] == "skipped" and r.get(pred_key)]
+            color, style = cmap(i % 10), "--" if method.startswith("softmax") else "-"
+            e = scaling.get(method, {}).get(f"{key}_exponent")
+            if ok:
+                ax.plot(*zip(*ok, strict=True), style, marker="o", ms=4, color=color,
+                        label=f"{method} (e={e:.2f})" if e is not None else method)  # fmt: skip
+                if anchor is None or method == "softmax":
+                    anchor = ok[0]
+            if pred:
+                ax.plot(*zip(*(ok[-1:] + pred), strict=True), ":", color=color, alpha=0.7)
+                ax.plot(*zip(*pred, strict=True), "o", ms=6, mfc="none", color=color,
+                        label=None if ok else f"{method} (predicted only)")  # fmt: skip
+        lengths = sorted({r["N"] for r in results})
+        if anchor and len(lengths) > 1:
+            (x0, y0), x1 = anchor, lengths[-1]
+            for power, text in ((1, "∝ L"), (2, "∝ L²")):
+                ax.plot([x0, x1], [y0, y0 * (x1 / x0) ** power], ":", color="gray", lw=1)
+                ax.annotate(text, (x1, y0 * (x1 / x0) ** power), fontsize=7, color="gray", ha="right", va="top")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("sequence length L (tokens)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"lra: {subtitle}  (e = fitted log-log exponent; hollow: skipped, predicted)", fontsize=10)
+    fig.tight_layout()
+    path = out_dir / "lra.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

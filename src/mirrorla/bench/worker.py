@@ -3,7 +3,7 @@
 The parent (:func:`run_cases`) starts ``python -m mirrorla.bench.worker`` with the environment of
 :func:`mirrorla.bench.memory.worker_env`, writes a JSON job to its stdin and reads one line
 ``@@RESULT {json}`` per case from its stdout (so a progress bar can move while it runs). A job is
-``{"task": "ops"|"models"|"sr", "settings": {...}, "cases": [...], "gemm": bool}``.
+``{"task": "ops"|"models"|"sr"|"lra", "settings": {...}, "cases": [...], "gemm": bool}``.
 
 Phase 1, per case: build it, warm up, time the forward, then the same for forward+backward
 (``@@RESULT``). Phase 2, after every timing: switch malloc to exact accounting
@@ -51,6 +51,10 @@ def _build(task: str, case: dict, settings: dict):
         from mirrorla.bench.sr import build_sr_case
 
         return build_sr_case(case, settings)
+    if task == "lra":
+        from mirrorla.bench.lra import build_lra_case
+
+        return build_lra_case(case, settings)
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -190,11 +194,14 @@ def run_cases(
     *,
     isolate: bool = True,
     progress: bool = True,
+    gemm_peak: bool = True,
+    label: str = "",
 ) -> tuple[list[dict], dict | None]:
     """Run case groups in worker processes; returns (results, GEMM peak measured by the first worker).
 
     ``isolate=True`` starts one worker per group (a crash loses only that group's later cases);
-    ``False`` runs every case in one worker (faster start, used by ``--quick``).
+    ``False`` runs every case in one worker (faster start, used by ``--quick``). ``gemm_peak=False``: no
+    GEMM measurement (None returned). ``label`` starts the progress bar's notes.
     """
     from tqdm import tqdm
 
@@ -206,7 +213,7 @@ def run_cases(
     bar = tqdm(total=total, unit="case", disable=not progress, dynamic_ncols=True)
     try:
         for i, group in enumerate(groups):
-            job = {"task": task, "settings": dict(settings), "cases": group, "gemm": i == 0}
+            job = {"task": task, "settings": dict(settings), "cases": group, "gemm": gemm_peak and i == 0}
             if gemm:
                 job["settings"]["gemm_gflops"] = gemm["gflops_best"]
             done = []
@@ -227,7 +234,7 @@ def run_cases(
                     elif line.startswith(_RESULT):
                         rec = json.loads(line[len(_RESULT) :])
                         done.append(rec)
-                        bar.set_postfix_str(f"time {rec['kind']} {rec['method']} N={rec['N']} {rec['status']}")
+                        bar.set_postfix_str(f"{label}time {rec['kind']} {rec['method']} N={rec['N']} {rec['status']}")
                         bar.update(1)
                     elif line.startswith(_MEMORY):
                         upd = json.loads(line[len(_MEMORY) :])
@@ -236,7 +243,7 @@ def run_cases(
                         rec.update(upd)
                         if note:
                             rec["note"] = "; ".join(x for x in (rec.get("note"), note) if x)
-                        bar.set_postfix_str(f"memory {rec['kind']} {rec['method']} N={rec['N']}")
+                        bar.set_postfix_str(f"{label}memory {rec['kind']} {rec['method']} N={rec['N']}")
                         bar.update(1)
                 rc = proc.wait()
                 err.seek(0)
@@ -247,7 +254,8 @@ def run_cases(
                 if tail:
                     why += f"; last error line: {tail[0][:200]}"
                 for rec in done:
-                    if rec["status"] == "ok" and rec.get("mem_fwd_bytes") is None:
+                    measured = any(v is not None for k, v in rec.items() if k.startswith("mem_"))
+                    if rec["status"] == "ok" and not measured:
                         rec["note"] = "; ".join(x for x in (rec.get("note"), "memory not measured: " + why) if x)
                 for case in group[len(done) :]:
                     results.append(dict(case, status="error", note=why))

@@ -50,6 +50,7 @@ COMMAND_MODULES = (
     "mirrorla.commands.still",
     "mirrorla.commands.models",
     "mirrorla.commands.sr",
+    "mirrorla.commands.lra",
 )
 
 

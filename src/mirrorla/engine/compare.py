@@ -273,7 +273,7 @@ def _train_in_parallel(
                 tasks.append(cfg)
     if not tasks:
         return
-    job = "sr compare" if base.task == "super_resolution" else "compare"
+    job = {"super_resolution": "sr compare", "long_range": "lra compare"}.get(base.task, "compare")
     _say(f"[{job}] training {len(tasks)} runs in {jobs} processes with {threads} thread(s) each")
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe with torch's thread pools
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(datasets,)) as pool:

@@ -21,6 +21,12 @@ __all__ = [
     "saved_field",
     "CompareConfig",
     "TrainConfig",
+    "TASKS",
+    "LRA_BASE",
+    "LRA_PRESETS",
+    "LRA_TASK_BUDGETS",
+    "LRA_DEFAULT_ATTENTIONS",
+    "LRA_DEFAULT_TASKS",
     "check_subset_sizes",
     "describe_preset",
 ]
@@ -31,13 +37,19 @@ RESULT_FIELDS = (
     "embed_dim", "depth", "num_heads", "patch_size", "mlp_ratio", "drop_path", "batch_size", "lr", "min_lr",
     "warmup_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "cutmix", "mixup_switch_prob",
     "ema_decay", "clip_grad", "amp", "seed", "task", "scale", "degradation", "eval_data_dir",
+    "layout", "difficulty", "max_len", "data_seed",
 )  # fmt: skip
 
 #: Result fields added after runs were first recorded, with the value every earlier run had: a saved
 #: configuration without the key is compared as if it held this value.
 ADDED_FIELD_DEFAULTS: dict[str, Any] = {
     "task": "classification", "scale": 2, "degradation": "matlab", "eval_data_dir": None,
+    "layout": "1d", "difficulty": "medium", "max_len": None, "data_seed": 0,
 }  # fmt: skip
+
+#: The tasks of :func:`mirrorla.tasks.list_tasks` (this module imports no torch, so they are listed here too;
+#: tests/test_lra.py checks the two agree).
+TASKS = ("classification", "super_resolution", "long_range")
 
 
 def saved_field(saved: dict[str, Any], name: str) -> Any:
@@ -54,7 +66,8 @@ class TrainConfig:
     (docs/methods.md §8.4) with a short schedule; ``lr`` is per run, not scaled by batch size.
     """
 
-    #: What is trained (:func:`mirrorla.tasks.list_tasks`): ``classification`` or ``super_resolution``.
+    #: What is trained (:func:`mirrorla.tasks.list_tasks`): ``classification``, ``super_resolution`` or
+    #: ``long_range`` (the LRA-style sequence tasks; ``dataset`` names the task, e.g. ``listops``).
     task: str = "classification"
     # data
     dataset: str = "fashion_mnist"
@@ -72,6 +85,14 @@ class TrainConfig:
     #: Super-resolution with ``dataset="folder"``: a separate folder of HR test images (e.g. Set5), scored
     #: after every epoch and, whole, after training. Without it the training folder is scored (a fit, not a test).
     eval_data_dir: str | None = None
+    #: Long-range tasks (:mod:`mirrorla.data.lra`): ``layout`` ``"1d"`` (the tokens as one sequence, grid
+    #: (1, L)) or ``"2d"`` (image tasks: the pixel grid); Pathfinder's ``difficulty``; the ``max_len`` of
+    #: ListOps/text/retrieval sequences (None: the task's default); ``data_seed``: the seed of the generated
+    #: data (the same data for every training seed).
+    layout: str = "1d"
+    difficulty: str = "medium"
+    max_len: int | None = None
+    data_seed: int = 0
     # model
     model: str = "vit"
     attention: str | None = "softmax"
@@ -111,8 +132,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "embed_dim", "depth", "num_heads", "patch_size", "keep_checkpoints")
-        if self.task not in ("classification", "super_resolution"):
-            raise ValueError(f"task must be 'classification' or 'super_resolution', got {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.layout not in ("1d", "2d"):
+            raise ValueError(f"layout must be '1d' (one token sequence) or '2d' (the pixel grid), got {self.layout!r}")
+        if self.difficulty not in ("easy", "medium", "hard"):
+            raise ValueError(f"difficulty must be 'easy', 'medium' or 'hard', got {self.difficulty!r}")
+        if self.max_len is not None and (not isinstance(self.max_len, int) or self.max_len <= 0):
+            raise ValueError(f"max_len must be a positive integer or None (the task's default), got {self.max_len!r}")
         if self.scale not in (2, 3, 4):
             raise ValueError(f"scale must be 2, 3 or 4, got {self.scale!r}")
         if self.degradation not in ("matlab", "torch"):
@@ -223,6 +250,39 @@ SR_BASE = TrainConfig(
 SR_PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(seeds=(0,), epochs=1, train_subset=320),
     "default": dict(seeds=(0, 1, 2), epochs=6, train_subset=1600),
+}
+
+
+#: ``mirrorla lra compare``'s default set: softmax, ReLU linear attention, the peers, MirrorLA and its ablation rows.
+LRA_DEFAULT_ATTENTIONS = DEFAULT_ATTENTIONS
+#: The tasks ``mirrorla lra compare`` runs by default (the ones generated or read offline).
+LRA_DEFAULT_TASKS = ("listops", "pathfinder32", "image")
+#: What every long-range run shares by default (``mirrorla lra train`` and ``lra compare``): the tiny sequence
+#: model (width 32, 2 layers, 2 heads), batch 32, AdamW 1e-3 with a short warm-up and cosine, no label smoothing.
+LRA_BASE = TrainConfig(
+    task="long_range", dataset="listops", model="seq_tiny", attention="mirror", batch_size=32, lr=1e-3,
+    min_lr=1e-5, warmup_epochs=0.3, weight_decay=0.01, label_smoothing=0.0, clip_grad=1.0, epochs=3,
+    save_checkpoints=True, keep_checkpoints=1,
+)  # fmt: skip
+#: Seeds of the ``mirrorla lra compare`` presets.
+LRA_PRESETS: dict[str, dict[str, Any]] = {"quick": dict(seeds=(0,)), "default": dict(seeds=(0,))}
+#: Per-task budgets of the presets (training/evaluation examples and epochs). ``default`` is what
+#: docs/results/long-range.md ran on a 2-core CPU (≈ 90 minutes for the ten default attentions on the three
+#: default tasks, one seed); ``quick`` is a smoke test of minutes. Tasks not listed use their ``default`` entry
+#: or, failing that, the whole data for 3 epochs.
+LRA_TASK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
+    "quick": {
+        "listops": dict(train_subset=96, eval_subset=64, epochs=1, max_len=600),
+        "pathfinder32": dict(train_subset=128, eval_subset=64, epochs=1),
+        "image": dict(train_subset=128, eval_subset=64, epochs=1),
+    },
+    "default": {
+        "listops": dict(train_subset=2000, eval_subset=500, epochs=3),
+        "pathfinder32": dict(train_subset=2400, eval_subset=600, epochs=3),
+        "pathfinder64": dict(train_subset=1200, eval_subset=300, epochs=3),
+        "pathfinder128": dict(train_subset=600, eval_subset=150, epochs=3),
+        "image": dict(train_subset=2400, eval_subset=600, epochs=3),
+    },
 }
 
 

@@ -93,11 +93,17 @@ def _train_indices(n: int, cfg: TrainConfig, epoch: int, env: DistEnv) -> list[l
 def _batches(
     dataset: Dataset, batches: list[list[int]], cfg: TrainConfig, generator: torch.Generator, device: torch.device
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (images float (B, C, S, S), labels (B,)) on ``device`` for the given index batches."""
+    """Yield (inputs, labels (B,)) on ``device`` for the given index batches: images float (B, C, S, S),
+    or whatever a dataset with ``get_batch`` returns (token ids (B, L))."""
     if isinstance(dataset, InMemoryImages):
         for idx in batches:
             x, y = dataset.get_batch(torch.tensor(idx))
             yield dataset.prepare_batch(x, generator).to(device, non_blocking=True), y.to(device, non_blocking=True)
+        return
+    if hasattr(dataset, "get_batch"):  # in-memory token sequences (mirrorla.data.lra): no per-item collation
+        for idx in batches:
+            x, y = dataset.get_batch(torch.tensor(idx))
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         return
     loader = DataLoader(
         dataset,

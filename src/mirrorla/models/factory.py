@@ -10,6 +10,9 @@ A model is a name plus, optionally, a registry attention for its attention layer
 - ``"sr_tiny"``, ``"sr_small"``, ``"sr_light"``: the super-resolution network
   (:class:`~mirrorla.models.sr.SuperResolutionNet`) of that size; needs ``attention`` (``scale=2|3|4``).
   ``sr_{size}_{attention}`` names are also registered with timm.
+- ``"seq_tiny"``, ``"seq_small"``, ``"seq_base"``: the sequence classifier of the long-range tasks
+  (:class:`~mirrorla.models.sequence.SequenceClassifier`); needs ``attention`` and ``vocab_size``,
+  ``num_classes``, ``max_len``.
 - any other timm model name: built by ``timm.create_model``; with an attention, its attention modules
   are replaced by :func:`mirrorla.convert` (timm ViT/DeiT family only; others raise a clear error).
 
@@ -25,6 +28,7 @@ from torch import nn
 
 from mirrorla.models._timm import list_models
 from mirrorla.models.convert import convert
+from mirrorla.models.sequence import SEQ_SIZES, create_sequence_model
 from mirrorla.models.sr import SR_SIZES, create_sr_model
 from mirrorla.models.vit import LinearVisionTransformer
 from mirrorla.registry import get_attention_entry
@@ -62,6 +66,11 @@ def create_model(
         if attention is None:
             raise ValueError(f"model {name!r} needs an attention: pass attention='<name>' (`mirrorla list`)")
         return create_sr_model(name[3:], attention, attn_kwargs, **kwargs)
+
+    if name.startswith("seq_") and name[4:] in SEQ_SIZES:
+        if attention is None:
+            raise ValueError(f"model {name!r} needs an attention: pass attention='<name>' (`mirrorla list`)")
+        return create_sequence_model(name[4:], attention, attn_kwargs, **kwargs)
 
     import timm
 

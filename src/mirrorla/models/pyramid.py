@@ -29,7 +29,6 @@ Model names: ``pvt_{tiny,small,medium,large}_{attention}`` for every registered 
 
 from __future__ import annotations
 
-import inspect
 import re
 from typing import Any
 
@@ -42,7 +41,7 @@ from torch import Tensor, nn
 
 from mirrorla.layers.spatial_reduction import SpatialReductionAttention
 from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
-from mirrorla.registry import create_attention, get_attention_entry
+from mirrorla.registry import attention_option_value, create_attention, get_attention_entry
 
 __all__ = [
     "PyramidVisionTransformer",
@@ -196,7 +195,7 @@ class PyramidVisionTransformer(nn.Module):
         # [Code] FLatten / PolaFormer PVT: positional_encoding (1, num_patches // sr², C) per layer, so a
         # layer whose grid-sized table is on gets its stage's grid unless attn_kwargs set it.
         grid_option = entry.cls.build_grid_option
-        table_on = grid_option is not None and _option_value(entry, grid_option, attn_kwargs or {}) is not None
+        table_on = grid_option is not None and attention_option_value(entry, grid_option, attn_kwargs or {}) is not None
         for i in range(4):
             stride = patch_size if i == 0 else 2
             reduction *= stride
@@ -391,16 +390,6 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: PyramidVisionTran
         else:
             out[f"{prefix}.qkv.{kind}"] = torch.cat([parts["q"], parts["kv"]])
     return out
-
-
-def _option_value(entry, name: str, attn_kwargs: dict[str, Any]) -> Any:
-    """The value option ``name`` takes in a layer built from ``entry``: attn_kwargs, entry default, class default."""
-    if name in attn_kwargs:
-        return attn_kwargs[name]
-    if name in entry.defaults:
-        return entry.defaults[name]
-    param = inspect.signature(entry.cls.__init__).parameters.get(name)
-    return None if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def _build(name: str, *, size: str, attention: str, **kwargs: Any) -> PyramidVisionTransformer:
