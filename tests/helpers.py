@@ -1,7 +1,8 @@
-"""Test helpers: error measure and an allocation tracker for O(N) memory tests."""
+"""Test helpers: error measure, an allocation tracker for O(N) memory tests, a tiny Llama, bench usage errors."""
 
 from __future__ import annotations
 
+import re
 import weakref
 
 import torch
@@ -61,3 +62,16 @@ def tiny_llama(vocab: int, **config):
         vocab_size=vocab, num_key_value_heads=2, head_dim=16, max_position_embeddings=256, **shape, **config
     )
     return LlamaForCausalLM(llama)
+
+
+def bench_usage_error(kind: str, extra: list[str], tmp_path, capsys) -> str:
+    """The error line of ``mirrorla bench <kind> *extra``, checking that the command exits with 2, that the error
+    is one line naming the command, and that it wrote no output folder."""
+    from mirrorla.cli import main
+
+    out = tmp_path / "out"
+    assert main(["bench", kind, *extra, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert re.match(rf"mirrorla bench( {kind})?: error: ", lines[-1]), lines  # argparse names the sub-command
+    assert not out.exists()
+    return lines[-1]

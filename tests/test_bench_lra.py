@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import pytest
+from helpers import bench_usage_error
 
 from mirrorla.bench import lra
 from mirrorla.cli import main
@@ -215,12 +215,6 @@ def test_exponents_and_targets_on_synthetic_series():
     assert all(t["met"] is None for t in missing)
 
 
-def _one_line_error(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert re.match(r"mirrorla bench( lra)?: error: ", lines[-1]), lines
-    return lines[-1]
-
-
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -234,10 +228,7 @@ def _one_line_error(capsys) -> str:
     ],
 )
 def test_bad_lra_input_is_one_line(tmp_path, capsys, extra, expected):
-    out = tmp_path / "out"
-    assert main(["bench", "lra", *extra, "--out", str(out)]) == 2
-    assert expected in _one_line_error(capsys)
-    assert not out.exists()
+    assert expected in bench_usage_error("lra", extra, tmp_path, capsys)
 
 
 def test_help_names_the_lra_kind(capsys):

@@ -12,6 +12,7 @@ import math
 import re
 
 import pytest
+from helpers import bench_usage_error
 
 from mirrorla.bench import sr
 from mirrorla.cli import main
@@ -212,12 +213,6 @@ def test_largest_image_and_targets_from_hand_made_records():
     assert speed["met"] is None and "softmax not in --attentions" in speed["detail"]
 
 
-def _one_line_error(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert re.match(r"mirrorla bench( sr)?: error: ", lines[-1]), lines  # argparse names the sub-command
-    return lines[-1]
-
-
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -232,7 +227,4 @@ def _one_line_error(capsys) -> str:
     ],
 )
 def test_bad_sr_input_is_one_line(tmp_path, capsys, extra, expected):
-    out = tmp_path / "out"
-    assert main(["bench", "sr", *extra, "--out", str(out)]) == 2
-    assert expected in _one_line_error(capsys)
-    assert not out.exists()
+    assert expected in bench_usage_error("sr", extra, tmp_path, capsys)

@@ -127,3 +127,38 @@ def test_cli_compare_two_tasks(tmp_path, capsys):
     # a second job with --resume reuses every run
     assert main([*args, "--resume"]) == 0
     assert "reusing 2 of 2 runs" in capsys.readouterr().out
+
+
+def test_cli_generate_and_show(tmp_path, capsys):
+    png = tmp_path / "pf.png"
+    assert main(["lra", "generate", "pathfinder32", "--train-size", "8", "--eval-size", "4", "--show", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "pathfinder32: 8 training / 4 evaluation sequences" in out and png.is_file()
+    assert main(["lra", "generate", "listops", "--train-size", "2", "--eval-size", "2", "--show", "-"]) == 0
+    out = capsys.readouterr().out
+    assert "first training example (label " in out and "[M" in out
+    assert main(["lra", "generate", "text"]) == 2
+    assert "offline" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["text", "retrieval"])
+def test_tiny_train_from_user_tsv(task, tmp_path):
+    """Text and retrieval train from a user's LRA-layout TSV files (the pair model for retrieval)."""
+    from mirrorla.engine import train
+
+    rng = torch.Generator().manual_seed(0)
+    words = ["good", "bad", "film", "plot", "actor", "dull", "great", "story"]
+    for split, n in (("train", 24), ("test", 16)):
+        lines = []
+        for i in range(n):
+            text = " ".join(words[int(j)] for j in torch.randint(0, 8, (30,), generator=rng))
+            if task == "text":
+                lines.append(f"{i % 2}\t{text}")
+            else:
+                lines.append(f"{i % 2}\tdoc{i}a\tdoc{i}b\t{text}\t{text[::-1]}")
+        name = f"imdb_{split}.tsv" if task == "text" else f"new_aan_pairs.{split}.tsv"
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    cfg = _tiny(task, data_dir=str(tmp_path), train_subset=None, eval_subset=None, max_len=256)
+    out = train(cfg)
+    assert out["history"][-1]["eval_images"] == 16
+    assert out["model"].pair == (task == "retrieval")

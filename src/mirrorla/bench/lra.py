@@ -16,19 +16,12 @@ timed repeats (its ``fwdbwd`` slot holds the training step; the forward-only slo
 every timing of the worker, the peak memory of one more step (:mod:`mirrorla.bench.memory`). The records
 returned here call them ``step`` and ``mem_step_bytes``.
 
-**Stages** (as ``mirrorla bench sr``, :mod:`mirrorla.bench.sr`). A worker measures memory only after all
-its timings, so the lengths run in stages, shortest first; before a stage each attention's case is
-predicted from its own shorter lengths and skipped, not run, when over the budget (:class:`StepBudget`):
-
-- seconds per step: the larger of the log-log extrapolation through the last two measured lengths
-  (:func:`~mirrorla.bench.worker._extrapolate`) and the last measured step scaled by the ratio of counted
-  forward MACs (which include softmax's L² matmuls, so softmax's quadratic growth is followed where a slope
-  fitted at short lengths, still dominated by the linear parts, would lag). With no shorter length measured:
-  :data:`STEP_FORWARDS` × the forward MACs at a quarter of the GEMM peak. A case costs
-  ``warmup + min_repeats + 1`` steps (the +1 is the memory step); the case is skipped when that is predicted
-  to exceed ``max_case_seconds``.
-- peak memory per step: the log-log extrapolation of the measured peaks; none for the first length.
-
+**Stages** (:mod:`mirrorla.bench.staged`, as ``mirrorla bench sr``). The lengths run shortest first, one
+worker call per length; before a stage each attention's case is predicted from its own shorter lengths
+(seconds and peak memory per step; with no shorter length measured, :data:`STEP_FORWARDS` × the forward MACs
+at a quarter of the GEMM peak) and skipped, not run, when over the budget (:class:`StepBudget`). A case costs
+``warmup + min_repeats + 1`` steps (the +1 is the memory step, :func:`case_steps`); the case is skipped when
+that is predicted to exceed ``max_case_seconds``, or a step's peak memory to exceed ``max_memory_bytes``.
 Once a length of an attention is skipped, fails or runs over either budget, its longer lengths are skipped
 too; a skipped case keeps what was predicted (``predicted_seconds``, ``predicted_memory_bytes``).
 
@@ -43,16 +36,14 @@ The cases run in :func:`mirrorla.bench.worker.run_cases` worker processes (task 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mirrorla.bench.ops import OpsCase, _try_count
+from mirrorla.bench.ops import OpsCase
 from mirrorla.bench.report import fit_exponent
-from mirrorla.bench.worker import _extrapolate
-from mirrorla.models.flops import unfused_attention
+from mirrorla.bench.staged import Budget, Limits, Prediction, StagedKind, count_macs
 from mirrorla.models.sequence import SEQ_SIZES
 from mirrorla.registry import get_attention_entry
 
@@ -60,6 +51,7 @@ __all__ = [
     "StepBudget",
     "Prediction",
     "LRA_MODELS",
+    "LRA_STAGES",
     "DEFAULT_ATTENTIONS",
     "QUICK_ATTENTIONS",
     "DEFAULT_LENGTHS",
@@ -94,8 +86,6 @@ VOCAB_SIZE = 256
 NUM_CLASSES = 10
 #: The optimiser of the step: TrainConfig's defaults (lr 1e-3, weight decay 0.05); they do not change its cost.
 LR, WEIGHT_DECAY = 1e-3, 0.05
-#: Share of the GEMM peak assumed for a case with no shorter length measured (the worker's rule).
-PRIOR_PEAK_SHARE = 0.25
 #: A training step ≈ 3 forwards (the backward computes two matmuls per forward matmul).
 STEP_FORWARDS = 3
 #: Target: every linear attention's time and memory exponent ≤ 1.1. Linear cost has exponent 1; short lengths,
@@ -107,30 +97,13 @@ LINEAR_MAX_EXPONENT = 1.1
 #: linear parts of the network still add at 1K, so a pure 2 is not expected over 1K–16K).
 SOFTMAX_MIN_EXPONENT = 1.7
 
-GIB = 2**30
-
 
 @dataclass(frozen=True)
-class StepBudget:
+class StepBudget(Budget):
     """What one case may cost: the predicted wall-clock seconds of all its steps, and the peak bytes of a step."""
 
     max_case_seconds: float
     max_memory_bytes: int
-
-    def __post_init__(self) -> None:
-        if not self.max_case_seconds > 0:
-            raise ValueError(f"max_case_seconds must be > 0, got {self.max_case_seconds!r}")
-        if not self.max_memory_bytes > 0:
-            raise ValueError(f"max_memory_bytes must be > 0, got {self.max_memory_bytes!r}")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted seconds and peak memory of one training step (None: no basis), and how they were obtained."""
-
-    seconds: float | None
-    memory_bytes: float | None
-    basis: str
 
 
 def plan_lra_cases(model: str, attentions: Sequence[str], lengths: Sequence[int], batch: int = 1) -> list[dict]:
@@ -157,10 +130,6 @@ def plan_lra_cases(model: str, attentions: Sequence[str], lengths: Sequence[int]
     ]
 
 
-def _error_line(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-
-
 def _create(case: dict) -> torch.nn.Module:
     from mirrorla.models import create_model
 
@@ -178,26 +147,12 @@ def count_lra_macs(cases: list[dict]) -> tuple[list[dict], dict[str, str]]:
     """The cases with ``macs`` (one forward of one sequence, counted on fake tensors with softmax's explicit
     matrix; None where counting fails), and ``{attention: error}`` for the attentions whose model cannot be
     built at all. Models are built on the CPU with random weights."""
-    errors: dict[str, str] = {}
-    out = []
-    for case in cases:
-        macs = None
-        if case["method"] not in errors:
-            try:
-                model = _create(case)
-            except (ValueError, TypeError) as err:
-                errors[case["method"]] = _error_line(err)
-            else:
-                tokens = torch.zeros(1, int(case["N"]), dtype=torch.long)
 
-                def run(model=model, tokens=tokens):
-                    # encode + head: forward() checks the token range, a data-dependent read fake tensors lack.
-                    with unfused_attention(model):
-                        model.forward_head(model.encode(tokens))
+    def forward(model: torch.nn.Module, case: dict) -> None:
+        # encode + head: forward() checks the token range, a data-dependent read fake tensors lack.
+        model.forward_head(model.encode(torch.zeros(1, int(case["N"]), dtype=torch.long)))
 
-                macs = _try_count(run)
-        out.append(dict(case, macs=macs))
-    return out, errors
+    return count_macs(cases, _create, forward)
 
 
 def build_lra_case(case: dict, s: dict) -> OpsCase:
@@ -234,59 +189,26 @@ def case_steps(settings: dict) -> int:
     return max(1, int(settings["warmup"])) + int(settings["min_repeats"]) + 1
 
 
+#: An LRA case in the staged sweep: training steps, stages by length.
+LRA_STAGES = StagedKind(
+    unit="step",
+    time_slot="step",
+    memory_slot="mem_step_bytes",
+    slots=("step", "mem_step_bytes"),
+    stage="N",
+    label=lambda case: f"L={case['N']:,}",
+    heading=lambda case: f"L = {case['N']:,} tokens",
+    smaller="shorter length",
+    built="model",
+    prior_forwards=STEP_FORWARDS,
+    seconds_option="--max-case-seconds",
+)
+
+
 def predict_step(case: dict, measured: list[dict], gemm_gflops: float | None) -> Prediction:
     """Seconds and peak memory of one step of ``case`` from ``measured``: the ok records of the same attention
-    at shorter lengths, ascending (see the module docstring for the rules)."""
-    n = case["N"]
-    times = [(r["N"], r["step"]["median_ms"] / 1e3) for r in measured]
-    peaks = [(r["N"], r["mem_step_bytes"]) for r in measured if r.get("mem_step_bytes")]
-    seconds, basis = None, "no shorter length measured and no MAC count"
-    if times:
-        seconds = _extrapolate(times, n, 2.0)
-        last = measured[-1]
-        basis = f"log-log extrapolation from L={last['N']:,}"
-        if case.get("macs") and last.get("macs"):
-            scaled = times[-1][1] * case["macs"] / last["macs"]
-            if seconds is None or scaled > seconds:
-                seconds, basis = scaled, f"L={last['N']:,} time × MAC ratio"
-    elif case.get("macs") and gemm_gflops:
-        seconds = STEP_FORWARDS * 2 * case["macs"] * case["batch"] / (PRIOR_PEAK_SHARE * gemm_gflops * 1e9)
-        basis = f"{STEP_FORWARDS}× forward MACs at {PRIOR_PEAK_SHARE:.0%} of the GEMM peak"
-    memory = _extrapolate(peaks, n, 2.0) if peaks else None
-    return Prediction(seconds, memory, basis)
-
-
-def _seconds(s: float) -> str:
-    return f"{s:,.0f} s" if s >= 100 else f"{s:.3g} s"
-
-
-def _prediction_text(p: Prediction) -> str:
-    parts = []
-    if p.seconds is not None:
-        parts.append(f"{_seconds(p.seconds)} per step")
-    if p.memory_bytes is not None:
-        parts.append(f"{p.memory_bytes / GIB:.2f} GiB")
-    return f"predicted {', '.join(parts)} ({p.basis})" if parts else ""
-
-
-def _over_prediction(p: Prediction, budget: StepBudget, steps: int) -> str | None:
-    why = []
-    if p.seconds is not None and p.seconds * steps > budget.max_case_seconds:
-        why.append(f"{_seconds(p.seconds * steps)} for {steps} steps > --max-case-seconds {budget.max_case_seconds:g}")
-    if p.memory_bytes is not None and p.memory_bytes > budget.max_memory_bytes:
-        why.append(f"{p.memory_bytes / GIB:.2f} GiB > --max-memory-gb {budget.max_memory_bytes / GIB:.3g}")
-    return f"predicted {' and '.join(why)} ({p.basis})" if why else None
-
-
-def _over_measured(rec: dict, budget: StepBudget, steps: int) -> str | None:
-    why = []
-    seconds = rec["step"]["median_ms"] / 1e3
-    if seconds * steps > budget.max_case_seconds:
-        why.append(f"{_seconds(seconds * steps)} for {steps} steps > --max-case-seconds {budget.max_case_seconds:g}")
-    peak = rec.get("mem_step_bytes")
-    if peak is not None and peak > budget.max_memory_bytes:
-        why.append(f"{peak / GIB:.2f} GiB > --max-memory-gb {budget.max_memory_bytes / GIB:.3g}")
-    return " and ".join(why) or None
+    at shorter lengths, ascending (:meth:`~mirrorla.bench.staged.StagedKind.predict`)."""
+    return LRA_STAGES.predict(case, measured, gemm_gflops)
 
 
 def _as_step(rec: dict) -> dict:
@@ -297,19 +219,6 @@ def _as_step(rec: dict) -> dict:
     rec.pop("fwd", None)
     rec.pop("mem_fwd_bytes", None)
     return rec
-
-
-def _not_run(case: dict, status: str, note: str, p: Prediction | None = None) -> dict:
-    return dict(
-        case,
-        status=status,
-        note=note,
-        step=None,
-        mem_step_bytes=None,
-        predicted_seconds=p.seconds if p else None,
-        predicted_memory_bytes=p.memory_bytes if p else None,
-        within_budget=None,
-    )
 
 
 def run_lra_cases(groups: list[list[dict]], settings: dict, *, progress: bool = True, label: str = "") -> list[dict]:
@@ -340,63 +249,17 @@ def run_lra_sweep(
     ``within_budget`` (True/False for a case that ran, None for one that did not); skipped and failed cases
     say why in ``note``.
     """
-    build_errors = dict(build_errors or {})
-    steps = case_steps(settings)
     # time_callable gets max_case_seconds / 3 for the timed repeats: a case whose warm-up took t runs
     # int(max_case_seconds / 3 / t) repeats (at most --repeats, at least min_repeats).
     worker_settings = dict(settings, max_case_seconds=budget.max_case_seconds)
-    measured: dict[str, list[dict]] = defaultdict(list)
-    stopped: dict[str, str] = {}
-    results: list[dict] = []
-    for n in dict.fromkeys(c["N"] for c in cases):
-        to_run, predictions = [], {}
-        for case in (c for c in cases if c["N"] == n):
-            name = case["method"]
-            if name in build_errors:
-                results.append(_not_run(case, "error", f"model not built: {build_errors[name]}"))
-                continue
-            p = predict_step(case, measured[name], gemm_gflops)
-            if name in stopped:
-                note = "; ".join(x for x in (f"skipped: {stopped[name]}", _prediction_text(p)) if x)
-                results.append(_not_run(case, "skipped", note, p))
-                continue
-            over = _over_prediction(p, budget, steps)
-            if over:
-                results.append(_not_run(case, "skipped", f"skipped: {over}", p))
-                stopped[name] = f"L={n:,} was skipped"
-                log(f"  L={n:,} {name}: skipped, {over}")
-                continue
-            predictions[name] = p
-            to_run.append(case)
-        if not to_run:
-            continue
-        log(f"L = {n:,} tokens: {', '.join(c['method'] for c in to_run)}")
+
+    def run_stage(to_run: list[dict]) -> list[dict]:
         groups = [[c] for c in to_run] if isolate else [to_run]
-        done = [_as_step(r) for r in run_lra_cases(groups, worker_settings, progress=progress, label=f"L={n} ")]
-        for case, rec in zip(to_run, done, strict=True):
-            name, p = case["method"], predictions[case["method"]]
-            rec.update(macs=case.get("macs"), predicted_seconds=p.seconds, predicted_memory_bytes=p.memory_bytes)
-            if rec["status"] != "ok":
-                rec["within_budget"] = None
-                stopped[name] = f"L={n:,} failed ({rec['note']})"
-                log(f"  L={n:,} {name}: {rec['status']}, {rec['note']}")
-                continue
-            measured[name].append(rec)
-            over = _over_measured(rec, budget, steps)
-            rec["within_budget"] = over is None
-            if over:
-                rec["note"] = "; ".join(x for x in (rec.get("note"), f"over budget: {over}") if x)
-                stopped[name] = f"L={n:,} ran over budget ({over})"
-            peak = rec.get("mem_step_bytes")
-            log(
-                f"  L={n:,} {name}: {_seconds(rec['step']['median_ms'] / 1e3)} per step "
-                f"(median of {rec['step']['repeats']}), peak "
-                + (f"{peak / 2**20:,.1f} MiB" if peak is not None else "not measured")
-                + (f", OVER BUDGET: {over}" if over else "")
-            )
-        results.extend(done)
-    order = {(c["method"], c["N"]): i for i, c in enumerate(cases)}
-    return sorted(results, key=lambda r: order[(r["method"], r["N"])])
+        label = f"L={to_run[0]['N']} "
+        return [_as_step(r) for r in run_lra_cases(groups, worker_settings, progress=progress, label=label)]
+
+    limits = Limits(budget.max_case_seconds, budget.max_memory_bytes, case_steps(settings))
+    return LRA_STAGES.sweep(cases, run_stage, limits, gemm_gflops=gemm_gflops, build_errors=build_errors, log=log)
 
 
 def _ratio_exponent(ratio: float | None, token_ratio: float) -> float | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "sr_detail_table",
     "write_json",
     "series",
+    "seconds_text",
 ]
 
 MIB = 2**20
@@ -317,82 +319,172 @@ def plot_models(results: list[dict], out_dir: str | Path, subtitle: str) -> str:
     return str(path)
 
 
-# ``mirrorla bench sr``: records of mirrorla.bench.sr (one forward per case; sizes are output images W×H).
+# ``mirrorla bench sr`` and ``bench lra``: records of the staged sweep (mirrorla.bench.staged), one timed unit per
+# case (an image's forward, a training step), with predictions for the skipped cases.
 
 
-def _sr_seconds(ms: float) -> str:
-    s = ms / 1e3
+def seconds_text(s: float) -> str:
+    """Seconds in words: three significant digits, whole seconds from 100 s."""
     return f"{s:,.0f} s" if s >= 100 else f"{s:.3g} s"
 
 
-def _sr_bytes(b: float | None) -> str:
+def _ms_text(ms: float) -> str:
+    return seconds_text(ms / 1e3)
+
+
+def _bytes_text(b: float | None, digits_below: float = 0) -> str:
+    """GiB from 1 GiB, else whole MiB; three significant digits below ``digits_below`` bytes."""
     if b is None:
         return "–"
-    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / MIB:,.0f} MiB"
+    if b >= 2**30:
+        return f"{b / 2**30:.2f} GiB"
+    return f"{b / MIB:,.0f} MiB" if b >= digits_below else f"{b / MIB:.3g} MiB"
 
 
-def _sr_cell(rec: dict | None) -> str:
+def _markdown_table(head: list[str], align: str, rows: Iterable[list[str]]) -> str:
+    """A Markdown table: the ``head`` row, the alignment row (``align``: 'l' or 'r' per column), ``rows``."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "".join("---:|" if a == "r" else "---|" for a in align)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _case_cells(r: dict, time_slot: str, peak: str, macs_digits: int) -> list[str]:
+    """The cells of a staged case in an 'every case' table: status, median [min–max] of its unit, repeats,
+    ``peak`` (the peak memory in words), forward GMACs and the note."""
+    t, macs = r.get(time_slot), r.get("macs")
+    latency = f"{_ms_text(t['median_ms'])} [{_ms_text(t['min_ms'])}–{_ms_text(t['max_ms'])}]" if t else "–"
+    gmacs = _fmt(macs / 1e9, macs_digits) if macs else "–"
+    return [r["status"], latency, str(t["repeats"]) if t else "–", peak, gmacs, str(r.get("note", ""))]
+
+
+def _staged_cell(rec: dict | None, measured: Callable[[dict], str], predicted: Callable[[dict], str | None]) -> str:
+    """A pivot cell: ``measured(rec)`` of a case that ran (marked when over budget), ``predicted(rec)`` of a
+    skipped one, else its status; '–' where there is no case."""
     if rec is None:
         return "–"
     if rec["status"] == "ok":
-        cell = f"{_sr_seconds(rec['fwd']['median_ms'])} · {_sr_bytes(rec.get('mem_fwd_bytes'))}"
+        cell = measured(rec)
         return cell if rec.get("within_budget") is not False else f"{cell} (over budget)"
     if rec["status"] == "skipped":
-        pred = rec.get("predicted_seconds")
-        return f"skipped (pred. {_sr_seconds(pred * 1e3)})" if pred is not None else "skipped"
+        pred = predicted(rec)
+        return f"skipped (pred. {pred})" if pred is not None else "skipped"
     return rec["status"]
+
+
+def _staged_pivot(
+    results: list[dict], columns: list, column: Callable[[dict], object], heading: Callable, cell: Callable
+) -> str:
+    """Rows attention, one column per value of ``column(record)`` in ``columns`` (headed ``heading(value)``)."""
+    by = {(r["method"], column(r)): r for r in results}
+    rows = [[m] + [cell(by.get((m, c))) for c in columns] for m in dict.fromkeys(r["method"] for r in results)]
+    return _markdown_table(["attention"] + [heading(c) for c in columns], "l" + "r" * len(columns), rows)
+
+
+def _plot_staged(
+    results: list[dict],
+    path: Path,
+    title: str,
+    x: str,
+    xlabel: str,
+    slots: tuple[str, str],
+    ylabels: tuple[str, str],
+    *,
+    legend: Callable[[str, str], str] = lambda method, key: method,
+    decorate: Callable = lambda ax, key, firsts: None,
+    height: float = 5.2,
+) -> str:
+    """Seconds per unit and peak MiB per unit (record ``slots``: timing, bytes) against ``x``, log-log, one
+    line per attention; softmax dashed; a skipped case with a prediction is a hollow marker joined to the last
+    measured point by a dotted line. ``decorate(ax, "time" | "memory", {attention: first point})`` adds what
+    a kind draws besides; ``legend(attention, key)`` names a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    time_slot, memory_slot = slots
+    panels = (
+        ("time", lambda r: r[time_slot]["median_ms"] / 1e3, lambda r: True, "predicted_seconds", 1.0),
+        ("memory", lambda r: r[memory_slot] / MIB, lambda r: r.get(memory_slot), "predicted_memory_bytes", MIB),
+    )
+    fig, axes = plt.subplots(1, 2, figsize=(13, height), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    methods = list(dict.fromkeys(r["method"] for r in results))
+    for ax, ylabel, (key, value, has_value, pred_key, pred_unit) in zip(axes[0], ylabels, panels, strict=True):
+        firsts = {}
+        for i, method in enumerate(methods):
+            recs = sorted((r for r in results if r["method"] == method), key=lambda r: r[x])
+            ok = [(r[x], value(r)) for r in recs if r["status"] == "ok" and has_value(r)]
+            pred = [(r[x], r[pred_key] / pred_unit) for r in recs if r["status"] == "skipped" and r.get(pred_key)]
+            color, style = cmap(i % 10), "--" if method.startswith("softmax") else "-"
+            if ok:
+                ax.plot(*zip(*ok, strict=True), style, marker="o", ms=4, color=color, label=legend(method, key))
+                firsts[method] = ok[0]
+            if pred:
+                ax.plot(*zip(*(ok[-1:] + pred), strict=True), ":", color=color, alpha=0.7)
+                ax.plot(*zip(*pred, strict=True), "o", ms=6, mfc="none", color=color,
+                        label=None if ok else f"{method} (predicted only)")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        decorate(ax, key, firsts)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
+# ``mirrorla bench sr``: records of mirrorla.bench.sr (one forward per case; sizes are output images W×H).
+
+
+def _sr_cell(rec: dict | None) -> str:
+    return _staged_cell(
+        rec,
+        lambda r: f"{_ms_text(r['fwd']['median_ms'])} · {_bytes_text(r.get('mem_fwd_bytes'))}",
+        lambda r: None if r.get("predicted_seconds") is None else _ms_text(r["predicted_seconds"] * 1e3),
+    )
 
 
 def sr_pivot_table(results: list[dict]) -> str:
     """Rows attention, columns output W×H (tokens per attention below); cells 'latency · peak memory'."""
     sizes = list(dict.fromkeys((r["out_w"], r["out_h"], r["N"]) for r in results))
-    by = {(r["method"], r["out_w"], r["out_h"]): r for r in results}
-    lines = [
-        "| attention | " + " | ".join(f"{w}×{h} (N={n:,})" for w, h, n in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
-    ]
-    for method in dict.fromkeys(r["method"] for r in results):
-        cells = [_sr_cell(by.get((method, w, h))) for w, h, _n in sizes]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _staged_pivot(
+        results, sizes, lambda r: (r["out_w"], r["out_h"], r["N"]), lambda s: f"{s[0]}×{s[1]} (N={s[2]:,})", _sr_cell
+    )
 
 
 def sr_largest_table(largest: dict[str, dict], reference: str = "softmax") -> str:
     """The largest single-pass output within budget per attention, and its pixels over ``reference``'s."""
-    lines = [
-        f"| attention | largest output | pixels | × {reference} | latency | peak memory |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for method, e in largest.items():
         if e["pixels"] is None:
-            lines.append(f"| {method} | none within budget | – | – | – | – |")
+            rows.append([method, "none within budget", "–", "–", "–", "–"])
             continue
-        ratio = e["ratio_to_reference"]
-        ratio_txt = "–" if ratio is None else f"{ratio:g}×" + (" (≥)" if e["reached_largest_tried"] else "")
-        lines.append(
-            f"| {method} | {e['out_w']}×{e['out_h']}{' (largest tried)' if e['reached_largest_tried'] else ''} | "
-            f"{e['pixels']:,} | {ratio_txt} | {_sr_seconds(e['latency_ms'])} | {_sr_bytes(e['peak_bytes'])} |"
+        ratio, tried = e["ratio_to_reference"], e["reached_largest_tried"]
+        ratio_txt = "–" if ratio is None else f"{ratio:g}×" + (" (≥)" if tried else "")
+        output = f"{e['out_w']}×{e['out_h']}" + (" (largest tried)" if tried else "")
+        rows.append(
+            [method, output, f"{e['pixels']:,}", ratio_txt, _ms_text(e["latency_ms"]), _bytes_text(e["peak_bytes"])]
         )
-    return "\n".join(lines)
+    head = ["attention", "largest output", "pixels", f"× {reference}", "latency", "peak memory"]
+    return _markdown_table(head, "lrrrrr", rows)
 
 
 def sr_detail_table(results: list[dict]) -> str:
     """Every SR case: latency median [min–max] with its repeat count, peak memory, GMACs and the note."""
-    lines = [
-        "| attention | output | LR | tokens N | status | latency median [min–max] | repeats | peak memory | "
-        "GMACs | note |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---|",
+    head = ["attention", "output", "LR", "tokens N", "status", "latency median [min–max]", "repeats"]
+    head += ["peak memory", "GMACs", "note"]
+    rows = [
+        [r["method"], f"{r['out_w']}×{r['out_h']}", f"{r['lr_w']}×{r['lr_h']}", f"{r['N']:,}"]
+        + _case_cells(r, "fwd", _bytes_text(r.get("mem_fwd_bytes")), 2)
+        for r in results
     ]
-    for r in results:
-        t = r.get("fwd")
-        lat = f"{_sr_seconds(t['median_ms'])} [{_sr_seconds(t['min_ms'])}–{_sr_seconds(t['max_ms'])}]" if t else "–"
-        macs = r.get("macs")
-        lines.append(
-            f"| {r['method']} | {r['out_w']}×{r['out_h']} | {r['lr_w']}×{r['lr_h']} | {r['N']:,} | {r['status']} | "
-            f"{lat} | {t['repeats'] if t else '–'} | {_sr_bytes(r.get('mem_fwd_bytes'))} | "
-            f"{_fmt(macs / 1e9, 2) if macs else '–'} | {r.get('note', '')} |"
-        )
-    return "\n".join(lines)
+    return _markdown_table(head, "lrrrlrrrrl", rows)
 
 
 def plot_sr(
@@ -403,54 +495,17 @@ def plot_sr(
     Measured points are filled; a skipped case with a prediction is a hollow marker joined to the last
     measured point by a dotted line; the budgets are horizontal dashed lines.
     """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    panels = (
-        ("seconds per image (forward)", lambda r: r["fwd"]["median_ms"] / 1e3, "predicted_seconds", max_seconds),
-        ("peak MiB (forward)", lambda r: r["mem_fwd_bytes"] / MIB, "predicted_memory_bytes", max_memory_bytes / MIB),
-    )
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    methods = list(dict.fromkeys(r["method"] for r in results))
-    for ax, (label, value, pred_key, limit) in zip(axes[0], panels, strict=True):
-        for i, method in enumerate(methods):
-            recs = sorted((r for r in results if r["method"] == method), key=lambda r: r["pixels"])
-            ok = [
-                (r["pixels"], value(r))
-                for r in recs
-                if r["status"] == "ok" and (pred_key == "predicted_seconds" or r.get("mem_fwd_bytes"))
-            ]
-            pred = [(r["pixels"], r[pred_key]) for r in recs if r["status"] == "skipped" and r.get(pred_key)]
-            if pred_key == "predicted_memory_bytes":
-                pred = [(x, y / MIB) for x, y in pred]
-            color, style = cmap(i % 10), "--" if method.startswith("softmax") else "-"
-            if ok:
-                ax.plot(*zip(*ok, strict=True), style, marker="o", ms=4, color=color, label=method)
-            if pred:
-                chain = ok[-1:] + pred
-                ax.plot(*zip(*chain, strict=True), ":", color=color, alpha=0.7)
-                ax.plot(*zip(*pred, strict=True), "o", ms=6, mfc="none", color=color,
-                        label=None if ok else f"{method} (predicted only)")  # fmt: skip
+    def budget_line(ax, key: str, firsts: dict) -> None:
+        limit = max_seconds if key == "time" else max_memory_bytes / MIB
         ax.axhline(limit, color="gray", ls="--", lw=1)
         ax.annotate("budget", (1, limit), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("output pixels (W·H)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"sr: {subtitle}  (hollow: skipped, predicted)", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / "sr.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+
+    path, title = Path(out_dir) / "sr.png", f"sr: {subtitle}  (hollow: skipped, predicted)"
+    ylabels = ("seconds per image (forward)", "peak MiB (forward)")
+    return _plot_staged(
+        results, path, title, "pixels", "output pixels (W·H)", ("fwd", "mem_fwd_bytes"), ylabels, decorate=budget_line
+    )
 
 
 # ``mirrorla bench lra``: records of mirrorla.bench.lra (one training step per case; N is the length L).
@@ -459,48 +514,33 @@ __all__ += ["lra_pivot_table", "lra_scaling_table", "lra_detail_table", "plot_lr
 
 
 def _lra_bytes(b: float | None) -> str:
-    if b is None:
-        return "–"
-    if b >= 2**30:
-        return f"{b / 2**30:.2f} GiB"
-    return f"{b / MIB:,.0f} MiB" if b >= 100 * MIB else f"{b / MIB:.3g} MiB"
+    return _bytes_text(b, digits_below=100 * MIB)
 
 
 def _lra_cell(rec: dict | None, metric: str) -> str:
-    if rec is None:
-        return "–"
-    if rec["status"] == "ok":
-        if metric == "time":
-            cell = _sr_seconds(rec["step"]["median_ms"])
-        else:
-            cell = _lra_bytes(rec.get("mem_step_bytes")) if rec.get("mem_step_bytes") is not None else "not measured"
-        return cell if rec.get("within_budget") is not False else f"{cell} (over budget)"
-    if rec["status"] == "skipped":
-        pred = rec.get("predicted_seconds") if metric == "time" else rec.get("predicted_memory_bytes")
-        if pred is None:
-            return "skipped"
-        return f"skipped (pred. {_sr_seconds(pred * 1e3) if metric == 'time' else _lra_bytes(pred)})"
-    return rec["status"]
+    if metric == "time":
+        return _staged_cell(
+            rec,
+            lambda r: _ms_text(r["step"]["median_ms"]),
+            lambda r: None if r.get("predicted_seconds") is None else _ms_text(r["predicted_seconds"] * 1e3),
+        )
+    return _staged_cell(
+        rec,
+        lambda r: "not measured" if r.get("mem_step_bytes") is None else _lra_bytes(r["mem_step_bytes"]),
+        lambda r: None if r.get("predicted_memory_bytes") is None else _lra_bytes(r["predicted_memory_bytes"]),
+    )
 
 
 def lra_pivot_table(results: list[dict], metric: str) -> str:
     """Rows attention, columns length L; cells seconds per training step (``metric="time"``) or its peak
     memory (``"memory"``); a skipped case shows its prediction."""
     lengths = sorted({r["N"] for r in results})
-    by = {(r["method"], r["N"]): r for r in results}
-    lines = ["| attention | " + " | ".join(f"L={n:,}" for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
-    for method in dict.fromkeys(r["method"] for r in results):
-        lines.append(f"| {method} | " + " | ".join(_lra_cell(by.get((method, n)), metric) for n in lengths) + " |")
-    return "\n".join(lines)
+    return _staged_pivot(results, lengths, lambda r: r["N"], lambda n: f"L={n:,}", lambda r: _lra_cell(r, metric))
 
 
 def lra_scaling_table(scaling: dict[str, dict]) -> str:
     """Per attention: fitted time and memory exponents over the measured lengths, and the end-to-end ratios."""
-    lines = [
-        "| attention | lengths measured | time exponent | time(L_max)/time(L_min) | memory exponent | "
-        "memory(L_max)/memory(L_min) | tokens L_max/L_min |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
+    rows = []
     for method, e in scaling.items():
         ls = e["lengths"]
         span = f"{ls[0]:,}…{ls[-1]:,} ({len(ls)})" if ls else "none"
@@ -509,86 +549,52 @@ def lra_scaling_table(scaling: dict[str, dict]) -> str:
         mem_ratio = _fmt(e["memory_ratio"], 2)
         if mem_tokens is not None and tokens is not None and mem_tokens != tokens:
             mem_ratio += f" (×{mem_tokens:g} tokens)"
-        lines.append(
-            f"| {method} | {span} | {_fmt(e['time_exponent'], 2)} | {_fmt(e['time_ratio'], 2)} | "
-            f"{_fmt(e['memory_exponent'], 2)} | {mem_ratio} | {'–' if tokens is None else f'{tokens:g}'} |"
-        )
-    return "\n".join(lines)
+        rows.append([
+            method, span, _fmt(e["time_exponent"], 2), _fmt(e["time_ratio"], 2), _fmt(e["memory_exponent"], 2),
+            mem_ratio, "–" if tokens is None else f"{tokens:g}",
+        ])  # fmt: skip
+    head = ["attention", "lengths measured", "time exponent", "time(L_max)/time(L_min)", "memory exponent"]
+    head += ["memory(L_max)/memory(L_min)", "tokens L_max/L_min"]
+    return _markdown_table(head, "llrrrrr", rows)
 
 
 def lra_detail_table(results: list[dict]) -> str:
     """Every case: seconds per step median [min–max] with its repeats, peak memory, forward GMACs, note."""
-    lines = [
-        "| attention | L | status | s per step median [min–max] | repeats | peak memory per step | GMACs fwd | note |",
-        "|---|---:|---|---:|---:|---:|---:|---|",
+    head = ["attention", "L", "status", "s per step median [min–max]", "repeats", "peak memory per step"]
+    head += ["GMACs fwd", "note"]
+    rows = [
+        [r["method"], f"{r['N']:,}"] + _case_cells(r, "step", _lra_bytes(r.get("mem_step_bytes")), 3) for r in results
     ]
-    for r in results:
-        t = r.get("step")
-        lat = f"{_sr_seconds(t['median_ms'])} [{_sr_seconds(t['min_ms'])}–{_sr_seconds(t['max_ms'])}]" if t else "–"
-        macs = r.get("macs")
-        lines.append(
-            f"| {r['method']} | {r['N']:,} | {r['status']} | {lat} | {t['repeats'] if t else '–'} | "
-            f"{_lra_bytes(r.get('mem_step_bytes'))} | {_fmt(macs / 1e9, 3) if macs else '–'} | {r.get('note', '')} |"
-        )
-    return "\n".join(lines)
+    return _markdown_table(head, "lrlrrrrl", rows)
 
 
 def plot_lra(results: list[dict], scaling: dict[str, dict], out_dir: str | Path, subtitle: str) -> str:
     """``lra.png``: seconds and peak MiB per training step against L, log-log, one line per attention (legend:
     fitted exponent); softmax dashed; a skipped case with a prediction is a hollow marker on a dotted line; grey
     dotted guides ∝ L and ∝ L² through the first softmax point (or the first point drawn)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    panels = (
-        ("seconds per training step", "time", lambda r: r["step"]["median_ms"] / 1e3, "predicted_seconds", 1.0),
-        ("peak MiB per training step", "memory", lambda r: r["mem_step_bytes"] / MIB, "predicted_memory_bytes", MIB),
-    )
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    methods = list(dict.fromkeys(r["method"] for r in results))
-    for ax, (label, key, value, pred_key, pred_unit) in zip(axes[0], panels, strict=True):
-        anchor = None
-        for i, method in enumerate(methods):
-            recs = sorted((r for r in results if r["method"] == method), key=lambda r: r["N"])
-            ok = [
-                (r["N"], value(r)) for r in recs if r["status"] == "ok" and (key == "time" or r.get("mem_step_bytes"))
-            ]
-            pred = [(r["N"], r[pred_key] / pred_unit) for r in recs if r["status"] == "skipped" and r.get(pred_key)]
-            color, style = cmap(i % 10), "--" if method.startswith("softmax") else "-"
-            e = scaling.get(method, {}).get(f"{key}_exponent")
-            if ok:
-                ax.plot(*zip(*ok, strict=True), style, marker="o", ms=4, color=color,
-                        label=f"{method} (e={e:.2f})" if e is not None else method)  # fmt: skip
-                if anchor is None or method == "softmax":
-                    anchor = ok[0]
-            if pred:
-                ax.plot(*zip(*(ok[-1:] + pred), strict=True), ":", color=color, alpha=0.7)
-                ax.plot(*zip(*pred, strict=True), "o", ms=6, mfc="none", color=color,
-                        label=None if ok else f"{method} (predicted only)")  # fmt: skip
-        lengths = sorted({r["N"] for r in results})
+    lengths = sorted({r["N"] for r in results})
+
+    def legend(method: str, key: str) -> str:
+        e = scaling.get(method, {}).get(f"{key}_exponent")
+        return f"{method} (e={e:.2f})" if e is not None else method
+
+    def guides(ax, key: str, firsts: dict) -> None:
+        anchor = firsts.get("softmax") or next(iter(firsts.values()), None)
         if anchor and len(lengths) > 1:
             (x0, y0), x1 = anchor, lengths[-1]
             for power, text in ((1, "∝ L"), (2, "∝ L²")):
                 ax.plot([x0, x1], [y0, y0 * (x1 / x0) ** power], ":", color="gray", lw=1)
                 ax.annotate(text, (x1, y0 * (x1 / x0) ** power), fontsize=7, color="gray", ha="right", va="top")
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xticks(lengths, [f"{n:,}" for n in lengths])
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel("sequence length L (tokens)")
-        ax.set_ylabel(label)
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"lra: {subtitle}  (e = fitted log-log exponent; hollow: skipped, predicted)", fontsize=10)
-    fig.tight_layout()
-    path = out_dir / "lra.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return str(path)
+
+    path = Path(out_dir) / "lra.png"
+    title = f"lra: {subtitle}  (e = fitted log-log exponent; hollow: skipped, predicted)"
+    ylabels = ("seconds per training step", "peak MiB per training step")
+    return _plot_staged(
+        results, path, title, "N", "sequence length L (tokens)", ("step", "mem_step_bytes"), ylabels,
+        legend=legend, decorate=guides, height=5.4,
+    )  # fmt: skip

@@ -8,36 +8,26 @@ A case is (attention, output size): the network ``model`` (``sr_tiny``, ``sr_sma
 that attention maps one random LR image (1, 3, h, w) to (1, 3, H, W) under ``torch.inference_mode()``.
 The worker (:mod:`mirrorla.bench.worker`) times it and measures its peak memory, as for the other kinds.
 
-**Stages.** The worker measures memory only after all its timings, so a sweep in one worker could not
-tell from the smaller sizes that a larger one will not fit in memory. The sizes therefore run in
-stages, smallest first, one :func:`~mirrorla.bench.worker.run_cases` call per size; before a stage,
-each attention's case is predicted from its own smaller sizes and skipped, not run, when the
-prediction exceeds the budget (:class:`SRBudget`):
-
-- time per image: the larger of the worker's log-log extrapolation through the last two measured
-  sizes (:func:`~mirrorla.bench.worker._extrapolate`) and the last measured time scaled by the ratio
-  of counted MACs. The MAC count includes softmax's N² matmuls, so the second follows softmax's
-  quadratic growth where a slope fitted at small N (still dominated by the linear parts) would lag.
-  With no smaller size measured: the forward's MACs at a quarter of the GEMM peak (the worker's rule
-  for a case without history, forward only).
-- peak memory: the log-log extrapolation of the measured peaks; no prediction for the first size.
-
-Once a size of an attention is skipped, fails, or runs over either budget, its larger sizes are
-skipped too. Whatever is predicted is recorded with the case (``predicted_seconds``,
-``predicted_memory_bytes``), so a skipped case says what it would have cost.
+**Stages** (:mod:`mirrorla.bench.staged`). The sizes run smallest first, one
+:func:`~mirrorla.bench.worker.run_cases` call per size; before a stage, each attention's case is predicted
+from its own smaller sizes (time per image; with no smaller size measured, the forward's MACs at a quarter of
+the GEMM peak) and skipped, not run, when the prediction exceeds the budget per image (:class:`SRBudget`).
+Once a size of an attention is skipped, fails, or runs over either budget, its larger sizes are skipped too;
+a skipped case keeps what was predicted (``predicted_seconds``, ``predicted_memory_bytes``).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mirrorla.bench.ops import OpsCase, _try_count
-from mirrorla.bench.worker import _extrapolate, run_cases
-from mirrorla.models.flops import unfused_attention
+from mirrorla.bench.ops import OpsCase
+from mirrorla.bench.report import seconds_text
+from mirrorla.bench.staged import Budget, Limits, Prediction, StagedKind, count_macs
+from mirrorla.bench.worker import run_cases
 from mirrorla.models.sr import SR_SCALES, SR_SIZES
 from mirrorla.registry import get_attention_entry
 
@@ -45,6 +35,7 @@ __all__ = [
     "SRBudget",
     "Prediction",
     "SR_MODELS",
+    "SR_STAGES",
     "DEFAULT_ATTENTIONS",
     "DEFAULT_SIZES",
     "QUICK_SIZES",
@@ -64,37 +55,18 @@ DEFAULT_ATTENTIONS = ("softmax", "linear_relu", "flatten", "pola", "nala", "l2vi
 #: Output sides (square images); ×4 from a 512² LR input is 262,144 tokens at 2048².
 DEFAULT_SIZES = (256, 512, 1024, 1536, 2048)
 QUICK_SIZES = (64, 128)
-#: Share of the GEMM peak assumed for a case with no smaller size measured (the worker's rule).
-PRIOR_PEAK_SHARE = 0.25
 #: The issue's targets: MirrorLA ≥ 10× faster than softmax at 1024² output, and ≥ 16× its largest image.
 TARGET_SIZE = (1024, 1024)
 TARGET_SPEEDUP = 10.0
 TARGET_PIXELS_RATIO = 16.0
 
-GIB = 2**30
-
 
 @dataclass(frozen=True)
-class SRBudget:
-    """What one single-pass forward of one image may cost: wall-clock seconds and peak bytes."""
+class SRBudget(Budget):
+    """What one single-pass forward of one image may cost: wall-clock seconds and peak bytes (both > 0)."""
 
     max_seconds: float
     max_memory_bytes: int
-
-    def __post_init__(self) -> None:
-        if not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be > 0, got {self.max_seconds!r}")
-        if not self.max_memory_bytes > 0:
-            raise ValueError(f"max_memory_bytes must be > 0, got {self.max_memory_bytes!r}")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Predicted time per image and peak memory of a case (None: no basis), and how they were obtained."""
-
-    seconds: float | None
-    memory_bytes: float | None
-    basis: str
 
 
 def size_label(w: int, h: int) -> str:
@@ -148,37 +120,20 @@ def plan_sr_cases(model: str, attentions: Sequence[str], sizes: Sequence[tuple[i
     ]
 
 
-def _error_line(err: Exception) -> str:
-    return f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-
-
 def count_sr_macs(cases: list[dict]) -> tuple[list[dict], dict[str, str]]:
     """The cases with ``macs`` (one forward, counted on fake tensors; None where counting fails), and
     ``{attention: error}`` for the attentions whose network cannot be built at all (e.g. a head dim
     the attention rejects). Networks are built once per attention, on the CPU, with random weights."""
     from mirrorla.models import create_model
 
-    models: dict[str, torch.nn.Module] = {}
-    errors: dict[str, str] = {}
-    out = []
-    for case in cases:
-        name = case["method"]
-        if name not in models and name not in errors:
-            try:
-                models[name] = create_model(case["model"], attention=name, scale=case["scale"]).eval()
-            except (ValueError, TypeError) as err:
-                errors[name] = _error_line(err)
-        macs = None
-        if name in models:
-            model, h, w = models[name], case["lr_h"], case["lr_w"]
+    @functools.cache
+    def create(name: str, model: str, scale: int) -> torch.nn.Module:
+        return create_model(model, attention=name, scale=scale).eval()
 
-            def run(model=model, h=h, w=w):
-                with unfused_attention(model):
-                    model(torch.empty(1, 3, h, w))
+    def forward(model: torch.nn.Module, case: dict) -> None:
+        model(torch.empty(1, 3, case["lr_h"], case["lr_w"]))
 
-            macs = _try_count(run)
-        out.append(dict(case, macs=macs))
-    return out, errors
+    return count_macs(cases, lambda case: create(case["method"], case["model"], case["scale"]), forward)
 
 
 def build_sr_case(case: dict, s: dict) -> OpsCase:
@@ -200,75 +155,31 @@ def build_sr_case(case: dict, s: dict) -> OpsCase:
     return OpsCase(fwd, None, None)
 
 
+def _heading(case: dict) -> str:
+    lr = size_label(case["lr_w"], case["lr_h"])
+    return f"{size_label(case['out_w'], case['out_h'])} (LR {lr}, N = {case['N']:,} tokens)"
+
+
+#: An SR case in the staged sweep: one forward per image, stages by output size.
+SR_STAGES = StagedKind(
+    unit="image",
+    time_slot="fwd",
+    memory_slot="mem_fwd_bytes",
+    slots=("fwd", "fwdbwd", "mem_fwd_bytes", "mem_fwdbwd_bytes"),
+    stage="size",
+    label=lambda case: size_label(case["out_w"], case["out_h"]),
+    heading=_heading,
+    smaller="smaller size",
+    built="network",
+    prior_forwards=1,
+    seconds_option="--max-seconds",
+)
+
+
 def predict_case(case: dict, measured: list[dict], gemm_gflops: float | None) -> Prediction:
     """Time per image and peak memory of ``case`` from ``measured``: the ok records of the same
-    attention at smaller sizes, ascending (see the module docstring for the rules)."""
-    n = case["N"]
-    times = [(r["N"], r["fwd"]["median_ms"] / 1e3) for r in measured]
-    peaks = [(r["N"], r["mem_fwd_bytes"]) for r in measured if r.get("mem_fwd_bytes")]
-    seconds, basis = None, "no smaller size measured and no MAC count"
-    if times:
-        seconds = _extrapolate(times, n, 2.0)
-        last = measured[-1]
-        basis = f"log-log extrapolation from {size_label(last['out_w'], last['out_h'])}"
-        if case.get("macs") and last.get("macs"):
-            scaled = times[-1][1] * case["macs"] / last["macs"]
-            if seconds is None or scaled > seconds:
-                seconds = scaled
-                basis = f"{size_label(last['out_w'], last['out_h'])} time × MAC ratio"
-    elif case.get("macs") and gemm_gflops:
-        seconds = 2 * case["macs"] / (PRIOR_PEAK_SHARE * gemm_gflops * 1e9)
-        basis = f"MACs at {PRIOR_PEAK_SHARE:.0%} of the GEMM peak"
-    memory = _extrapolate(peaks, n, 2.0) if peaks else None
-    return Prediction(seconds, memory, basis)
-
-
-def _seconds(s: float) -> str:
-    return f"{s:,.0f} s" if s >= 100 else f"{s:.3g} s"
-
-
-def _prediction_text(p: Prediction) -> str:
-    parts = []
-    if p.seconds is not None:
-        parts.append(f"{_seconds(p.seconds)} per image")
-    if p.memory_bytes is not None:
-        parts.append(f"{p.memory_bytes / GIB:.2f} GiB")
-    return f"predicted {', '.join(parts)} ({p.basis})" if parts else ""
-
-
-def _over_prediction(p: Prediction, budget: SRBudget) -> str | None:
-    why = []
-    if p.seconds is not None and p.seconds > budget.max_seconds:
-        why.append(f"{_seconds(p.seconds)} per image > --max-seconds {budget.max_seconds:g}")
-    if p.memory_bytes is not None and p.memory_bytes > budget.max_memory_bytes:
-        why.append(f"{p.memory_bytes / GIB:.2f} GiB > --max-memory-gb {budget.max_memory_bytes / GIB:.3g}")
-    return f"predicted {' and '.join(why)} ({p.basis})" if why else None
-
-
-def _over_measured(rec: dict, budget: SRBudget) -> str | None:
-    why = []
-    seconds = rec["fwd"]["median_ms"] / 1e3
-    if seconds > budget.max_seconds:
-        why.append(f"{_seconds(seconds)} per image > --max-seconds {budget.max_seconds:g}")
-    peak = rec.get("mem_fwd_bytes")
-    if peak is not None and peak > budget.max_memory_bytes:
-        why.append(f"{peak / GIB:.2f} GiB > --max-memory-gb {budget.max_memory_bytes / GIB:.3g}")
-    return " and ".join(why) or None
-
-
-def _not_run(case: dict, status: str, note: str, p: Prediction | None = None) -> dict:
-    return dict(
-        case,
-        status=status,
-        note=note,
-        fwd=None,
-        fwdbwd=None,
-        mem_fwd_bytes=None,
-        mem_fwdbwd_bytes=None,
-        predicted_seconds=p.seconds if p else None,
-        predicted_memory_bytes=p.memory_bytes if p else None,
-        within_budget=None,
-    )
+    attention at smaller sizes, ascending (:meth:`~mirrorla.bench.staged.StagedKind.predict`)."""
+    return SR_STAGES.predict(case, measured, gemm_gflops)
 
 
 def run_sr_sweep(
@@ -289,65 +200,16 @@ def run_sr_sweep(
     ``predicted_seconds``, ``predicted_memory_bytes`` and ``within_budget`` (True/False for a case that
     ran, None for one that did not); skipped and failed cases say why in ``note``.
     """
-    build_errors = dict(build_errors or {})
     # time_callable gets max_case_seconds / 3 = max_seconds for its timed repeats: a case whose warm-up
     # took t runs int(max_seconds / t) repeats (at most --repeats, at least 1). The worker's own skip rule
     # sees no history and no MACs here (the parent judged the case), and its GEMM peak is not used.
     worker_settings = dict(settings, max_case_seconds=3 * budget.max_seconds, min_repeats=1, gemm_size=64)
-    measured: dict[str, list[dict]] = defaultdict(list)
-    stopped: dict[str, str] = {}
-    results: list[dict] = []
-    for size in dict.fromkeys(c["size"] for c in cases):
-        stage = [c for c in cases if c["size"] == size]
-        label = size_label(stage[0]["out_w"], stage[0]["out_h"])
-        to_run, predictions = [], {}
-        for case in stage:
-            name = case["method"]
-            if name in build_errors:
-                results.append(_not_run(case, "error", f"network not built: {build_errors[name]}"))
-                continue
-            p = predict_case(case, measured[name], gemm_gflops)
-            if name in stopped:
-                note = "; ".join(x for x in (f"skipped: {stopped[name]}", _prediction_text(p)) if x)
-                results.append(_not_run(case, "skipped", note, p))
-                continue
-            over = _over_prediction(p, budget)
-            if over:
-                results.append(_not_run(case, "skipped", f"skipped: {over}", p))
-                stopped[name] = f"{label} was skipped"
-                log(f"  {label} {name}: skipped, {over}")
-                continue
-            predictions[name] = p
-            to_run.append(case)
-        if not to_run:
-            continue
-        lr = size_label(stage[0]["lr_w"], stage[0]["lr_h"])
-        log(f"{label} (LR {lr}, N = {stage[0]['N']:,} tokens): {', '.join(c['method'] for c in to_run)}")
-        done, _gemm = run_cases("sr", [[c] for c in to_run], worker_settings, isolate=isolate, progress=progress)
-        for case, rec in zip(to_run, done, strict=True):
-            name, p = case["method"], predictions[case["method"]]
-            rec.update(macs=case.get("macs"), predicted_seconds=p.seconds, predicted_memory_bytes=p.memory_bytes)
-            if rec["status"] != "ok":
-                rec["within_budget"] = None
-                stopped[name] = f"{label} failed ({rec['note']})"
-                log(f"  {label} {name}: {rec['status']}, {rec['note']}")
-                continue
-            measured[name].append(rec)
-            over = _over_measured(rec, budget)
-            rec["within_budget"] = over is None
-            if over:
-                rec["note"] = "; ".join(x for x in (rec.get("note"), f"over budget: {over}") if x)
-                stopped[name] = f"{label} ran over budget ({over})"
-            peak = rec.get("mem_fwd_bytes")
-            log(
-                f"  {label} {name}: {_seconds(rec['fwd']['median_ms'] / 1e3)} "
-                f"(median of {rec['fwd']['repeats']}), peak "
-                + (f"{peak / 2**20:,.0f} MiB" if peak is not None else "not measured")
-                + (f", OVER BUDGET: {over}" if over else "")
-            )
-        results.extend(done)
-    order = {(c["method"], c["size"]): i for i, c in enumerate(cases)}
-    return sorted(results, key=lambda r: order[(r["method"], r["size"])])
+
+    def run_stage(to_run: list[dict]) -> list[dict]:
+        return run_cases("sr", [[c] for c in to_run], worker_settings, isolate=isolate, progress=progress)[0]
+
+    limits = Limits(budget.max_seconds, budget.max_memory_bytes)
+    return SR_STAGES.sweep(cases, run_stage, limits, gemm_gflops=gemm_gflops, build_errors=build_errors, log=log)
 
 
 def largest_within_budget(results: list[dict], reference: str = "softmax") -> dict[str, dict]:
@@ -386,7 +248,7 @@ def _why_not(rec: dict | None, method: str, label: str) -> str:
     if rec is None:
         return f"{method} not run at {label}"
     if rec.get("predicted_seconds") is not None:
-        return f"{method} {rec['status']} at {label}, predicted {_seconds(rec['predicted_seconds'])} per image"
+        return f"{method} {rec['status']} at {label}, predicted {seconds_text(rec['predicted_seconds'])} per image"
     return f"{method} {rec['status']} at {label} ({rec.get('note', '')})"
 
 
@@ -425,8 +287,8 @@ def evaluate_sr_targets(
     elif m and r and m["status"] == "ok" and r["status"] == "ok":
         ratio = r["fwd"]["median_ms"] / m["fwd"]["median_ms"]
         detail = (
-            f"median latency ratio, both measured in this run ({_seconds(r['fwd']['median_ms'] / 1e3)} vs "
-            f"{_seconds(m['fwd']['median_ms'] / 1e3)})"
+            f"median latency ratio, both measured in this run ({seconds_text(r['fwd']['median_ms'] / 1e3)} vs "
+            f"{seconds_text(m['fwd']['median_ms'] / 1e3)})"
         )
         add(speed_name, ratio, TARGET_SPEEDUP, ratio >= TARGET_SPEEDUP, detail)
     else:

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Command", "Interrupted", "UsageError", "build_parser", "main", "COMMAND_MODULES"]
+__all__ = ["Command", "Interrupted", "UsageError", "build_parser", "command_family", "main", "COMMAND_MODULES"]
 
 
 class UsageError(Exception):
@@ -77,6 +77,26 @@ class HelpFormatter(argparse.HelpFormatter):
         ):
             return text
         return f"{text} (default: %(default)s)"
+
+
+#: A subcommand of a command family: (help, add_arguments, run).
+Subcommand = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def command_family(name: str, help: str, subcommands: dict[str, Subcommand]) -> Command:
+    """A command whose work is one of several subcommands (``mirrorla sr train``, ``mirrorla lra compare``)."""
+
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        sub = p.add_subparsers(dest=f"{name}_what", metavar="{" + ",".join(subcommands) + "}", required=True)
+        for sub_name, (sub_help, add, run) in subcommands.items():
+            s = sub.add_parser(sub_name, help=sub_help, description=sub_help, formatter_class=HelpFormatter)
+            add(s)
+            s.set_defaults(_family_run=run, _prog=s.prog)
+
+    def run(args: argparse.Namespace) -> int:
+        return args._family_run(args)
+
+    return Command(name, help, add_arguments, run)
 
 
 def _commands() -> list[Command]:

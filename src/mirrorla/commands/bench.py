@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import functools
 import shlex
 import sys
 from pathlib import Path
@@ -424,6 +425,73 @@ def _run_models(args, settings, header, out: Path) -> int:
     return 0
 
 
+def _attentions(args, default: tuple[str, ...]) -> list[str]:
+    """The ``--attentions`` of ``bench sr`` / ``bench lra`` (registry names or patterns), else ``default``."""
+    if args.attentions:
+        return _select_methods(",".join(args.attentions), option="--attentions")
+    return list(default)
+
+
+def _memory_budget(device: str, max_memory_gb: float | None) -> tuple[int, str]:
+    """The peak bytes allowed per image (sr) or step (lra), and where the number comes from."""
+    import torch
+
+    from mirrorla.bench.memory import available_memory_bytes
+
+    if max_memory_gb is not None:
+        return int(max_memory_gb * 2**30), "--max-memory-gb"
+    free = available_memory_bytes(torch.device(device))
+    if free is None:
+        raise UsageError("cannot read the available memory of this machine; pass --max-memory-gb")
+    return int(0.8 * free), f"80% of the {free / 2**30:.1f} GiB available at the start"
+
+
+def _run_staged(
+    args, cases: list[dict], settings: dict, count_macs, sweep, intro: tuple[str, str], **fields
+) -> tuple[list[dict], dict]:
+    """Say what runs (``intro``: the cases, the budget), count the MACs of ``cases``, measure the GEMM peak, run
+    ``sweep`` (``run_sr_sweep`` or ``run_lra_sweep`` with its budget and settings bound) and add ``fields``, the
+    dtype and the device to every record."""
+    import torch
+
+    from mirrorla.bench.machine import measure_gemm_peak
+
+    what, budget_text = intro
+    print(
+        f"mirrorla bench {args.bench_what}: {what}, {args.dtype} on {settings['device']}, {args.threads} threads; "
+        f"budget {budget_text}",
+        flush=True,
+    )
+    device = torch.device(settings["device"])
+    cases, build_errors = count_macs(cases)
+    gemm = measure_gemm_peak(device, getattr(torch, args.dtype), size=args.gemm_size)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    results = sweep(
+        cases,
+        gemm_gflops=gemm["gflops_best"],
+        build_errors=build_errors,
+        isolate=args.isolate,
+        progress=args.progress,
+    )
+    for r in results:
+        r.update(fields, dtype=args.dtype, device=settings["device"])
+    return results, gemm
+
+
+def _write_outputs(out: Path, kind: str, payload: dict, png: str, markdown: str) -> int:
+    """Write ``<kind>.json`` (with the paths of the files) and ``<kind>.md``, and print the Markdown."""
+    from mirrorla.bench import report
+
+    json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
+    payload["files"] = {"json": str(json_path), "markdown": str(md_path), "plot": png}
+    report.write_json(json_path, payload)
+    md_path.write_text(markdown)
+    print(markdown, end="")
+    print(f"wrote {json_path}, {md_path}, {png}")
+    return 0
+
+
 def _plan_sr(args) -> list[dict]:
     """The SR cases of the command line; a bad model, scale, size or attention is a one-line UsageError."""
     from mirrorla.bench import sr
@@ -433,10 +501,7 @@ def _plan_sr(args) -> list[dict]:
         raise UsageError(f"--model: unknown SR model {args.model!r}; valid models: {', '.join(sr.SR_MODELS)}")
     if args.scale not in SR_SCALES:
         raise UsageError(f"--scale: the SR network upscales by {', '.join(map(str, SR_SCALES))}, got {args.scale}")
-    if args.attentions:
-        attentions = _select_methods(",".join(args.attentions), option="--attentions")
-    else:
-        attentions = list(sr.DEFAULT_ATTENTIONS)
+    attentions = _attentions(args, sr.DEFAULT_ATTENTIONS)
     if args.sizes:
         sizes = [size for group in args.sizes for size in group]
     else:  # the default sides, rounded down to multiples of the scale
@@ -448,20 +513,9 @@ def _plan_sr(args) -> list[dict]:
 
 
 def _run_sr(args, cases: list[dict], settings: dict, header: dict, out: Path) -> int:
-    import torch
-
     from mirrorla.bench import report, sr
-    from mirrorla.bench.machine import measure_gemm_peak
-    from mirrorla.bench.memory import available_memory_bytes
 
-    device = torch.device(settings["device"])
-    if args.max_memory_gb is not None:
-        max_memory, memory_source = int(args.max_memory_gb * 2**30), "--max-memory-gb"
-    else:
-        free = available_memory_bytes(device)
-        if free is None:
-            raise UsageError("cannot read the available memory of this machine; pass --max-memory-gb")
-        max_memory, memory_source = int(0.8 * free), f"80% of the {free / 2**30:.1f} GiB available at the start"
+    max_memory, memory_source = _memory_budget(settings["device"], args.max_memory_gb)
     budget = sr.SRBudget(args.max_seconds, max_memory)
     settings.pop("max_case_seconds")
     settings.update(
@@ -473,27 +527,10 @@ def _run_sr(args, cases: list[dict], settings: dict, header: dict, out: Path) ->
         attentions=list(dict.fromkeys(c["method"] for c in cases)),
     )
     budget_out = {"max_seconds": budget.max_seconds, "max_memory_bytes": max_memory, "max_memory_source": memory_source}
-    print(
-        f"mirrorla bench sr: {args.model} x{args.scale}, {settings['attentions']} at output {settings['sizes']}, "
-        f"batch 1, {args.dtype} on {settings['device']}, {args.threads} threads; budget per image "
-        f"{budget.max_seconds:g} s and {max_memory / 2**30:.2f} GiB ({memory_source})",
-        flush=True,
-    )
-    cases, build_errors = sr.count_sr_macs(cases)
-    gemm = measure_gemm_peak(device, getattr(torch, args.dtype), size=args.gemm_size)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    results = sr.run_sr_sweep(
-        cases,
-        budget,
-        settings,
-        gemm_gflops=gemm["gflops_best"],
-        build_errors=build_errors,
-        isolate=args.isolate,
-        progress=args.progress,
-    )
-    for r in results:
-        r.update(batch=1, dtype=args.dtype, device=settings["device"])
+    sweep = functools.partial(sr.run_sr_sweep, budget=budget, settings=settings)
+    what = f"{args.model} x{args.scale}, {settings['attentions']} at output {settings['sizes']}, batch 1"
+    budget_text = f"per image {budget.max_seconds:g} s and {max_memory / 2**30:.2f} GiB ({memory_source})"
+    results, gemm = _run_staged(args, cases, settings, sr.count_sr_macs, sweep, (what, budget_text), batch=1)
     largest = sr.largest_within_budget(results)
     targets = sr.evaluate_sr_targets(results, largest)
     payload = dict(
@@ -508,8 +545,6 @@ def _run_sr(args, cases: list[dict], settings: dict, header: dict, out: Path) ->
     )
     subtitle = f"{args.model} x{args.scale}, batch 1, {args.dtype}, {settings['device']}, {args.threads} threads"
     png = report.plot_sr(results, out, subtitle, budget.max_seconds, max_memory)
-    payload["files"] = {"json": str(out / "sr.json"), "markdown": str(out / "sr.md"), "plot": png}
-    report.write_json(out / "sr.json", payload)
     m = payload["machine"]
     md = "\n".join(
         [
@@ -539,10 +574,7 @@ def _run_sr(args, cases: list[dict], settings: dict, header: dict, out: Path) ->
             f"![sr]({Path(png).name})",
         ]
     )
-    (out / "sr.md").write_text(md + "\n")
-    print(md)
-    print(f"wrote {out / 'sr.json'}, {out / 'sr.md'}, {png}")
-    return 0
+    return _write_outputs(out, "sr", payload, png, md + "\n")
 
 
 def _plan_lra(args) -> list[dict]:
@@ -551,10 +583,7 @@ def _plan_lra(args) -> list[dict]:
 
     if args.model not in lra.LRA_MODELS:
         raise UsageError(f"--model: unknown sequence model {args.model!r}; valid models: {', '.join(lra.LRA_MODELS)}")
-    if args.attentions:
-        attentions = _select_methods(",".join(args.attentions), option="--attentions")
-    else:
-        attentions = list(lra.QUICK_ATTENTIONS if args.quick else lra.DEFAULT_ATTENTIONS)
+    attentions = _attentions(args, lra.QUICK_ATTENTIONS if args.quick else lra.DEFAULT_ATTENTIONS)
     if args.lengths:
         lengths = [n for group in args.lengths for n in group]
     else:
@@ -568,22 +597,11 @@ def _plan_lra(args) -> list[dict]:
 def _run_lra(args, cases: list[dict], settings: dict, header: dict, out: Path) -> int:
     import time
 
-    import torch
-
     from mirrorla.bench import lra, report
-    from mirrorla.bench.machine import measure_gemm_peak
-    from mirrorla.bench.memory import available_memory_bytes
     from mirrorla.registry import get_attention_entry
 
     started = time.perf_counter()
-    device = torch.device(settings["device"])
-    if args.max_memory_gb is not None:
-        max_memory, memory_source = int(args.max_memory_gb * 2**30), "--max-memory-gb"
-    else:
-        free = available_memory_bytes(device)
-        if free is None:
-            raise UsageError("cannot read the available memory of this machine; pass --max-memory-gb")
-        max_memory, memory_source = int(0.8 * free), f"80% of the {free / 2**30:.1f} GiB available at the start"
+    max_memory, memory_source = _memory_budget(settings["device"], args.max_memory_gb)
     budget = lra.StepBudget(args.max_case_seconds, max_memory)
     attentions = list(dict.fromkeys(c["method"] for c in cases))
     backend = lra.softmax_backend(settings["device"])
@@ -605,27 +623,13 @@ def _run_lra(args, cases: list[dict], settings: dict, header: dict, out: Path) -
         "max_memory_bytes": max_memory,
         "max_memory_source": memory_source,
     }
-    print(
-        f"mirrorla bench lra: {args.model}, {attentions} at L = {settings['lengths']}, batch {settings['batch']}, "
-        f"{args.dtype} on {settings['device']}, {args.threads} threads; budget per case {budget.max_case_seconds:g} s "
-        f"(≥ {steps} steps) and {max_memory / 2**30:.2f} GiB per step ({memory_source})",
-        flush=True,
+    sweep = functools.partial(lra.run_lra_sweep, budget=budget, settings=settings)
+    what = f"{args.model}, {attentions} at L = {settings['lengths']}, batch {settings['batch']}"
+    budget_text = (
+        f"per case {budget.max_case_seconds:g} s (≥ {steps} steps) and {max_memory / 2**30:.2f} GiB per step "
+        f"({memory_source})"
     )
-    cases, build_errors = lra.count_lra_macs(cases)
-    gemm = measure_gemm_peak(device, getattr(torch, args.dtype), size=args.gemm_size)
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    results = lra.run_lra_sweep(
-        cases,
-        budget,
-        settings,
-        gemm_gflops=gemm["gflops_best"],
-        build_errors=build_errors,
-        isolate=args.isolate,
-        progress=args.progress,
-    )
-    for r in results:
-        r.update(dtype=args.dtype, device=settings["device"])
+    results, gemm = _run_staged(args, cases, settings, lra.count_lra_macs, sweep, (what, budget_text))
     scaling = lra.lra_scaling(results)
     linear = [m for m in attentions if getattr(get_attention_entry(m).cls, "is_linear", False)]
     targets = lra.evaluate_lra_targets(scaling, linear, backend=lra.softmax_backend(settings["device"], short=True))
@@ -651,13 +655,7 @@ def _run_lra(args, cases: list[dict], settings: dict, header: dict, out: Path) -
     )
     subtitle = f"{args.model}, batch {settings['batch']}, {args.dtype}, {settings['device']}, {args.threads} threads"
     png = report.plot_lra(results, scaling, out, subtitle)
-    payload["files"] = {"json": str(out / "lra.json"), "markdown": str(out / "lra.md"), "plot": png}
-    report.write_json(out / "lra.json", payload)
-    md = _lra_markdown(args, payload, png)
-    (out / "lra.md").write_text(md)
-    print(md)
-    print(f"wrote {out / 'lra.json'}, {out / 'lra.md'}, {png}")
-    return 0
+    return _write_outputs(out, "lra", payload, png, _lra_markdown(args, payload, png))
 
 
 def _lra_markdown(args, payload: dict, png: str) -> str:

@@ -13,7 +13,7 @@ import json
 import shlex
 from pathlib import Path
 
-from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands import Interrupted, UsageError, command_family
 from mirrorla.commands.compare import compare_config_from_args
 from mirrorla.commands.options import (
     GivenOnly,
@@ -186,25 +186,32 @@ def _add_lra_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-len", type=positive_int, default=None, help="listops/text/retrieval sequence length")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generator")
     p.add_argument("--data-dir", default=None, help="a folder of LRA TSV files (text, retrieval, listops)")
+    p.add_argument(
+        "--show",
+        default=None,
+        metavar="FILE",
+        help="also write the first 8 training examples as a PNG (image tasks) or print the first one (listops)",
+    )
 
 
 @user_errors
 def _run_lra_generate(args: argparse.Namespace) -> int:
     import time
 
-    from mirrorla.data.lra import build_lra_datasets
     from mirrorla.engine.lra import majority_baseline
+    from mirrorla.tasks import create_task
 
     t0 = time.perf_counter()
-    train_set, eval_set, info = build_lra_datasets(
-        args.task,
+    cfg = LRA_BASE.replace(
+        dataset=args.task,
         data_dir=args.data_dir,
-        train_size=args.train_size,
-        eval_size=args.eval_size,
-        seed=args.data_seed,
+        train_subset=args.train_size,
+        eval_subset=args.eval_size,
+        data_seed=args.data_seed,
         max_len=args.max_len,
         difficulty=args.difficulty,
     )
+    train_set, eval_set, info = create_task(cfg.task, cfg).build_datasets(cfg)
     lengths = train_set.lengths.float()
     print(
         f"{info.task}: {info.train_size} training / {info.eval_size} evaluation sequences, {info.num_classes} classes, "
@@ -214,7 +221,29 @@ def _run_lra_generate(args: argparse.Namespace) -> int:
     )
     for record in info.files:
         print(f"  {record['path']}")
+    if args.show:
+        _show(args.show, train_set, info)
     return 0
+
+
+def _show(path: str, train_set, info) -> None:
+    import torch
+
+    if info.grid is not None:
+        from mirrorla.engine.lra_figures import plot_examples
+
+        plot_examples(path, train_set, info.grid)
+        print(f"wrote {path}")
+        return
+    x, y = train_set.get_batch(torch.arange(1))
+    if info.task == "listops":
+        from mirrorla.data.lra.listops import LISTOPS_VOCAB
+
+        names = {i: t for t, i in LISTOPS_VOCAB.items()}
+        text = " ".join(names[int(t)] for t in x[0] if int(t) != info.pad_id)
+    else:
+        text = bytes(int(t) - 1 for t in x.flatten() if int(t) > 0).decode("utf-8", errors="replace")
+    print(f"first training example (label {int(y[0])}): {text[:400]}{' …' if len(text) > 400 else ''}")
 
 
 def _add_lra_compare_args(p: argparse.ArgumentParser) -> None:
@@ -303,25 +332,10 @@ _SUBCOMMANDS = {
 }
 
 
-def _add_lra_args(p: argparse.ArgumentParser) -> None:
-    from mirrorla.commands import HelpFormatter
-
-    sub = p.add_subparsers(dest="lra_what", metavar="{generate,train,eval,compare}", required=True)
-    for name, (help_, add, run) in _SUBCOMMANDS.items():
-        s = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
-        add(s)
-        s.set_defaults(_lra_run=run, _prog=s.prog)
-
-
-def _run_lra(args: argparse.Namespace) -> int:
-    return args._lra_run(args)
-
-
 COMMANDS = [
-    Command(
+    command_family(
         "lra",
         "long-range sequence tasks (ListOps, Pathfinder, sequential image; LRA TSVs): generate, train, eval, compare",
-        _add_lra_args,
-        _run_lra,
+        _SUBCOMMANDS,
     )
 ]

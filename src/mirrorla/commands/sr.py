@@ -13,7 +13,7 @@ import json
 import shlex
 from pathlib import Path
 
-from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands import Interrupted, UsageError, command_family
 from mirrorla.commands.compare import compare_config_from_args
 from mirrorla.commands.options import (
     CLASSIFICATION_ONLY,
@@ -242,25 +242,10 @@ _SUBCOMMANDS = {
 }
 
 
-def _add_sr_args(p: argparse.ArgumentParser) -> None:
-    from mirrorla.commands import HelpFormatter
-
-    sub = p.add_subparsers(dest="sr_what", metavar="{train,eval,compare,upscale}", required=True)
-    for name, (help_, add, run) in _SUBCOMMANDS.items():
-        s = sub.add_parser(name, help=help_, description=help_, formatter_class=HelpFormatter)
-        add(s)
-        s.set_defaults(_sr_run=run, _prog=s.prog)
-
-
-def _run_sr(args: argparse.Namespace) -> int:
-    return args._sr_run(args)
-
-
 COMMANDS = [
-    Command(
+    command_family(
         "sr",
         "super-resolution with global attention over every LR pixel: train, eval, compare, upscale",
-        _add_sr_args,
-        _run_sr,
+        _SUBCOMMANDS,
     )
 ]

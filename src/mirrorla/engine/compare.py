@@ -199,6 +199,59 @@ def _check_run_folders(cc: CompareConfig, out: Path, data_files) -> None:
             )
 
 
+def start_job(cc: CompareConfig) -> Path:
+    """The checks and set-up every comparison makes before its data and training: known attentions,
+    matplotlib for the figures (fail now, not after hours of training), the threads, the output folder."""
+    check_attentions(list(cc.attentions))
+    _require("matplotlib", "the figures")
+    if cc.base.threads:
+        torch.set_num_threads(cc.base.threads)
+    out = Path(cc.out_dir)
+    _check_out_folder(out, cc)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_results(out: Path, header: str, table: str, results: dict[str, Any]) -> None:
+    """``results.md`` (the header paragraph and the table) and ``results.json`` of a task comparison, written
+    atomically; the table is printed too."""
+    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    print("\n" + table + "\n", flush=True)
+
+
+def train_runs(cc: CompareConfig, out: Path, datasets, run_one, job: str) -> dict[str, dict[str, Any]]:
+    """Train every (attention, seed) run of ``cc`` in ``out/runs`` — in ``cc.jobs`` worker processes, reusing
+    finished runs with ``cc.resume`` — and return ``{attention: {"runs": {seed: result}}}``.
+
+    ``run_one(cfg, datasets)`` trains one run and writes its ``result.json`` (a module-level function, so the
+    spawned workers can import it); ``job`` names the command in the lines printed (``"sr compare"``, ...).
+    Used by the task comparisons (``sr compare``, ``lra compare``); ``compare`` interleaves its own probes.
+    """
+    info = datasets[2]
+    _check_run_folders(cc, out, info.files)
+    jobs = _resolve_jobs(cc)
+    runs = [_run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
+    reused = [cfg for cfg in runs if cc.resume and _saved_result(cfg, info.files) is not None]
+    if reused:
+        _say(f"[{job}] reusing {len(reused)} of {len(runs)} runs finished in {out / 'runs'}")
+    bar = _job_progress(len(runs), len(reused), cc.progress)
+    methods: dict[str, Any] = {}
+    try:
+        if jobs > 1:  # every run in worker processes first; the loop below then reads their results
+            _train_in_parallel(cc, cc.base, datasets, out, jobs, bar, run_one=run_one)
+        for cfg in runs:
+            saved = _saved_result(cfg, info.files) if (cc.resume or jobs > 1) else None
+            if saved is None:
+                saved = run_one(cfg, datasets)
+                _report(cfg, saved, bar)
+            methods.setdefault(cfg.attention, {"runs": {}})["runs"][str(cfg.seed)] = saved
+    finally:
+        if bar is not None:
+            bar.close()
+    return methods
+
+
 def run_label(cfg: TrainConfig) -> str:
     """How the lines of one run of a comparison start: its attention and seed."""
     return f"[{cfg.attention} seed {cfg.seed}]"

@@ -30,7 +30,7 @@ from mirrorla.engine import compare as _cmp
 from mirrorla.engine.checkpoint import atomic_write_bytes
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.lra import accuracy_by_length, majority_baseline, predict, train_step_cost
-from mirrorla.engine.model import check_attentions, count_params
+from mirrorla.engine.model import count_params
 from mirrorla.engine.trainer import environment_summary, train
 
 __all__ = ["run_lra_compare", "run_lra_suite", "format_lra_table", "format_summary_table"]
@@ -74,37 +74,12 @@ def run_lra_compare(cc: CompareConfig, cost_rounds: int = 3, datasets=None) -> d
     base = cc.base
     if base.task != "long_range":
         raise ValueError(f"run_lra_compare needs a long_range base configuration, got task {base.task!r}")
-    check_attentions(list(cc.attentions))
-    _cmp._require("matplotlib", "the figures")
-    if base.threads:
-        torch.set_num_threads(base.threads)
-    out = Path(cc.out_dir)
-    _cmp._check_out_folder(out, cc)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _cmp.start_job(cc)
     t_start = time.perf_counter()
     task = create_task(base.task, base)
     datasets = datasets or task.build_datasets(base)
     info = datasets[2]
-    _cmp._check_run_folders(cc, out, info.files)
-    jobs = _cmp._resolve_jobs(cc)
-    runs = [_cmp._run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
-    reused = [cfg for cfg in runs if cc.resume and _cmp._saved_result(cfg, info.files) is not None]
-    if reused:
-        _cmp._say(f"[lra compare {base.dataset}] reusing {len(reused)} of {len(runs)} runs finished in {out / 'runs'}")
-    bar = _cmp._job_progress(len(runs), len(reused), cc.progress)
-    methods: dict[str, Any] = {}
-    try:
-        if jobs > 1:
-            _cmp._train_in_parallel(cc, base, datasets, out, jobs, bar, run_one=_run_one)
-        for cfg in runs:
-            saved = _cmp._saved_result(cfg, info.files) if (cc.resume or jobs > 1) else None
-            if saved is None:
-                saved = _run_one(cfg, datasets)
-                _cmp._report(cfg, saved, bar)
-            methods.setdefault(cfg.attention, {"runs": {}})["runs"][str(cfg.seed)] = saved
-    finally:
-        if bar is not None:
-            bar.close()
+    methods = _cmp.train_runs(cc, out, datasets, _run_one, f"lra compare {base.dataset}")
     results: dict[str, Any] = {
         "task": base.dataset,
         "attentions": list(cc.attentions),
@@ -208,10 +183,7 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         f"Top-1 = accuracy on the evaluation split after the last epoch. Machine: {env['cpu_count']} CPUs, torch "
         f"{env['torch']}. Step cost: {results['cost_protocol']}."
     )
-    table = format_lra_table(results)
-    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
-    print("\n" + table + "\n", flush=True)
+    _cmp.write_results(out, header, format_lra_table(results), results)
     from mirrorla.engine.lra_figures import plot_task
 
     plot_task(out, results)

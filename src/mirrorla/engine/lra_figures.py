@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_task", "plot_accuracy_vs_length"]
+__all__ = ["plot_task", "plot_accuracy_vs_length", "plot_examples"]
 
 
 def _pyplot():
@@ -126,6 +126,27 @@ def plot_accuracy_vs_length(path: str | os.PathLike, summary: dict[str, Any]) ->
         ax.set(xlabel="sequence length (tokens)", ylabel="eval top-1 %", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_examples(path: str | os.PathLike, dataset: Any, grid: tuple[int, int], count: int = 8) -> None:
+    """The first ``count`` sequences of an image task (Pathfinder, sequential image) drawn on their pixel grid,
+    each titled with its label: what the generator made."""
+    import torch
+
+    plt = _pyplot()
+    count = min(count, len(dataset))
+    x, y = dataset.get_batch(torch.arange(count))
+    cols = min(count, 4)
+    rows = -(-count // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < count:
+            ax.imshow(x[i].reshape(grid).numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_title(f"label {int(y[i])}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -29,7 +29,7 @@ import torch
 from mirrorla.engine import compare as _cmp
 from mirrorla.engine.checkpoint import atomic_write_bytes
 from mirrorla.engine.config import CompareConfig, TrainConfig
-from mirrorla.engine.model import check_attentions, count_macs, count_params
+from mirrorla.engine.model import count_macs, count_params
 from mirrorla.engine.sr import evaluate_images, load_trained_sr, mean_scores, upscale
 from mirrorla.engine.trainer import environment_summary, train
 
@@ -82,37 +82,12 @@ def run_sr_compare(cc: CompareConfig, latency_rounds: int = 3) -> dict[str, Any]
     # Checkpoints always: the efficiency measurements and figures use each attention's trained seed-0 network.
     cc = dataclasses.replace(cc, base=cc.base.replace(save_checkpoints=True, keep_checkpoints=1))
     base = cc.base
-    check_attentions(list(cc.attentions))
-    _cmp._require("matplotlib", "the figures")
-    if base.threads:
-        torch.set_num_threads(base.threads)
-    out = Path(cc.out_dir)
-    _cmp._check_out_folder(out, cc)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _cmp.start_job(cc)
     t_start = time.perf_counter()
     datasets = create_task(base.task, base).build_datasets(base)
     info = datasets[2]
     pairs = _test_pairs(base, info)
-    _cmp._check_run_folders(cc, out, info.files)
-    jobs = _cmp._resolve_jobs(cc)
-    runs = [_cmp._run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
-    reused = [cfg for cfg in runs if cc.resume and _cmp._saved_result(cfg, info.files) is not None]
-    if reused:
-        _cmp._say(f"[sr compare] reusing {len(reused)} of {len(runs)} runs finished in {out / 'runs'}")
-    bar = _cmp._job_progress(len(runs), len(reused), cc.progress)
-    methods: dict[str, Any] = {}
-    try:
-        if jobs > 1:
-            _cmp._train_in_parallel(cc, base, datasets, out, jobs, bar, run_one=_run_one)
-        for cfg in runs:
-            saved = _cmp._saved_result(cfg, info.files) if (cc.resume or jobs > 1) else None
-            if saved is None:
-                saved = _run_one(cfg, datasets)
-                _cmp._report(cfg, saved, bar)
-            methods.setdefault(cfg.attention, {"runs": {}})["runs"][str(cfg.seed)] = saved
-    finally:
-        if bar is not None:
-            bar.close()
+    methods = _cmp.train_runs(cc, out, datasets, _run_one, "sr compare")
     results: dict[str, Any] = {
         "attentions": list(cc.attentions),
         "seeds": list(cc.seeds),
@@ -231,10 +206,7 @@ def _write(out: Path, results: dict[str, Any], pairs) -> None:
         f"(BT.601), 8-bit output, {cfg['scale']} border pixels cropped; per-image columns: PSNR, mean over seeds. "
         f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}. Efficiency: {results['efficiency_protocol']}"
     )
-    table = format_sr_table(results)
-    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
-    print("\n" + table + "\n", flush=True)
+    _cmp.write_results(out, header, format_sr_table(results), results)
     from mirrorla.engine.sr_figures import plot_crops, plot_psnr_latency
 
     plot_psnr_latency(out / "psnr_vs_latency.png", results)

@@ -20,6 +20,7 @@ __all__ = [
     "untrained_cfg",
     "list_models",
     "submodule_no_weight_decay",
+    "init_outside_attention",
     "no_weight_decay_names",
     "MODEL_NAMES",
 ]
@@ -113,3 +114,20 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     names |= submodule_no_weight_decay(model)
     params = {n for n, _ in model.named_parameters()}
     return names & params
+
+
+def init_outside_attention(model: nn.Module, attention_layers: list[nn.Module]) -> None:
+    """timm's/SwinIR's init for every part of ``model`` outside ``attention_layers``: Linear trunc_normal(0.02)
+    with bias 0, LayerNorm weight 1 and bias 0. The attention layers initialise themselves (docs/methods.md
+    §0.3) and are left as they are."""
+    inside = {id(m) for layer in attention_layers for m in layer.modules()}
+    for m in model.modules():
+        if id(m) in inside:
+            continue
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mirrorla.models._timm import submodule_no_weight_decay
+from mirrorla.models._timm import init_outside_attention, submodule_no_weight_decay
 from mirrorla.registry import attention_option_value, create_attention, get_attention_entry
 
 __all__ = ["SequenceClassifier", "SeqBlock", "SEQ_SIZES", "SEQ_POOLS", "create_sequence_model"]
@@ -159,19 +159,9 @@ class SequenceClassifier(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # Linear trunc_normal(0.02), bias 0; embeddings and position table N(0, 0.02) (timm/BERT practice).
-        # The attention layers initialise themselves (docs/methods.md §0.3) and are left as they are.
-        inside_attention = {id(m) for blk in self.blocks for m in blk.attn.modules()}
-        for m in self.modules():
-            if id(m) in inside_attention:
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # Linear trunc_normal(0.02), bias 0, LayerNorm 1/0; embeddings and position table trunc_normal(0.02)
+        # (timm/BERT practice). The attention layers initialise themselves.
+        init_outside_attention(self, [blk.attn for blk in self.blocks])
         nn.init.trunc_normal_(self.embed.weight, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mirrorla.models._timm import register, untrained_cfg
+from mirrorla.models._timm import init_outside_attention, register, untrained_cfg
 from mirrorla.registry import create_attention, get_attention_entry
 
 __all__ = ["SuperResolutionNet", "SRBlock", "ConvFFN", "SR_SIZES", "SR_SCALES", "create_sr_model", "register_sr_models"]
@@ -162,19 +162,8 @@ class SuperResolutionNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        # SwinIR's init for the non-attention parts: Linear trunc_normal(0.02), bias 0; LayerNorm 1/0.
-        # The attention layers initialise themselves (docs/methods.md §0.3) and are left as they are.
-        inside_attention = {id(m) for g in self.groups for blk in g.blocks for m in blk.attn.modules()}
-        for m in self.modules():
-            if id(m) in inside_attention:
-                continue
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        # SwinIR's init for the non-attention parts.
+        init_outside_attention(self, [blk.attn for g in self.groups for blk in g.blocks])
         if self.img_skip == "bicubic":
             nn.init.zeros_(self.upsample[0].weight)
             nn.init.zeros_(self.upsample[0].bias)
