@@ -177,3 +177,10 @@ def test_tiny_train_from_user_tsv(task, tmp_path):
     out = train(cfg)
     assert out["history"][-1]["eval_images"] == 16
     assert out["model"].pair == (task == "retrieval")
+
+
+def test_command_task_names_match_the_data_package():
+    from mirrorla.commands.lra import TASK_NAMES
+    from mirrorla.data.lra import LRA_TASKS
+
+    assert TASK_NAMES == LRA_TASKS

@@ -207,11 +207,13 @@ class SequenceClassifier(nn.Module):
         keep = tokens != self.pad_id
         return None if bool(keep.all()) else keep
 
-    def forward_features(self, tokens: Tensor) -> Tensor:
-        """Token ids (B, L) → normed token features (B, P + L, C) (P = 1 with the cls token)."""
+    def forward_features(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Token ids (B, L) → normed token features (B, P + L, C) (P = 1 with the cls token); ``mask``:
+        :meth:`padding_mask` of ``tokens`` when the caller has it already."""
         B, L = tokens.shape
         x = self.embed(tokens) + self.pos_embed[:, :L]
-        mask = self.padding_mask(tokens)
+        if mask is None:
+            mask = self.padding_mask(tokens)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
             if mask is not None:
@@ -224,19 +226,19 @@ class SequenceClassifier(nn.Module):
                 x = blk(x, hw, mask)
         return self.norm(x)
 
-    def pool_features(self, x: Tensor, tokens: Tensor) -> Tensor:
-        """(B, P + L, C) → (B, C): the cls token, or the mean over non-padding tokens."""
+    def pool_features(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, P + L, C) → (B, C): the cls token, or the mean over the tokens ``mask`` keeps (all if None)."""
         if self.cls_token is not None:
             return x[:, 0]
-        mask = self.padding_mask(tokens)
         if mask is None:
             return x.mean(dim=1)
         w = mask.to(x.dtype).unsqueeze(-1)
         return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
     def encode(self, tokens: Tensor) -> Tensor:
-        """Token ids (B, L) → pooled features (B, C)."""
-        return self.pool_features(self.forward_features(tokens), tokens)
+        """Token ids (B, L) → pooled features (B, C); the padding mask is computed once for both steps."""
+        mask = self.padding_mask(tokens)
+        return self.pool_features(self.forward_features(tokens, mask), mask)
 
     def forward_head(self, pooled: Tensor) -> Tensor:
         return self.head(pooled)
