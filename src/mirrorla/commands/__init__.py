@@ -51,6 +51,7 @@ COMMAND_MODULES = (
     "mirrorla.commands.models",
     "mirrorla.commands.sr",
     "mirrorla.commands.lra",
+    "mirrorla.commands.analyze",
 )
 
 

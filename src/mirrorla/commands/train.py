@@ -84,6 +84,11 @@ def check_attention_options(attention: str | None, options: dict[str, Any], dim:
     except ValueError as err:
         raise UsageError(str(err)) from err
     valid = [n for n in _attention_option_names(entry.cls) if n not in MODEL_SET_OPTIONS]
+    feature_map = entry.defaults.get("feature_map")
+    if isinstance(feature_map, str):  # options of the named feature map are layer keywords too (alpha_init, ...)
+        from mirrorla.feature_maps import feature_map_options
+
+        valid += sorted(feature_map_options(feature_map) - set(valid))
     for key in options:
         if key in MODEL_SET_OPTIONS:
             raise UsageError(f"--attn-opt {key}: the model sets {key} of its attention layers itself; leave it out")

@@ -231,7 +231,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: What every run of a comparison shares, the attention and the seed aside.
 BASE = TrainConfig(
     embed_dim=64, depth=4, num_heads=2, patch_size=4, mlp_ratio=2.0, batch_size=128, lr=1e-3, warmup_epochs=0.5,
-    label_smoothing=0.1, clip_grad=1.0, save_checkpoints=False, progress=False,
+    label_smoothing=0.1, clip_grad=1.0, save_checkpoints=True, keep_checkpoints=1, progress=False,
 )  # fmt: skip
 
 

@@ -43,6 +43,14 @@ class FeatureMap(nn.Module):
     def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def truncated_input(
+        self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor] | tuple[()] | None:
+        """For diagnostics (``mirrorla analyze``): the tensors whose negative entries this map sets to
+        zero (the argument of its ReLU, same shape as q and k); ``()`` for a map that keeps both signs;
+        None (the default) when the map does not say, which analyze reports as unknown."""
+        return None
+
     def fold_projection(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
         """The fused qkv(g) projection with the map's constant linear part folded into its q and k rows,
         or None (the default: nothing to fold). A map that returns weights also implements
@@ -61,6 +69,9 @@ class IdentityFeatureMap(FeatureMap):
     def forward(self, q, k, key_padding_mask=None):
         return q, k
 
+    def truncated_input(self, q, k, key_padding_mask=None):
+        return ()
+
 
 class ReLUFeatureMap(FeatureMap):
     """φ(x) = ReLU(x) (the baseline row R0 of the MirrorLA ablation)."""
@@ -68,12 +79,18 @@ class ReLUFeatureMap(FeatureMap):
     def forward(self, q, k, key_padding_mask=None):
         return F.relu(q), F.relu(k)
 
+    def truncated_input(self, q, k, key_padding_mask=None):
+        return q, k
+
 
 class ELUFeatureMap(FeatureMap):
     """φ(x) = ELU(x) + 1 (Katharopoulos et al., "Transformers are RNNs", 2020), strictly positive."""
 
     def forward(self, q, k, key_padding_mask=None):
         return F.elu(q) + 1.0, F.elu(k) + 1.0
+
+    def truncated_input(self, q, k, key_padding_mask=None):
+        return ()  # ELU + 1 is injective: nothing is zeroed
 
 
 register_feature_map("identity", IdentityFeatureMap)

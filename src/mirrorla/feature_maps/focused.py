@@ -91,6 +91,9 @@ class FocusedFeatureMap(FeatureMap):
             phi_k = focus((F.relu(k) + self.offset) / s, self.focusing_factor, dims)
         return phi_q, phi_k
 
+    def truncated_input(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return q, k  # the ReLU's argument; the positive scale and the focusing power keep signs
+
     def extra_repr(self) -> str:
         return (
             f"heads={self.num_heads}, head_dim={self.head_dim}, p={self.focusing_factor}, norm_scope={self.norm_scope}"

@@ -22,6 +22,7 @@ from mirrorla.ops._checks import check_positive
 from mirrorla.ops.reflections import (
     block_reflect,
     block_variance,
+    check_variance_axis,
     cross_head_reflect,
     mirror_features,
     modulated_angle,
@@ -55,12 +56,17 @@ class MirrorFeatureMap(FeatureMap):
     Args:
         num_heads: H. head_dim: D (must be even when ``block_reflection``).
         block_reflection: one 2-D reflection per (head, channel pair), angle θ (H, D/2).
-        variance_modulation: Θ = θ + α·sigmoid(1/(σ² + ε)), σ² per (sample, head, block) over q and k.
+        variance_modulation: Θ = θ + α·sigmoid(1/(σ² + ε)), σ² per (sample, head, block) over q and k
+            (per (sample, head) with ``variance_axis="head"``).
         cross_head: one reflection I − 2ûûᵀ over the full width C = H·D, applied first.
         theta_init: ``"uniform"`` (U[0, π), default), ``"zeros"`` or a float.
         alpha_init: initial value of every α entry (default 0.1·π).
         variance_eps: ε in 1/(σ² + ε).
         detach_variance: compute σ² without gradient.
+        variance_axis: what σ² pools over: ``"block"`` (default) one σ² per (sample, head, block);
+            ``"head"`` one σ² per (sample, head) over all D channels of q and k, used by every block
+            of the head (our option; the paper's figure speaks of a block variance). q and k still
+            share Θ. Only read under ``variance_modulation``.
 
     The attribute ``fast_path`` (default on; :func:`set_fast_path` or ``MIRRORLA_FAST_PATH=0``)
     selects the fused op or the reference composition. Both compute the same φ.
@@ -81,6 +87,7 @@ class MirrorFeatureMap(FeatureMap):
         alpha_init: float = 0.1 * math.pi,
         variance_eps: float = 1e-6,
         detach_variance: bool = False,
+        variance_axis: str = "block",
     ) -> None:
         super().__init__()
         if variance_modulation and not block_reflection:
@@ -96,12 +103,14 @@ class MirrorFeatureMap(FeatureMap):
         variance_eps = check_positive(
             "variance_eps", variance_eps, "it keeps 1/(σ² + ε) finite when a block has zero variance"
         )
+        check_variance_axis(variance_axis)
         self.num_heads, self.head_dim = num_heads, head_dim
         self.block_reflection = block_reflection
         self.variance_modulation = variance_modulation
         self.cross_head = cross_head
         self.variance_eps = variance_eps
         self.detach_variance = detach_variance
+        self.variance_axis = variance_axis
         self.token_local = not variance_modulation
         self.fast_path = _FAST_PATH_DEFAULT
         J = head_dim // 2
@@ -124,9 +133,9 @@ class MirrorFeatureMap(FeatureMap):
             return self.theta.unsqueeze(0)
         if self.detach_variance:
             with torch.no_grad():
-                var = block_variance(q, k, key_padding_mask)
+                var = block_variance(q, k, key_padding_mask, axis=self.variance_axis)
         else:
-            var = block_variance(q, k, key_padding_mask)
+            var = block_variance(q, k, key_padding_mask, axis=self.variance_axis)
         return modulated_angle(self.theta, self.alpha, var, self.variance_eps)
 
     def reflect(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -137,6 +146,12 @@ class MirrorFeatureMap(FeatureMap):
             angle = self.angles(q, k, key_padding_mask)
             q, k = block_reflect(q, angle), block_reflect(k, angle)
         return q, k
+
+    def truncated_input(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The reflected q and k: the ReLU's argument (``mirrorla analyze`` measures what it discards)."""
+        if q.dtype in _HALF:
+            q, k = q.float(), k.float()
+        return self.reflect(q, k, key_padding_mask)
 
     def forward(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_heads(q, self.num_heads, self.head_dim)
@@ -214,6 +229,7 @@ class MirrorFeatureMap(FeatureMap):
             self.alpha if self.variance_modulation else None,
             variance_eps=self.variance_eps,
             detach_variance=self.detach_variance,
+            variance_axis=self.variance_axis,
             key_padding_mask=key_padding_mask,
             **extra,
         )
@@ -240,10 +256,11 @@ class MirrorFeatureMap(FeatureMap):
         return R
 
     def extra_repr(self) -> str:
-        return (
+        text = (
             f"heads={self.num_heads}, head_dim={self.head_dim}, block_reflection={self.block_reflection}, "
             f"variance_modulation={self.variance_modulation}, cross_head={self.cross_head}"
         )
+        return text if self.variance_axis == "block" else f"{text}, variance_axis={self.variance_axis!r}"
 
 
 register_feature_map("mirror", MirrorFeatureMap)

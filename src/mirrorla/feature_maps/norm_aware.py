@@ -98,6 +98,9 @@ class NormAwareFeatureMap(FeatureMap):
             phi_k = torch.cat([m_k * torch.cos(theta_k), m_k * torch.sin(theta_k)], dim=-1)
             return phi_q, phi_k
 
+    def truncated_input(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[()]:
+        return ()  # the positive and the negative half are both kept, as two feature blocks
+
     def extra_repr(self) -> str:
         extra = f", phase_scale={self.phase_scale}" if self.form == "cosine" else ""
         return f"heads={self.num_heads}, head_dim={self.head_dim}, form={self.form!r}, lam={self.lam}{extra}"

@@ -84,6 +84,9 @@ class PolarityFeatureMap(FeatureMap):
             p = self.exponent(q.dtype)
             return polarity_split(q / s, p), polarity_split(k / s, p)
 
+    def truncated_input(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[()]:
+        return ()  # the positive and the negative half are both kept, as two feature blocks
+
     def extra_repr(self) -> str:
         return f"heads={self.num_heads}, head_dim={self.head_dim}, alpha={self.alpha}"
 

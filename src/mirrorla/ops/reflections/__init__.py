@@ -8,6 +8,21 @@ dense reflection matrices, plain references of σ² and Θ, and the reference co
 """
 
 from mirrorla.ops.reflections.fused import mirror_features
-from mirrorla.ops.reflections.reflect import block_reflect, block_variance, cross_head_reflect, modulated_angle
+from mirrorla.ops.reflections.reflect import (
+    VARIANCE_AXES,
+    block_reflect,
+    block_variance,
+    check_variance_axis,
+    cross_head_reflect,
+    modulated_angle,
+)
 
-__all__ = ["cross_head_reflect", "block_reflect", "block_variance", "modulated_angle", "mirror_features"]
+__all__ = [
+    "cross_head_reflect",
+    "block_reflect",
+    "block_variance",
+    "modulated_angle",
+    "mirror_features",
+    "VARIANCE_AXES",
+    "check_variance_axis",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mirrorla.ops.reflections.reflect import block_variance, modulated_angle
+from mirrorla.ops.reflections.reflect import block_variance, check_variance_axis, modulated_angle
 
 __all__ = ["mirror_features"]
 
@@ -24,6 +24,7 @@ def mirror_features(
     *,
     variance_eps: float = 1e-6,
     detach_variance: bool = False,
+    variance_axis: str = "block",
     key_padding_mask: Tensor | None = None,
     odd_negated: bool = False,
 ) -> tuple[Tensor, Tensor]:
@@ -34,7 +35,7 @@ def mirror_features(
         u: (C,) cross-head vector, or None to skip the cross-head reflection.
         theta: (H, J) block angles, or None to skip the block reflection.
         alpha: (H, J) modulation amplitudes, or None for Θ = θ (no variance modulation).
-        variance_eps, detach_variance, key_padding_mask: as in :class:`MirrorFeatureMap`.
+        variance_eps, detach_variance, variance_axis, key_padding_mask: as in :class:`MirrorFeatureMap`.
         odd_negated: q and k arrive as S·x, x the tensors entering the block reflection and S the
             sign flip of every odd channel (2j+1); a layer folds S (and H_c) into its projection
             weights, see :meth:`MirrorFeatureMap.fold_projection`. Needs ``u=None``. φ is unchanged.
@@ -43,7 +44,8 @@ def mirror_features(
         * cross-head: one matrix-vector product x·û over the (B, N, C) view of the heads and one
           ``addcmul`` x − 2(x·û)û, instead of an einsum plus broadcast temporaries;
         * σ²: two passes (channel sums, then Σ(x − μ_block)²) reduced over tokens, where the
-          reference builds (B, H, N, J, 2) temporaries; a key-padding mask uses the reference;
+          reference builds (B, H, N, J, 2) temporaries (``variance_axis="head"``: μ and σ² over
+          the head's D channels); a key-padding mask uses the reference;
         * block reflection: each channel pair is a complex number z = x₂ⱼ + i·x₂ⱼ₊₁, and
           H(Θ)z = w·conj(z) = conj(w̄·z) with w = −e^{2iΘ}, so the reflection is one complex
           multiply of a strided view (no stack/interleave copy). conj(z) is exactly the pair with
@@ -53,6 +55,7 @@ def mirror_features(
     Returns:
         (φq, φk) with q's and k's shapes, non-negative, in the input dtype.
     """
+    check_variance_axis(variance_axis)
     if u is not None:
         if odd_negated:
             raise ValueError("odd_negated=True describes inputs after the cross-head reflection; pass u=None")
@@ -67,9 +70,9 @@ def mirror_features(
     else:
         if key_padding_mask is not None:
             qx, kx = (q * odd_sign, k * odd_sign) if odd_negated else (q, k)
-            stats = lambda: block_variance(qx, kx, key_padding_mask)  # noqa: E731
+            stats = lambda: block_variance(qx, kx, key_padding_mask, axis=variance_axis)  # noqa: E731
         else:
-            stats = lambda: _block_variance_fast(q, k, odd_sign if odd_negated else None)  # noqa: E731
+            stats = lambda: _block_variance_fast(q, k, odd_sign if odd_negated else None, variance_axis)  # noqa: E731
         if detach_variance:
             with torch.no_grad():
                 var = stats()
@@ -98,25 +101,29 @@ def _cross_head_fast(x: Tensor, u_hat: Tensor) -> Tensor:
     return torch.addcmul(xc, proj, u_hat, value=-2.0).view(B, N, H, D).transpose(1, 2)
 
 
-def _block_variance_fast(q: Tensor, k: Tensor, odd_sign: Tensor | None = None) -> Tensor:
+def _block_variance_fast(q: Tensor, k: Tensor, odd_sign: Tensor | None = None, axis: str = "block") -> Tensor:
     """σ² per (B, H, J) over the q and k entries of each block: two passes, reductions over tokens.
 
-    With ``odd_sign`` the inputs are S·x (odd channels negated); since (S·x − S·μ)² = (x − μ)², the
-    second pass subtracts S·μ and the statistics are those of x.
+    ``axis="head"`` pools all D channels of a head into one σ² per (B, H), repeated over the J blocks.
+    With ``odd_sign`` the inputs are S·x (odd channels negated); the first pass un-flips the channel
+    sums, so μ is the mean of x (for a whole head the flipped sums would not cancel to it), and since
+    (S·x − S·μ)² = (x − μ)², the second pass subtracts S·μ and the statistics are those of x.
     """
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     q, k = q.to(dt), k.to(dt)
-    count = max(2.0 * (q.shape[2] + k.shape[2]), 1.0)  # no tokens: σ² = 0, not 0/0
+    B, H, _, D = q.shape
+    width = 2 if axis == "block" else D  # channels per σ² group: a pair, or the whole head
+    count = max(float(width) * (q.shape[2] + k.shape[2]), 1.0)  # no tokens: σ² = 0, not 0/0
     sums = q.sum(2) + k.sum(2)  # (B, H, D)
     if odd_sign is not None:
         sums = sums * odd_sign.to(dt)
-    mu = sums.unflatten(-1, (-1, 2)).sum(-1) / count  # (B, H, J)
-    mu_d = mu.repeat_interleave(2, dim=-1)  # (B, H, D)
+    mu = sums.unflatten(-1, (-1, width)).sum(-1) / count  # (B, H, G), G = D / width groups
+    mu_d = mu.repeat_interleave(width, dim=-1)  # (B, H, D)
     if odd_sign is not None:
         mu_d = mu_d * odd_sign.to(dt)
     mu_d = mu_d.unsqueeze(2)
     sq = (q - mu_d).square().sum(2) + (k - mu_d).square().sum(2)  # (B, H, D)
-    return sq.unflatten(-1, (-1, 2)).sum(-1) / count
+    return (sq.unflatten(-1, (-1, width)).sum(-1) / count).expand(B, H, D // 2)
 
 
 def _reflect_relu(x: Tensor, w: Tensor, sign: Tensor | None) -> Tensor:

@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mirrorla.ops.reflections.reflect import block_reflect, block_variance, cross_head_reflect, modulated_angle
+from mirrorla.ops.reflections.reflect import (
+    block_reflect,
+    block_variance,
+    check_variance_axis,
+    cross_head_reflect,
+    modulated_angle,
+)
 
 __all__ = [
     "dense_block_reflection",
@@ -45,12 +51,16 @@ def dense_cross_head_reflection(u: Tensor) -> Tensor:
     return torch.eye(u.numel(), dtype=u.dtype, device=u.device) - 2.0 * torch.outer(u, u) / (u @ u)
 
 
-def naive_block_variance(q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+def naive_block_variance(
+    q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None, *, axis: str = "block"
+) -> Tensor:
     """σ² of block j = ``torch.var`` (population) of {q_{n,2j}, q_{n,2j+1}} ∪ {k_{m,2j}, k_{m,2j+1}}.
 
+    ``axis="head"``: every block of a head gets ``torch.var`` of all its entries {q_{n,d}} ∪ {k_{m,d}}.
     One sample at a time, kept tokens only (``key_padding_mask`` (B, N), True = keep, N = M); a sample
     with no tokens gets σ² = 0. Returns (B, H, J) in float64 for float64 inputs, else float32.
     """
+    check_variance_axis(axis)
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, H, _, D = q.shape
     out = []
@@ -58,8 +68,13 @@ def naive_block_variance(q: Tensor, k: Tensor, key_padding_mask: Tensor | None =
         qb, kb = q[b].to(dt), k[b].to(dt)  # (H, N, D), (H, M, D)
         if key_padding_mask is not None:
             qb, kb = qb[:, key_padding_mask[b]], kb[:, key_padding_mask[b]]
-        vals = torch.cat((qb, kb), dim=1).unflatten(-1, (D // 2, 2))  # (H, T, J, 2)
-        vals = vals.transpose(1, 2).flatten(2)  # (H, J, 2T): every entry of block j
+        vals = torch.cat((qb, kb), dim=1)  # (H, T, D)
+        if axis == "head":
+            head = vals.flatten(1)  # (H, T·D): every entry of the head
+            var = head.var(-1, correction=0) if head.shape[-1] else head.new_zeros(H)
+            out.append(var[:, None].expand(H, D // 2))
+            continue
+        vals = vals.unflatten(-1, (D // 2, 2)).transpose(1, 2).flatten(2)  # (H, J, 2T): every entry of block j
         out.append(vals.var(-1, correction=0) if vals.shape[-1] else vals.new_zeros(H, D // 2))
     return torch.stack(out) if out else q.new_zeros(0, H, D // 2, dtype=dt)
 
@@ -79,14 +94,17 @@ def naive_mirror_features(
     *,
     variance_eps: float = 1e-6,
     detach_variance: bool = False,
+    variance_axis: str = "block",
     key_padding_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """φq, φk = ReLU(H_blk(Θ)·H_c·q), ReLU(H_blk(Θ)·H_c·k), one op per formula of docs/methods.md §2.2–2.4.
 
     Arguments as :func:`~mirrorla.ops.reflections.mirror_features` (without ``odd_negated``):
     u (C,) or None skips H_c; theta (H, J) or None skips H_blk; alpha (H, J) or None gives Θ = θ,
-    else Θ = θ + α·sigmoid(1/(σ² + ε)) with σ² over the (cross-head reflected) q and k.
+    else Θ = θ + α·sigmoid(1/(σ² + ε)) with σ² over the (cross-head reflected) q and k, per block or,
+    with ``variance_axis="head"``, per head.
     """
+    check_variance_axis(variance_axis)
     if u is not None:
         q, k = cross_head_reflect(q, u), cross_head_reflect(k, u)
     if theta is not None:
@@ -95,9 +113,9 @@ def naive_mirror_features(
         else:
             if detach_variance:
                 with torch.no_grad():
-                    var = block_variance(q, k, key_padding_mask)
+                    var = block_variance(q, k, key_padding_mask, axis=variance_axis)
             else:
-                var = block_variance(q, k, key_padding_mask)
+                var = block_variance(q, k, key_padding_mask, axis=variance_axis)
             angle = modulated_angle(theta, alpha, var, variance_eps)
         q, k = block_reflect(q, angle), block_reflect(k, angle)
     return F.relu(q), F.relu(k)

@@ -11,7 +11,25 @@ from torch import Tensor
 
 from mirrorla.ops._checks import check_positive
 
-__all__ = ["cross_head_reflect", "block_reflect", "block_variance", "modulated_angle"]
+__all__ = [
+    "cross_head_reflect",
+    "block_reflect",
+    "block_variance",
+    "modulated_angle",
+    "VARIANCE_AXES",
+    "check_variance_axis",
+]
+
+#: What σ² pools over: ``"block"`` one σ² per (sample, head, channel pair) (§2.4, the default);
+#: ``"head"`` one σ² per (sample, head) over all D channels, shared by the head's blocks (our option).
+VARIANCE_AXES = ("block", "head")
+
+
+def check_variance_axis(axis: str) -> str:
+    """``axis`` if it is one of :data:`VARIANCE_AXES`, else a ``ValueError`` naming them."""
+    if axis not in VARIANCE_AXES:
+        raise ValueError(f"variance_axis must be one of {', '.join(map(repr, VARIANCE_AXES))}, got {axis!r}")
+    return axis
 
 
 def cross_head_reflect(x: Tensor, u: Tensor) -> Tensor:
@@ -48,33 +66,37 @@ def block_reflect(x: Tensor, angle: Tensor) -> Tensor:
     return torch.stack((y0, y1), dim=-1).flatten(-2)
 
 
-def block_variance(q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+def block_variance(q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None, *, axis: str = "block") -> Tensor:
     """Population variance σ² per (sample, head, block) over the q and k entries of that block.
 
     The multiset for block j is {q_{n,2j}, q_{n,2j+1}} ∪ {k_{m,2j}, k_{m,2j+1}} over valid tokens
-    (§2.4), so q and k share one σ² and hence one reflection. Two-pass in fp32 (not E[x²] − μ²,
-    which cancels catastrophically). ``key_padding_mask`` (B, N) True = keep removes tokens from
-    both sets (self-attention, N = M).
+    (§2.4), so q and k share one σ² and hence one reflection. With ``axis="head"`` the multiset is
+    every channel of the head, {q_{n,d}} ∪ {k_{m,d}}, and its σ² is repeated for each block j.
+    Two-pass in fp32 (not E[x²] − μ², which cancels catastrophically). ``key_padding_mask`` (B, N)
+    True = keep removes tokens from both sets (self-attention, N = M).
 
     Returns:
-        (B, H, J) fp32 (float64 if the inputs are float64).
+        (B, H, J) fp32 (float64 if the inputs are float64); under ``axis="head"`` a broadcast view
+        of (B, H, 1).
     """
+    check_variance_axis(axis)
     dt = torch.float64 if q.dtype == torch.float64 else torch.float32
     B, H, N, D = q.shape
-    qb = q.to(dt).unflatten(-1, (D // 2, 2))  # (B, H, N, J, 2)
-    kb = k.to(dt).unflatten(-1, (D // 2, 2))
+    width = 2 if axis == "block" else D  # channels per σ² group: a pair, or the whole head
+    qb = q.to(dt).unflatten(-1, (D // width, width))  # (B, H, N, G, width), G groups
+    kb = k.to(dt).unflatten(-1, (D // width, width))
     if key_padding_mask is None:
-        count = max(2.0 * (q.shape[2] + k.shape[2]), 1.0)  # no tokens: σ² = 0, not 0/0
-        mean = (qb.sum((2, 4)) + kb.sum((2, 4))) / count  # (B, H, J)
+        count = max(float(width) * (q.shape[2] + k.shape[2]), 1.0)  # no tokens: σ² = 0, not 0/0
+        mean = (qb.sum((2, 4)) + kb.sum((2, 4))) / count  # (B, H, G)
         mu = mean[:, :, None, :, None]
         var = (((qb - mu) ** 2).sum((2, 4)) + ((kb - mu) ** 2).sum((2, 4))) / count
-        return var
+        return var.expand(B, H, D // 2)
     w = key_padding_mask.to(dt)[:, None, :, None, None]  # (B, 1, N, 1, 1)
-    count = (4.0 * key_padding_mask.sum(-1).clamp_min(1).to(dt))[:, None, None]  # (B, 1, 1)
+    count = (2.0 * width * key_padding_mask.sum(-1).clamp_min(1).to(dt))[:, None, None]  # (B, 1, 1)
     mean = ((qb * w).sum((2, 4)) + (kb * w).sum((2, 4))) / count
     mu = mean[:, :, None, :, None]
     var = ((((qb - mu) ** 2) * w).sum((2, 4)) + (((kb - mu) ** 2) * w).sum((2, 4))) / count
-    return var
+    return var.expand(B, H, D // 2)
 
 
 def modulated_angle(theta: Tensor, alpha: Tensor, variance: Tensor, eps: float = 1e-6) -> Tensor:
