@@ -332,3 +332,42 @@ def test_analyze_command_on_a_trained_run(tmp_path):
     data = json.loads((out / "analysis.json").read_text())
     assert "attention mirror" in data["header"] and "first 4 evaluation images" in data["header"]
     assert data["layers"][1]["inputs"] == 4 and not (out / "pca.png").exists()
+
+
+def test_comparison_table_sets_measures_beside_scores():
+    from mirrorla.diagnostics.runs import comparison_table
+
+    def row(name, seed, score, discarded):
+        mean = dict.fromkeys(("entropy", "effective_rank"), 1.0) | {"discarded_energy_q": discarded}
+        return {"attention": name, "seed": seed, "score": score, "score_label": "top-1 %", "mean": mean}
+
+    rows = [row("a", 0, 70.0, 0.5), row("a", 1, 72.0, 0.3), row("b", 0, 60.0, 0.6), row("c", 0, 80.0, 0.1)]
+    markdown, data = comparison_table(rows)
+    assert data["attentions"]["a"]["score"] == 71.0 and data["attentions"]["a"]["discarded_energy_q"] == 0.4
+    assert data["attentions"]["a"]["seeds"] == [0, 1]
+    # less discarded energy ↔ higher score on every row: ρ = −1; a constant measure has no ranking
+    assert data["correlation_with_score"]["discarded_energy_q"]["spearman"] == pytest.approx(-1.0)
+    assert data["correlation_with_score"]["entropy"]["spearman"] is None
+    assert "| a | 0,1 | 71.00 |" in markdown and "dead_dims_q" not in markdown  # no column without numbers
+
+
+@needs_fashion
+def test_analyze_command_on_a_comparison(tmp_path, capsys):
+    cmp = tmp_path / "cmp"
+    assert main(
+        ["compare", "--attentions", "linear_relu,mirror_block,softmax", "--seeds", "0", "--epochs", "1",
+         "--train-subset", "64", "--eval-subset", "32", "--embed-dim", "32", "--depth", "1", "--patch-size", "7",
+         "--batch-size", "16", "--jobs", "1", "--threads", "1", "--no-progress", "--throughput-rounds", "1",
+         "--throughput-iters", "1", "--out", str(cmp)]
+    ) == 0  # fmt: skip
+    out = tmp_path / "an"
+    assert main(["analyze", str(cmp), "--num-images", "2", "--queries", "8", "--no-figures", "--out", str(out)]) == 0
+    data = json.loads((out / "comparison.json").read_text())
+    assert list(data["attentions"]) == ["linear_relu", "mirror_block", "softmax"]  # the comparison's order
+    results = json.loads((cmp / "results.json").read_text())["methods"]
+    for name, entry in data["attentions"].items():
+        assert entry["score"] == results[name]["runs"]["0"]["final_top1"]
+        assert (out / f"{name}-seed0" / "analysis.json").is_file()
+    assert data["attentions"]["softmax"]["discarded_energy_q"] is None
+    assert data["correlation_with_score"]["entropy"]["attentions"] == 3
+    assert "3 runs analysed" in capsys.readouterr().out

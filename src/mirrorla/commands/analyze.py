@@ -35,8 +35,9 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "source",
         nargs="?",
-        help="a run folder, its checkpoints/ folder or a checkpoint file of train/compare, sr train/compare or "
-        "lra train/compare; leave out with --model",
+        help="a run folder, its checkpoints/ folder or a checkpoint file of train, sr train or lra train; or a "
+        "comparison folder (compare, sr compare, lra compare --out): every run with a checkpoint is analysed and "
+        "one table sets the measures beside the scores; leave out with --model",
     )
     g = p.add_argument_group("a model instead of a run")
     g.add_argument("--model", help="vit, a mirrorla model or a timm model name (random weights unless --weights)")
@@ -69,6 +70,9 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
         help="(row,col) grid fractions of the query tokens whose attention maps are drawn, ';'-separated",
     )
     g.add_argument("--ema", action="store_true", help="analyse the run's EMA weights")
+    g.add_argument(
+        "--seeds", help="comma-separated seeds of a comparison's runs to analyse (default: every finished run)"
+    )
     g.add_argument("--seed", type=int, default=0, help="query sampling seed")
     g.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
     g.add_argument("--threads", type=positive_int, help="torch CPU threads")
@@ -81,6 +85,7 @@ def run_analyze(args: argparse.Namespace) -> int:
 
     from mirrorla.diagnostics import AnalyzeConfig, analyze_model
     from mirrorla.diagnostics.report import write_report
+    from mirrorla.diagnostics.runs import is_comparison
     from mirrorla.diagnostics.sources import from_model_name, from_run
 
     if (args.source is None) == (args.model is None):
@@ -100,6 +105,8 @@ def run_analyze(args: argparse.Namespace) -> int:
             query_points=parse_points(args.query_points),
             seed=args.seed,
         )
+        if args.source is not None and is_comparison(args.source):
+            return _analyze_comparison(args, cfg)
         if args.source is not None:
             source = from_run(args.source, args.num_images, args.images, args.batch_size, ema=args.ema)
         else:
@@ -119,12 +126,59 @@ def run_analyze(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from err
     written = write_report(result, args.out, source.header, source.display, figures=args.figures)
-    mean = result["mean"]
-    shown = ("entropy_norm", "effective_rank", "discarded_energy_q")
-    parts = [f"{k} {mean[k]:.3f}" for k in shown if mean[k] is not None]
-    print(f"{len(result['layers'])} layers analysed in {time.perf_counter() - t0:.1f} s; mean " + ", ".join(parts))
+    seconds = time.perf_counter() - t0
+    print(f"{len(result['layers'])} layers analysed in {seconds:.1f} s; mean {_mean_line(result['mean'])}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _parse_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated integers, got {text!r}") from None
+
+
+def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
+    """Every run of a comparison on the same inputs; per run a folder, then comparison.md/.json."""
+    import json
+    from pathlib import Path
+
+    from mirrorla.diagnostics import analyze_model
+    from mirrorla.diagnostics.report import write_report
+    from mirrorla.diagnostics.runs import comparison_runs, comparison_table
+    from mirrorla.diagnostics.sources import from_run
+    from mirrorla.engine.checkpoint import atomic_write_bytes
+
+    runs = comparison_runs(args.source, _parse_seeds(args.seeds))
+    out = Path(args.out)
+    rows = []
+    t0 = time.perf_counter()
+    for run in runs:
+        source = from_run(run["run"], args.num_images, args.images, args.batch_size, ema=args.ema)
+        result = analyze_model(source.model, source.batches, cfg, source.forward)
+        name = f"{run['attention']}-seed{run['seed']}"
+        write_report(result, out / name, source.header, source.display, figures=args.figures)
+        rows.append({**run, "run": str(run["run"]), "mean": result["mean"], "folder": name})
+        print(f"[analyze] {name}: {run['score_label']} {run['score']}, " + _mean_line(result["mean"]), flush=True)
+    table, data = comparison_table(rows)
+    header = (
+        f"# Attention diagnostics of {args.source}\n\n{len(rows)} runs, each on the same inputs ({args.num_images} "
+        f"per run, {cfg.queries} sampled queries per input and head). Measures: model means (over layers and heads); "
+        "per attention the mean over the analysed seeds. Per-run details: the sub-folders.\n\n"
+    )
+    atomic_write_bytes(out / "comparison.md", (header + table).encode())
+    atomic_write_bytes(out / "comparison.json", json.dumps({"runs": rows, **data}, indent=2).encode())
+    print(table)
+    print(f"{len(rows)} runs analysed in {time.perf_counter() - t0:.0f} s; wrote {out}/comparison.md, comparison.json")
+    return 0
+
+
+def _mean_line(mean: dict) -> str:
+    shown = ("entropy_norm", "effective_rank", "discarded_energy_q")
+    return ", ".join(f"{k} {mean[k]:.3f}" for k in shown if mean[k] is not None)
 
 
 def _check_out(out: str, overwrite: bool) -> None:
@@ -133,7 +187,7 @@ def _check_out(out: str, overwrite: bool) -> None:
     check_out_folder(out)
     from pathlib import Path
 
-    if (Path(out) / "analysis.json").exists():
+    if (Path(out) / "analysis.json").exists() or (Path(out) / "comparison.json").exists():
         raise UsageError(f"{out} already holds an analysis; pass --overwrite or choose another --out")
 
 
