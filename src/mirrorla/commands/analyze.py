@@ -94,6 +94,13 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise UsageError("--attention, --attn-opt, --weights and --image-size describe --model; a run knows its own")
     if not 0 < args.topk <= 1:
         raise UsageError(f"--topk must be a fraction in (0, 1], got {args.topk}")
+    if args.in_chans not in (1, 3):
+        raise UsageError(f"--in-chans must be 1 (gray) or 3 (RGB): images are read as such, got {args.in_chans}")
+    if args.figures:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("the figures need matplotlib: pip install -e '.[train]', or pass --no-figures")
     _check_out(args.out, args.overwrite)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -162,7 +162,7 @@ class _LayerAccumulator:
         order = torch.randperm(M, generator=gen)
         queries = keys[order[: min(cfg.queries, M)].to(keys.device)].sort().values
         rank_keys = keys[torch.randperm(M, generator=gen)[: min(cfg.rank_keys, M)].to(keys.device)].sort().values
-        topk = max(1, math.ceil(cfg.topk_fraction * M))
+        topk = max(1, math.ceil(cfg.topk_fraction * M - 1e-9))  # 0.07·100 is 7.000000000000001
         positions = self._positions(cap, keys)
         for h, sums in enumerate(self.heads):
             q, k = cap.q[b, h].float(), cap.k[b, h].float()
@@ -247,8 +247,11 @@ class _LayerAccumulator:
             P = cap.num_prefix_tokens
             points = [(min(Hg - 1, int(r * Hg)), min(Wg - 1, int(c * Wg))) for r, c in self.cfg.query_points]
             tokens = torch.tensor([P + r * Wg + c for r, c in points], device=cap.q.device)
-            spatial = torch.arange(P, P + Hg * Wg, device=cap.q.device)
-            maps = torch.stack([self._rows(cap, b, h, tokens, spatial) for h in range(len(self.heads))]).mean(0)
+            spatial = keys[keys >= P]  # the valid grid tokens; padded ones are no keys
+            maps = torch.zeros(len(points), Hg * Wg, dtype=torch.float32, device=cap.q.device)
+            rows = torch.stack([self._rows(cap, b, h, tokens, spatial) for h in range(len(self.heads))]).mean(0)
+            maps[:, spatial - P] = rows
+            maps[~valid[tokens]] = float("nan")  # a padded query token has no map
             self.maps = maps.view(len(points), Hg, Wg).cpu()
             self.map_points = points
         self.pca = self._pca(cap, b, keys, queries)

@@ -79,20 +79,35 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+#: Why a layer of the library is not measured, by class name.
+_NOT_MEASURED = {
+    "LocalWindowAttention": "attention within local windows has no global map to measure",
+    "SpatialReductionAttention": "its keys are pooled tokens (spatial reduction), not the query grid; not measured yet",
+}
+
+
 def skipped_layers(model: nn.Module) -> list[tuple[str, str]]:
-    """Attention layers of the library that are not measured, with the reason (window attention)."""
+    """Attention layers of the library that are not measured, with the reason."""
     measured = {id(m) for _, m in attention_layers(model)}
     return [
-        (name, f"{type(m).__name__}: attention within local windows has no global map to measure")
+        (name, f"{type(m).__name__}: {_NOT_MEASURED.get(type(m).__name__, 'no capture for this layer type')}")
         for name, m in model.named_modules()
         if isinstance(m, AttentionBase) and id(m) not in measured
     ]
 
 
-def _call_arguments(args: tuple, kwargs: dict) -> tuple[Tensor, tuple[int, int] | None, Tensor | None]:
-    # forward(x, hw=None, key_padding_mask=None, ...) for the library's layers; timm: forward(x, attn_mask=None)
+def _call_arguments(
+    module: nn.Module, args: tuple, kwargs: dict
+) -> tuple[Tensor, tuple[int, int] | None, Tensor | None]:
     x = args[0] if args else kwargs["x"]
-    hw = kwargs.get("hw", args[1] if len(args) > 1 and isinstance(args[1], (tuple, list)) else None)
+    if not isinstance(module, AttentionBase):  # timm: forward(x, attn_mask=None, is_causal=False)
+        if kwargs.get("attn_mask") is not None or (len(args) > 1 and args[1] is not None):
+            raise ValueError(
+                f"{type(module).__name__} was called with an attn_mask; analyze measures unmasked attention only"
+            )
+        return x, None, None
+    # the library's layers: forward(x, hw=None, key_padding_mask=None, attn_mask=None, is_causal=False)
+    hw = kwargs.get("hw", args[1] if len(args) > 1 else None)
     mask = kwargs.get("key_padding_mask", args[2] if len(args) > 2 else None)
     return x, (tuple(hw) if hw is not None else None), mask
 
@@ -116,7 +131,7 @@ def _truncation(feature_map: nn.Module, q: Tensor, k: Tensor, mask: Tensor | Non
 
 @torch.no_grad()
 def _capture(name: str, module: nn.Module, args: tuple, kwargs: dict, model_prefix: int) -> AttentionCapture:
-    x, hw, mask = _call_arguments(args, kwargs)
+    x, hw, mask = _call_arguments(module, args, kwargs)
     B, N, _ = x.shape
     prefix = module.num_prefix_tokens if isinstance(module, AttentionBase) else model_prefix
     if isinstance(module, LinearAttention):

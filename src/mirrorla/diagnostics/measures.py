@@ -175,8 +175,8 @@ def pca_2d(rows: Tensor) -> tuple[Tensor, Tensor]:
     k = min(2, vh.shape[0])
     coords = centred @ vh[:k].T
     total = s.square().sum()
-    share = s[:k].square() / total if total > 0 else torch.zeros(k, dtype=s.dtype)
+    share = s[:k].square() / total if total > 0 else torch.zeros(k, dtype=s.dtype, device=s.device)
     if k < 2:  # one row or one column: pad the missing axis with zeros
-        coords = torch.cat([coords, torch.zeros(coords.shape[0], 2 - k, dtype=coords.dtype)], 1)
-        share = torch.cat([share, torch.zeros(2 - k, dtype=share.dtype)])
+        coords = torch.cat([coords, coords.new_zeros(coords.shape[0], 2 - k)], 1)
+        share = torch.cat([share, share.new_zeros(2 - k)])
     return coords, share

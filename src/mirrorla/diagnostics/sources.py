@@ -216,15 +216,23 @@ def _load_weights(model: nn.Module, weights: str) -> None:
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}; check --weights")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        state = load_file(str(path))
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("model", "state_dict"):
+                if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                    state = state[key]
+    except Exception as err:  # safetensors, pickle and zip errors have no common base class
+        raise ValueError(
+            f"cannot read weights from {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+            "give a .safetensors file or a torch state dict saved with torch.save"
+        ) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
