@@ -195,7 +195,11 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"sequences must have 1 to max_len = {self.max_len} tokens, got {L}")
         if self.grid is not None and L != self.max_len:
             raise ValueError(f"the 2-D layout {self.grid} needs exactly {self.max_len} tokens per sequence, got {L}")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+        # The value check reads the data, which a compiled graph cannot branch on: under torch.compile only the
+        # shape and dtype checks above run (validate token ids before calling a compiled model).
+        if not torch.compiler.is_compiling() and (
+            tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size)
+        ):
             raise ValueError(
                 f"token ids must lie in [0, {self.vocab_size}), got [{int(tokens.min())}, {int(tokens.max())}]"
             )
@@ -205,6 +209,8 @@ class SequenceClassifier(nn.Module):
         if self.pad_id is None:
             return None
         keep = tokens != self.pad_id
+        if torch.compiler.is_compiling():  # no data-dependent branch in a compiled graph: always pass the mask
+            return keep
         return None if bool(keep.all()) else keep
 
     def forward_features(self, tokens: Tensor, mask: Tensor | None = None) -> Tensor:

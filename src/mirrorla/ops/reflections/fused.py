@@ -129,6 +129,15 @@ def _block_variance_fast(q: Tensor, k: Tensor, odd_sign: Tensor | None = None, a
 def _reflect_relu(x: Tensor, w: Tensor, sign: Tensor | None) -> Tensor:
     """ReLU of the channel pairs of x, as complex numbers, times w (then times ``sign`` per pair slot)."""
     pairs = x.unflatten(-1, (-1, 2))
+    if torch.compiler.is_compiling():
+        # Under torch.compile: the same product in real arithmetic, which the compilers fuse (complex views
+        # and storage offsets do not trace): (a + ib)(x₀ + ix₁) = (a·x₀ − b·x₁) + i(a·x₁ + b·x₀).
+        a, b = w.real, w.imag
+        x0, x1 = pairs[..., 0], pairs[..., 1]
+        y = torch.stack((a * x0 - b * x1, a * x1 + b * x0), dim=-1)
+        if sign is not None:
+            y = y * sign
+        return torch.relu(y).flatten(-2)
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
         pairs = pairs.contiguous()  # view_as_complex needs (re, im) adjacent and even strides/offset
     y = torch.view_as_real(w * torch.view_as_complex(pairs))
