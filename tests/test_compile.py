@@ -103,12 +103,12 @@ def test_compiled_reflection_uses_the_same_product_in_real_arithmetic(monkeypatc
     torch.manual_seed(0)
     x = torch.randn(2, 3, 5, 8, dtype=torch.float64)
     angle = torch.rand(2, 3, 1, 4, dtype=torch.float64) * 3
-    w = torch.complex(-torch.cos(angle), torch.sin(angle))
+    re, im = -torch.cos(angle), torch.sin(angle)
     sign = torch.tensor([1.0, -1.0], dtype=torch.float64)
-    expected = fused._reflect_relu(x, w, sign), fused._reflect_relu(x, w, None)  # complex arithmetic
+    expected = fused._reflect_relu(x, re, im, sign), fused._reflect_relu(x, re, im, None)  # complex arithmetic
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # the branch torch.compile takes
-    torch.testing.assert_close(fused._reflect_relu(x, w, sign), expected[0], rtol=1e-14, atol=1e-14)
-    torch.testing.assert_close(fused._reflect_relu(x, w, None), expected[1], rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(fused._reflect_relu(x, re, im, sign), expected[0], rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(fused._reflect_relu(x, re, im, None), expected[1], rtol=1e-14, atol=1e-14)
     assert not torch.equal(expected[0], expected[1])  # the sign matters: both branches are exercised
 
 

@@ -81,12 +81,10 @@ def mirror_features(
         angle = modulated_angle(theta, alpha, var, variance_eps)
     two = (2.0 * angle).unsqueeze(2).to(q.dtype)  # (B|1, H, 1, J)
     cos, sin = torch.cos(two), torch.sin(two)
-    if odd_negated:
-        w = torch.complex(-cos, -sin)  # H z = w·conj(z), and conj(z) is the input pair
-        return _reflect_relu(q, w, None), _reflect_relu(k, w, None)
-    w_bar = torch.complex(-cos, sin)  # H z = conj(w̄·z)
-    sign = odd_sign[:2]
-    return _reflect_relu(q, w_bar, sign), _reflect_relu(k, w_bar, sign)
+    if odd_negated:  # H z = w·conj(z) with w = −cos − i·sin, and conj(z) is the input pair
+        return _reflect_relu(q, -cos, -sin, None), _reflect_relu(k, -cos, -sin, None)
+    sign = odd_sign[:2]  # H z = conj(w̄·z) with w̄ = −cos + i·sin
+    return _reflect_relu(q, -cos, sin, sign), _reflect_relu(k, -cos, sin, sign)
 
 
 def _odd_sign(D: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -126,18 +124,20 @@ def _block_variance_fast(q: Tensor, k: Tensor, odd_sign: Tensor | None = None, a
     return (sq.unflatten(-1, (-1, width)).sum(-1) / count).expand(B, H, D // 2)
 
 
-def _reflect_relu(x: Tensor, w: Tensor, sign: Tensor | None) -> Tensor:
-    """ReLU of the channel pairs of x, as complex numbers, times w (then times ``sign`` per pair slot)."""
+def _reflect_relu(x: Tensor, w_re: Tensor, w_im: Tensor, sign: Tensor | None) -> Tensor:
+    """ReLU of the channel pairs of x, as complex numbers, times w = w_re + i·w_im (then times ``sign`` per
+    pair slot)."""
     pairs = x.unflatten(-1, (-1, 2))
     if torch.compiler.is_compiling():
-        # Under torch.compile: the same product in real arithmetic, which the compilers fuse (complex views
-        # and storage offsets do not trace): (a + ib)(x₀ + ix₁) = (a·x₀ − b·x₁) + i(a·x₁ + b·x₀).
-        a, b = w.real, w.imag
+        # Under torch.compile: the same product in real arithmetic, which the compilers fuse (inductor has no
+        # complex code generation; complex views and storage offsets do not trace):
+        # (a + ib)(x₀ + ix₁) = (a·x₀ − b·x₁) + i(a·x₁ + b·x₀).
         x0, x1 = pairs[..., 0], pairs[..., 1]
-        y = torch.stack((a * x0 - b * x1, a * x1 + b * x0), dim=-1)
+        y = torch.stack((w_re * x0 - w_im * x1, w_re * x1 + w_im * x0), dim=-1)
         if sign is not None:
             y = y * sign
         return torch.relu(y).flatten(-2)
+    w = torch.complex(w_re, w_im)
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
         pairs = pairs.contiguous()  # view_as_complex needs (re, im) adjacent and even strides/offset
     y = torch.view_as_real(w * torch.view_as_complex(pairs))
