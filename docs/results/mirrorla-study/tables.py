@@ -119,20 +119,26 @@ def curve_stability(results: dict) -> None:
 
 
 def variants(study: Path, title: str, rows: list[tuple[str, str, str]]) -> None:
-    """rows: (label, folder, attention) — one line per variant, top-1 over its seeds."""
+    """rows: (label, folder, attention) — one line per variant: top-1 over its seeds, and the diagnostics'
+    means over the same seeds where ``analyze-<folder>`` exists."""
+    shown = (("entropy_norm", "entropy/log M"), ("effective_rank", "eff. rank"), ("discarded_energy_q", "disc. q"),
+             ("discarded_energy_k", "disc. k"))  # fmt: skip
     print(f"\n### {title}\n")
-    print("| variant | top-1 % (mean ± std) | per seed | train img/s |")
-    print("|---|---:|---|---:|")
+    print("| variant | top-1 % (mean ± std) | per seed | train img/s | " + " | ".join(t for _, t in shown) + " |")
+    print("|---|---:|---|---:|" + "---:|" * len(shown))
     for label, folder, name in rows:
         results = _load(study / folder / "results.json")
         if results is None or name not in results["methods"]:
-            print(f"| {label} | (missing: {folder}) | | |")
+            print(f"| {label} | (missing: {folder}) | | |" + " |" * len(shown))
             continue
         runs = _runs(results, name)
         top1 = [runs[s]["final_top1"] for s in sorted(runs)]
         speed = statistics.median(r["train_img_s"] for r in runs.values())
         per_seed = " / ".join(f"{v:.2f}" for v in top1)
-        print(f"| {label} | {_stats(top1)} | {per_seed} | {speed:.0f} |")
+        diag = _load(study / f"analyze-{folder}" / "comparison.json")
+        entry = diag["attentions"].get(name) if diag else None
+        cells = " | ".join("–" if not entry or entry.get(m) is None else f"{entry[m]:.3f}" for m, _ in shown)
+        print(f"| {label} | {_stats(top1)} | {per_seed} | {speed:.0f} | {cells} |")
 
 
 def diagnostics(study: Path, folder: str) -> None:
