@@ -1,12 +1,29 @@
-"""Test helpers: error measure, an allocation tracker for O(N) memory tests, a tiny Llama, bench usage errors."""
+"""Test helpers: error measure, an allocation tracker for O(N) memory tests, a tiny Llama, bench usage errors,
+the skip mark of tests that read Fashion-MNIST from disk."""
 
 from __future__ import annotations
 
 import re
 import weakref
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+
+def _have_fashion_mnist() -> bool:
+    from mirrorla.data import DatasetNotFoundError, find_fashion_mnist
+
+    try:
+        return bool(find_fashion_mnist(download=False))
+    except DatasetNotFoundError:
+        return False
+
+
+#: Tests that read Fashion-MNIST from disk (Debian's dataset-fashion-mnist) skip without it.
+needs_fashion_mnist = pytest.mark.skipif(
+    not _have_fashion_mnist(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -9,12 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import needs_fashion_mnist
 from torch import nn
 
 import mirrorla
 from mirrorla.commands import main
-from mirrorla.data import DatasetNotFoundError
-from mirrorla.data.fashion_mnist import find_fashion_mnist
 from mirrorla.diagnostics import AnalyzeConfig, analyze_model, attention_layers
 from mirrorla.diagnostics.measures import (
     average_ranks,
@@ -32,18 +31,6 @@ from mirrorla.diagnostics.measures import (
     topk_mass,
 )
 from mirrorla.feature_maps import MirrorFeatureMap
-
-
-def _have_fashion_mnist() -> bool:
-    try:
-        return bool(find_fashion_mnist(download=False))
-    except DatasetNotFoundError:
-        return False
-
-
-needs_fashion = pytest.mark.skipif(
-    not _have_fashion_mnist(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
 
 
 # -- hand-computable cases ---------------------------------------------------------------------------
@@ -390,7 +377,7 @@ def test_analyze_command_errors(tmp_path, capsys):
     assert "row,col" in capsys.readouterr().err
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_analyze_command_on_a_trained_run(tmp_path):
     run = tmp_path / "run"
     assert main(
@@ -422,7 +409,7 @@ def test_comparison_table_sets_measures_beside_scores():
     assert "| a | 0,1 | 71.00 |" in markdown and "dead_dims_q" not in markdown  # no column without numbers
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_analyze_command_on_a_comparison(tmp_path, capsys):
     cmp = tmp_path / "cmp"
     assert main(

@@ -6,26 +6,12 @@ import json
 
 import pytest
 import torch
+from helpers import needs_fashion_mnist
 
 from mirrorla.cli import main
 from mirrorla.engine.config import LRA_BASE, TASKS, TrainConfig
 from mirrorla.engine.lra import accuracy_by_length, length_edges, majority_baseline
 from mirrorla.tasks import create_task, list_tasks
-
-
-def _have_fashion_mnist() -> bool:
-    from mirrorla.data import DatasetNotFoundError, find_fashion_mnist
-
-    try:
-        return bool(find_fashion_mnist(download=False))
-    except DatasetNotFoundError:
-        return False
-
-
-#: The image task reads Fashion-MNIST from disk (Debian's dataset-fashion-mnist); without it those tests skip.
-needs_fashion = pytest.mark.skipif(
-    not _have_fashion_mnist(), reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +49,7 @@ def test_accuracy_by_length_buckets():
         accuracy_by_length(preds, labels[:3], lengths)
 
 
-@pytest.mark.parametrize("task", ["listops", "pathfinder32", pytest.param("image", marks=needs_fashion)])
+@pytest.mark.parametrize("task", ["listops", "pathfinder32", pytest.param("image", marks=needs_fashion_mnist)])
 def test_tiny_train_every_task(task, tmp_path):
     from mirrorla.engine import train
 
@@ -95,7 +81,7 @@ def test_bad_task_settings():
         _tiny("image", layout="3d")
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_cli_train_eval_and_resume(tmp_path, capsys):
     run = tmp_path / "run"
     args = ["lra", "train", "--dataset", "image", "--train-subset", "32", "--eval-subset", "16", "--epochs", "1",
@@ -122,7 +108,7 @@ def test_cli_errors(capsys):
     assert "--tasks takes" in capsys.readouterr().err
 
 
-@needs_fashion
+@needs_fashion_mnist
 def test_cli_compare_two_tasks(tmp_path, capsys):
     out = tmp_path / "cmp"
     args = ["lra", "compare", "--quick", "--tasks", "listops,image", "--attentions", "softmax,mirror",
