@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import needs_fashion_mnist
 
 from mirrorla.data import (
     DatasetNotFoundError,
@@ -29,11 +30,6 @@ def _real_fashion_mnist():
         return find_fashion_mnist(download=False)
     except DatasetNotFoundError:
         return None
-
-
-needs_fashion_mnist = pytest.mark.skipif(
-    _real_fashion_mnist() is None, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
-)
 
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])

@@ -429,3 +429,19 @@ def test_analyze_command_on_a_comparison(tmp_path, capsys):
     assert data["attentions"]["softmax"]["discarded_energy_q"] is None
     assert data["correlation_with_score"]["entropy"]["attentions"] == 3
     assert "3 runs analysed" in capsys.readouterr().out
+
+
+def test_analyze_command_on_a_long_range_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIRRORLA_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(
+        ["lra", "train", "--dataset", "listops", "--train-subset", "32", "--eval-subset", "16", "--epochs", "1",
+         "--batch-size", "8", "--attention", "mirror", "--threads", "1", "--no-progress", "--out", str(run)]
+    ) == 0  # fmt: skip
+    out = tmp_path / "an"
+    assert main(["analyze", str(run), "--num-images", "3", "--queries", "16", "--no-figures", "--out", str(out)]) == 0
+    data = json.loads((out / "analysis.json").read_text())
+    assert "long_range" in data["header"] and "first 3 evaluation sequences" in data["header"]
+    layer = data["layers"][0]
+    assert layer["inputs"] == 3 and layer["grid"][0] == 1  # a 1-D sequence reaches the attention as (1, L)
+    assert layer["truncation"] == "negative half" and 0 < layer["mean"]["entropy_norm"] <= 1

@@ -96,7 +96,7 @@ def from_run(
     if cfg.task == "long_range":
         if images is not None:
             raise ValueError("a long-range run reads token sequences, not --images; leave --images out")
-        return _lra_run(path, cfg, ema, what, num_inputs, batch)
+        return _lra_run(cfg, weights, what, num_inputs, batch)
     raise ValueError(f"analyze does not know task {cfg.task!r}")
 
 
@@ -143,19 +143,20 @@ def _sr_run(cfg, weights, what: str, num_inputs: int, images: str | None) -> Ana
     return AnalysisSource(model.eval(), batches, f"Model: {what}. Inputs: {source}.", batches[0][0])
 
 
-def _lra_run(path, cfg, ema: bool, what: str, num_inputs: int, batch: int) -> AnalysisSource:
-    from mirrorla.engine.lra import load_trained_sequence_model
+def _lra_run(cfg, weights, what: str, num_inputs: int, batch: int) -> AnalysisSource:
     from mirrorla.tasks import create_task
 
-    model, cfg, _ = load_trained_sequence_model(path, ema=ema)
-    _, eval_set, info = create_task(cfg.task, cfg).build_datasets(cfg)
+    task = create_task(cfg.task, cfg)
+    _, eval_set, info = task.build_datasets(cfg)  # the model is sized by the data's facts (vocabulary, length)
+    model = task.build_model(cfg, info)
+    model.load_state_dict(weights)
     n = min(num_inputs, len(eval_set))
     x, _ = eval_set.get_batch(torch.arange(n))
     display = None
     if info.grid is not None:  # an image task: show the first sequence as its image
         display = x[0, : info.grid[0] * info.grid[1]].float().view(1, *info.grid)
     header = f"Model: {what}. Inputs: the first {n} evaluation sequences of {info.task}."
-    return AnalysisSource(model, _chunks(x, batch), header, display)
+    return AnalysisSource(model.eval(), _chunks(x, batch), header, display)
 
 
 def from_model_name(
