@@ -10,7 +10,7 @@ import argparse
 import time
 
 from mirrorla.commands import Command, UsageError
-from mirrorla.commands.options import check_out_folder, key_value, positive_int
+from mirrorla.commands.options import check_out_folder, int_list, key_value, positive_int
 
 __all__ = ["COMMANDS", "parse_points"]
 
@@ -71,7 +71,9 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--ema", action="store_true", help="analyse the run's EMA weights")
     g.add_argument(
-        "--seeds", help="comma-separated seeds of a comparison's runs to analyse (default: every finished run)"
+        "--seeds",
+        type=int_list,
+        help="comma-separated seeds of a comparison's runs to analyse (default: every finished run)",
     )
     g.add_argument("--seed", type=int, default=0, help="query sampling seed")
     g.add_argument("--figures", action=argparse.BooleanOptionalAction, default=True, help="write the PNG figures")
@@ -139,15 +141,6 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_seeds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds takes comma-separated integers, got {text!r}") from None
-
-
 def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     """Every run of a comparison on the same inputs; per run a folder, then comparison.md/.json."""
     import json
@@ -159,7 +152,7 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     from mirrorla.diagnostics.sources import from_run
     from mirrorla.engine.checkpoint import atomic_write_bytes
 
-    runs = comparison_runs(args.source, _parse_seeds(args.seeds))
+    runs = comparison_runs(args.source, list(args.seeds) if args.seeds is not None else None)
     out = Path(args.out)
     rows = []
     t0 = time.perf_counter()
