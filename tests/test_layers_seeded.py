@@ -4,7 +4,9 @@ layer refactor (values captured from the pre-refactor code and stored below).
 Parameters are compared bit for bit (sha256 of every state-dict tensor, in key order, with the
 key names); outputs are compared in float64 (the layer cast with ``.double()`` after its float32
 init) through three projections at rtol 1e-9: refactors may reorder float operations, which moves
-float64 results by ~1e-15 relative, while any change of the math moves them by far more.
+float64 results by ~1e-15 relative, while any change of the math moves them by far more. The
+float32 output is compared with the same pinned values at float32 accuracy (1e-4), not bit for bit:
+fast paths reorder float32 sums.
 """
 
 from __future__ import annotations
@@ -48,13 +50,13 @@ def perturb(module: torch.nn.Module) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
 
 
-def run_pinned(module: torch.nn.Module, x32: torch.Tensor, **call) -> tuple[str, tuple[float, float, float]]:
-    """(sha of the float32 output, float64 output projections) of the perturbed module."""
+def run_pinned(module: torch.nn.Module, x32: torch.Tensor, **call) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(float32 output projections, float64 output projections) of the perturbed module."""
     perturb(module)
     with torch.no_grad():
         out32 = module(x32, **call)
         out64 = module.double()(x32.double(), **call)
-    return hashlib.sha256(out32.numpy().tobytes()).hexdigest()[:16], output_projections(out64)
+    return output_projections(out32), output_projections(out64)
 
 
 def fingerprint(name: str, prefix: int, **options):
@@ -106,201 +108,163 @@ def capture() -> dict:
 
 
 # Captured from the pre-refactor code (layers as of the grid-as-argument change), seed 0.
-# key: (attention or case, num_prefix_tokens) -> (state sha, float32 output sha, float64 output projections)
+# key: (attention or case, num_prefix_tokens) -> (state sha, float64 output projections)
 PINNED: dict = {
     ("deit:flatten", 0): (
         "9bb7a3f3306c2c12",
-        "dc5d40d7e7aa072f",
         (0.07817203587001958, -0.5106148512370684, 1.98797434374086),
     ),
     ("deit:mirror", 0): (
         "8f87a2152a983a41",
-        "357f721d59dd3fa3",
         (0.3716117322152678, 0.7369489684539596, 2.5210289786267537),
     ),
     ("deit:mirror_dwc", 0): (
         "7b211aee9c251b7e",
-        "6b5c50e463331228",
         (-2.30868279913283, -0.8817486122253856, 4.472338112073797),
     ),
     ("deit:nala", 0): (
         "f771cfe9444f7d27",
-        "f1dac0e11b08b324",
         (-1.1969904586344833, -1.3841636162006978, 3.0364558317972565),
     ),
     ("deit:pola", 0): (
         "cdcb85476e3ee6ef",
-        "6ee60209d7a141fa",
         (-1.6527923688907036, -0.7085763046029755, 1.6527923688907036),
     ),
     ("deit:softmax", 0): (
         "6158880f784011eb",
-        "c29b3420a10c3aab",
         (3.216184823248019, 1.1025203457879957, 3.9045574636140747),
     ),
     ("flatten", 0): (
         "757a1d582c70f3dc",
-        "6743daf56111c64c",
         (-55.777651225266055, -17.937210662047384, 1528.5343620537612),
     ),
     ("flatten", 1): (
         "757a1d582c70f3dc",
-        "db75f2dbdabb16cc",
         (-73.45299292233977, -19.935373453630355, 1505.6374252660034),
     ),
     ("flatten_head_k3", 1): (
         "c1262babecfea2ca",
-        "a7142a861bc2e1df",
         (-36.94150587287318, 6.240774632530359, 1333.0995165143847),
     ),
     ("l2vit_lga", 0): (
         "bca7bdd2ec7d6247",
-        "ff91f2bc5dc6e500",
         (109.66599432932003, 10.97813982050455, 345.540610583112),
     ),
     ("l2vit_lga", 1): (
         "bca7bdd2ec7d6247",
-        "76036d210c558dd1",
         (112.21174180425285, 12.137289328148068, 351.979237854708),
     ),
     ("linear_elu", 0): (
         "ab304bbe554f01e5",
-        "5e5e1444fd7bd4ab",
         (-27.11257370245697, -5.231089345159839, 522.6505662055578),
     ),
     ("linear_elu", 1): (
         "ab304bbe554f01e5",
-        "6bc8a686af25ea40",
         (-24.005206651853797, -4.770326656896884, 520.3775677225314),
     ),
     ("linear_relu", 0): (
         "ab304bbe554f01e5",
-        "91d9382b57970231",
         (-8.84982938275094, -4.177078902568479, 554.0523487187828),
     ),
     ("linear_relu", 1): (
         "ab304bbe554f01e5",
-        "3ea899cdf7f9a316",
         (-7.120074647690668, -3.268934477389551, 552.86955882356),
     ),
     ("mirror", 0): (
         "f5c742fe972f3e30",
-        "60867a9d63f24990",
         (-41.74048270931193, -18.666728832942074, 587.2439571803307),
     ),
-    ("mirror", 1): ("f5c742fe972f3e30", "4122e18cdbd05bdc", (-47.775864787058, -18.791538478645343, 599.8153268983762)),
+    ("mirror", 1): ("f5c742fe972f3e30", (-47.775864787058, -18.791538478645343, 599.8153268983762)),
     ("mirror_block", 0): (
         "2c9e2bee4da2b1c2",
-        "d96d4b46c55c3083",
         (-95.11884778764369, -15.401345097386107, 656.7501976634959),
     ),
     ("mirror_block", 1): (
         "2c9e2bee4da2b1c2",
-        "eb0236de72382423",
         (-93.1436688418838, -15.293009638954128, 659.6273564212498),
     ),
     ("mirror_block_var", 0): (
         "bc088ebf7ab5777b",
-        "fb7a9cfb063ecb2f",
         (-85.06565833001662, -3.944862925731379, 455.8655454404642),
     ),
     ("mirror_block_var", 1): (
         "bc088ebf7ab5777b",
-        "9a153e754a630d96",
         (-86.05612213020115, -4.039121897251416, 465.3947517567233),
     ),
     ("mirror_cross", 0): (
         "da3680085311b71e",
-        "d3914de08e653bad",
         (-0.9274469537348544, -3.7786302902891196, 598.4857397430619),
     ),
     ("mirror_cross", 1): (
         "da3680085311b71e",
-        "c57c4bc4a0411787",
         (-1.7951539149520972, -4.129639985575766, 603.154282223523),
     ),
     ("mirror_dwc", 0): (
         "0f69ab69d10ae8cd",
-        "167724288616bd7a",
         (-115.9860974883701, -59.36507239919509, 1455.8067387605624),
     ),
     ("mirror_dwc", 1): (
         "0f69ab69d10ae8cd",
-        "02d60f3456ade570",
         (-116.95527337884843, -45.950920244857734, 1469.9027318074004),
     ),
-    ("nala", 0): ("4689500c8e397824", "df2591f3d1533361", (-53.520876065609, -3.6132299953748888, 1853.1699997574715)),
-    ("nala", 1): ("4689500c8e397824", "863817bada4560f2", (-60.04624838939107, 13.600778751704295, 1918.7426274951263)),
+    ("nala", 0): ("4689500c8e397824", (-53.520876065609, -3.6132299953748888, 1853.1699997574715)),
+    ("nala", 1): ("4689500c8e397824", (-60.04624838939107, 13.600778751704295, 1918.7426274951263)),
     ("nala_cos", 0): (
         "4689500c8e397824",
-        "8b655009e28633ef",
         (-53.51900059025921, -3.6183341218819454, 1853.1432590223833),
     ),
     ("nala_cos", 1): (
         "4689500c8e397824",
-        "0f382472002b1f10",
         (-60.04838413229745, 13.61223907595717, 1918.691714237843),
     ),
     ("nala_norope", 1): (
         "d4dcbf5eae1209b9",
-        "a724611ec541c5a0",
         (-101.61407432070371, -60.08694167970341, 1883.540996069065),
     ),
-    ("pola", 0): ("50f2c268357ef5fe", "d476ab61d90af063", (3.333609113412699, 28.455581622921663, 1089.979305985889)),
-    ("pola", 1): ("50f2c268357ef5fe", "5b0f5736c60c9bc0", (6.0583618738138085, 20.736967853679268, 1107.0949233099066)),
+    ("pola", 0): ("50f2c268357ef5fe", (3.333609113412699, 28.455581622921663, 1089.979305985889)),
+    ("pola", 1): ("50f2c268357ef5fe", (6.0583618738138085, 20.736967853679268, 1107.0949233099066)),
     ("pola_static", 1): (
         "4b251fdaa1c7cd3d",
-        "506facb25421cdc2",
         (80.11431041726738, -15.930534015665927, 1482.3183532517796),
     ),
     ("pvt:flatten", 0): (
         "1324e7f80d29a1f7",
-        "b12a17c8190ec3a9",
         (-0.7694355005437705, 0.5997071462291199, 2.589761414900181),
     ),
     ("pvt:l2vit_lga", 0): (
         "f7dc783e46596ef4",
-        "3fcfc69b17471775",
         (1.8443199034184115, 1.1297669279185656, 2.5005258952675735),
     ),
     ("pvt:mirror", 0): (
         "98109b1c37266967",
-        "4ba77bbe13589d3a",
         (-0.3686078001132588, -0.4985097636241872, 2.3061807353047294),
     ),
     ("pvt:nala", 0): (
         "c48644ea41f9cca6",
-        "3d7eb724fe29685d",
         (-1.5091295453700946, -1.036332346858547, 1.8643445609628433),
     ),
     ("pvt:pola", 0): (
         "929633450febffc0",
-        "11c8a5038b68cbe3",
         (0.7552150055745823, -0.19568855246413008, 2.243090970509769),
     ),
     ("pvt:softmax", 0): (
         "da5e60190094aa17",
-        "d7485cd40340b27c",
         (0.748462107072229, 0.49412843559010666, 1.8102763213749462),
     ),
     ("relu_dwc_gate_norm", 1): (
         "182b0e9cbcb4fca4",
-        "663c84486876c140",
         (-65.58918029928228, -5.157647407738844, 1139.4669273514073),
     ),
     ("softmax", 0): (
         "ab304bbe554f01e5",
-        "3e403d7792eebee1",
         (-29.1473074894706, -8.123440607259202, 549.6442075559487),
     ),
     ("softmax", 1): (
         "ab304bbe554f01e5",
-        "e970c4b9ab5f9faf",
         (-26.97123381553967, -7.46758393372668, 552.9592859021063),
     ),
     ("window_softmax", 0): (
         "ab304bbe554f01e5",
-        "3e403d7792eebee1",
         (-29.1473074894706, -8.123440607259202, 549.6442075559487),
     ),
     ("window_softmax", 1): None,
@@ -312,8 +276,10 @@ def check(expected, got, what: str) -> None:
         assert got is None, what
         return
     assert got[0] == expected[0], f"{what}: parameters changed under seed 0"
-    assert got[1] == expected[1], f"{what}: float32 output is no longer bit-identical"
-    assert got[2] == pytest.approx(expected[2], rel=1e-9, abs=1e-12), f"{what}: float64 output changed"
+    # float32: within its rounding of the pinned float64 values (fast paths reorder float32 sums).
+    scale = 1e-4 * expected[1][2]  # 1e-4 of Σ|out|
+    assert got[1] == pytest.approx(expected[1], rel=1e-4, abs=scale), f"{what}: float32 output changed"
+    assert got[2] == pytest.approx(expected[1], rel=1e-9, abs=1e-12), f"{what}: float64 output changed"
 
 
 @pytest.mark.parametrize("prefix", [0, 1])

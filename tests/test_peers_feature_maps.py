@@ -214,3 +214,20 @@ def test_position_table_resize():
     assert out.shape == (1, 2 + 45, 3)
     assert out[:, :2].abs().max() == 0
     assert torch.allclose(out[:, 2:], torch.full((1, 45, 3), 0.7), atol=1e-6)  # bicubic keeps constants
+
+
+def test_polarity_split_matches_two_relu_powers():
+    """The one-power form equals [ReLU(x)^p ; ReLU(−x)^p] bit for bit, with the same gradients (zeros included)."""
+    from mirrorla.feature_maps.polarity import polarity_split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 20, 8, generator=g, dtype=torch.float64)
+    x[0, 0, :3] = 0.0  # ReLU's kink: both halves 0, gradient 0
+    x.requires_grad_(True)
+    p = (1 + 4 * torch.rand(1, 3, 1, 8, generator=g, dtype=torch.float64)).requires_grad_(True)
+    ref = torch.cat([torch.relu(x) ** p, torch.relu(-x) ** p], dim=-1)
+    out = polarity_split(x, p)
+    assert torch.equal(out, ref)
+    grad = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    for a, b in zip(torch.autograd.grad(out, (x, p), grad), torch.autograd.grad(ref, (x, p), grad), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

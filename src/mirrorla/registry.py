@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = [
     "attention_option_value",
+    "with_build_grid",
     "register_attention",
     "create_attention",
     "list_attentions",
@@ -86,6 +87,20 @@ def _ensure_loaded() -> None:
     # The layer modules register themselves on import; importing here keeps the registry complete
     # whichever entry point a user starts from.
     import mirrorla.layers  # noqa: F401
+
+
+def with_build_grid(entry: AttentionEntry, grid: tuple[int, int], attn_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``attn_kwargs`` plus the layer's grid-sized table option (``build_grid_option``: FLatten's and
+    PolaFormer's ``key_pos_grid``) set to ``grid``, when that table is on and the option is not given.
+
+    [Code] the official FLatten / PolaFormer models build the table for the grid they run at; a layer
+    built for another grid resizes its table on every call.
+    """
+    option = entry.cls.build_grid_option
+    out = dict(attn_kwargs)
+    if option is not None and attention_option_value(entry, option, out) is not None:
+        out.setdefault(option, tuple(grid))
+    return out
 
 
 def attention_option_value(entry: AttentionEntry, name: str, attn_kwargs: dict[str, Any]) -> Any:

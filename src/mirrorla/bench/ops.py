@@ -4,7 +4,8 @@ Dimension letters: B batch, N tokens, C channels, H heads, D head dim.
 
 Kinds of case (each timed forward and forward+backward at every token count N):
 
-- ``layer``: a registry attention layer (B, N, C) → (B, N, C), projections included.
+- ``layer``: a registry attention layer (B, N, C) → (B, N, C), projections included; a key position
+  table (FLatten, PolaFormer) is built for the case's grid (square N), so it is not resized per call.
 - ``core``: the attention part of a linear layer alone, feature map + linear attention, on q, k, v
   laid out as the layer's qkv projection produces them (views of one (B, N, 3, H, D) tensor).
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` on the same q, k, v (softmax core).
@@ -85,7 +86,7 @@ def _qkv_views(B: int, N: int, H: int, D: int, device, dtype, requires_grad: boo
 def build_ops_case(case: dict, s: dict) -> OpsCase:
     """Build the tensors and closures of one case. ``s``: settings (batch, dim, heads, device, dtype)."""
     from mirrorla.layers.linear import LinearAttention
-    from mirrorla.registry import create_attention
+    from mirrorla.registry import create_attention, get_attention_entry, with_build_grid
 
     kind, name, N = case["kind"], case["method"], int(case["N"])
     B, C, H = int(s["batch"]), int(s["dim"]), int(s["heads"])
@@ -130,7 +131,10 @@ def build_ops_case(case: dict, s: dict) -> OpsCase:
         macs = 2 * B * H * N * N * D  # QKᵀ and AV; the fused kernel is invisible to counters
         return OpsCase(fwd, fwdbwd, macs)
 
-    layer = create_attention(name, C, num_heads=H).to(device, dtype)
+    # A grid-sized key table (FLatten, PolaFormer) is built for the grid the case runs at, as a model
+    # trained at that resolution (and the official code) has it; not resized from 14×14 on every call.
+    options = with_build_grid(get_attention_entry(name), hw, {}) if hw else {}
+    layer = create_attention(name, C, num_heads=H, **options).to(device, dtype)
     if kind == "core":
         if not (isinstance(layer, LinearAttention) and hasattr(layer, "attend")):
             raise SkipCase(f"{type(layer).__name__} is not a LinearAttention composition; no separate core")

@@ -35,6 +35,7 @@ from mirrorla.layers.base import AttentionBase
 from mirrorla.layers.fused import use_fused_attn
 from mirrorla.layers.linear import LinearAttention
 from mirrorla.layers.parts import resolve_grid
+from mirrorla.ops.linear_attention import linear_attention
 from mirrorla.ops.softmax import softmax_attention
 from mirrorla.registry import register_attention
 
@@ -103,9 +104,21 @@ class LinearGlobalAttention(LinearAttention):
         grid: tuple[int, int] | None = None,
     ) -> Tensor:
         # τ multiplies the state S = φKᵀV only (not the denominator); [Code] comment: "add scale on
-        # attn out is better than add scale on k". A per-head scalar on S equals one on the output.
-        o = super().mix(phi_q, phi_k, v, key_padding_mask, causal)
-        return o * self.temperature.to(o.dtype)
+        # attn out is better than add scale on k". A per-head scalar on S equals one on the output,
+        # where the causal form applies it (O(F·D) on S instead of a pass over the (N, D) output).
+        if causal:
+            o = super().mix(phi_q, phi_k, v, key_padding_mask, causal)
+            return o * self.temperature.to(o.dtype)
+        return linear_attention(
+            phi_q,
+            phi_k,
+            v,
+            normalizer=self.normalizer,
+            eps=self.eps,
+            min_denominator=self.min_denominator,
+            key_padding_mask=key_padding_mask,
+            state_scale=self.temperature,
+        )
 
 
 register_attention(

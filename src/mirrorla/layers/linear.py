@@ -180,10 +180,12 @@ class LinearAttention(AttentionBase):
 
     def _split_qkv(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         B, N, _ = t.shape
+        # Channel blocks of the fused projection as views; their backward is one concatenation (indexing a
+        # permuted (3, B, H, N, D) view instead zero-fills and copies the whole gradient).
         # Explicit sizes (not -1): an empty batch or sequence has no size to infer.
-        parts = t.view(B, N, 4 if self.gate else 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        g = parts[3].transpose(1, 2).reshape(B, N, self.dim) if self.gate else None
-        return parts[0], parts[1], parts[2], g
+        parts = t.split(self.dim, dim=-1)
+        q, k, v = (p.view(B, N, self.num_heads, self.head_dim).transpose(1, 2) for p in parts[:3])
+        return q, k, v, parts[3] if self.gate else None
 
     def mix(
         self,

@@ -67,20 +67,27 @@ class AxialRoPE(nn.Module):
             beta = torch.cat([beta.new_zeros(num_prefix_tokens, beta.shape[-1]), beta])
         return beta
 
-    def forward(self, x: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
-        """x (B, H, N, m·D) → rotated, same shape and dtype."""
+    def tables(self, grid: tuple[int, int], num_prefix_tokens: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos β and sin β, each (N, 1, D/2) in ``dtype``: built once per call and shared by q and k."""
+        beta = self.angles(grid, num_prefix_tokens).to(dtype)
+        return beta.cos()[:, None, :], beta.sin()[:, None, :]
+
+    def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, H, N, m·D) rotated by the tables of :meth:`tables`; same shape and dtype."""
         *lead, N, F = x.shape
         D = self.head_dim
         if F % D:
             raise ValueError(f"AxialRoPE(head_dim={D}) needs a last dim that is a multiple of {D}, got {F}")
-        beta = self.angles(grid, num_prefix_tokens).to(x.dtype)
-        if beta.shape[0] != N:
-            raise ValueError(f"grid {tuple(grid)} + {num_prefix_tokens} prefix tokens != N={N}")
-        cos, sin = beta.cos()[:, None, :], beta.sin()[:, None, :]  # (N, 1, J)
+        if cos.shape[0] != N:
+            raise ValueError(f"the RoPE tables cover {cos.shape[0]} tokens (grid + prefix), but N={N}")
         pairs = x.reshape(*lead, N, F // D, D // 2, 2)
         a, b = pairs[..., 0], pairs[..., 1]
         out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
         return out.reshape(x.shape)
+
+    def forward(self, x: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
+        """x (B, H, N, m·D) → rotated, same shape and dtype."""
+        return self.rotate(x, *self.tables(grid, num_prefix_tokens, x.dtype))
 
 
 class NormAwareLinearAttention(LinearAttention):
@@ -176,7 +183,8 @@ class NormAwareLinearAttention(LinearAttention):
         den = linear_attention(phi_q, phi_k, v.new_ones(*v.shape[:-1], 1), **core)
         if self.rope is not None:
             grid, P = self.grid(phi_q.shape[2], grid), self.num_prefix_tokens
-            phi_q, phi_k = self.rope(phi_q, grid, P), self.rope(phi_k, grid, P)
+            cos, sin = self.rope.tables(grid, P, phi_q.dtype)
+            phi_q, phi_k = self.rope.rotate(phi_q, cos, sin), self.rope.rotate(phi_k, cos, sin)
         num = linear_attention(phi_q, phi_k, v, **core)
         return num / (den + self.eps)
 

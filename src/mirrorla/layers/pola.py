@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mirrorla.feature_maps.polarity import swap_polarity
 from mirrorla.layers.linear import LinearAttention, reject_fixed, reject_renamed
+from mirrorla.ops.linear_attention.two_stream import swap_halves, two_stream_linear_attention
 from mirrorla.registry import register_attention
 
 __all__ = ["PolaLinearAttention"]
@@ -106,15 +106,28 @@ class PolaLinearAttention(LinearAttention):
         causal: bool,
         grid: tuple[int, int] | None = None,
     ) -> Tensor:
-        """Same-sign stream on V¹, opposite-sign stream on V²: (B, H, N, 2D)², (B, H, N, D) → (B, H, N, D)."""
+        """Same-sign stream on V¹, opposite-sign stream on V²: (B, H, N, 2D)², (B, H, N, D) → (B, H, N, D).
+
+        Non-causal: one pass over both streams (:func:`two_stream_linear_attention`, one S GEMM and
+        one read-out GEMM). Causal: the two streams as two chunked linear attentions.
+        """
+        scale = torch.cat([self.gate_sim, self.gate_opp], dim=-1) if self.stream_gates else None
+        if not causal:
+            return two_stream_linear_attention(
+                phi_q,
+                phi_k,
+                v,
+                normalizer=self.normalizer,
+                eps=self.eps,
+                key_padding_mask=key_padding_mask,
+                stream_scale=scale,
+            )
         v_sim, v_opp = v.chunk(2, dim=-1)
         o_sim = super().mix(phi_q, phi_k, v_sim, key_padding_mask, causal)
         # [Code] opposite stream [q⁻ ; q⁺]·[k⁺ ; k⁻] (the paper draws [q⁺ ; q⁻]·[k⁻ ; k⁺]: same scores).
-        o_opp = super().mix(swap_polarity(phi_q), phi_k, v_opp, key_padding_mask, causal)
-        if self.stream_gates:
-            o_sim = o_sim * self.gate_sim[None, :, None, :].to(o_sim.dtype)
-            o_opp = o_opp * self.gate_opp[None, :, None, :].to(o_opp.dtype)
-        return torch.cat([o_sim, o_opp], dim=-1)
+        o_opp = super().mix(swap_halves(phi_q), phi_k, v_opp, key_padding_mask, causal)
+        o = torch.cat([o_sim, o_opp], dim=-1)
+        return o if scale is None else o * scale[None, :, None, :].to(o.dtype)
 
 
 register_attention(

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from mirrorla.layers.spatial_reduction import SpatialReductionAttention
 from mirrorla.models._timm import register, submodule_no_weight_decay, untrained_cfg
-from mirrorla.registry import attention_option_value, create_attention, get_attention_entry
+from mirrorla.registry import create_attention, get_attention_entry, with_build_grid
 
 __all__ = [
     "PyramidVisionTransformer",
@@ -194,15 +194,11 @@ class PyramidVisionTransformer(nn.Module):
         in_chs, reduction, cursor = in_chans, 1, 0
         # [Code] FLatten / PolaFormer PVT: positional_encoding (1, num_patches // sr², C) per layer, so a
         # layer whose grid-sized table is on gets its stage's grid unless attn_kwargs set it.
-        grid_option = entry.cls.build_grid_option
-        table_on = grid_option is not None and attention_option_value(entry, grid_option, attn_kwargs or {}) is not None
         for i in range(4):
             stride = patch_size if i == 0 else 2
             reduction *= stride
             stage_grid = (img_size[0] // reduction, img_size[1] // reduction)
-            stage_kwargs = dict(attn_kwargs or {})
-            if table_on:
-                stage_kwargs.setdefault(grid_option, stage_grid)
+            stage_kwargs = with_build_grid(entry, stage_grid, attn_kwargs or {})
             blocks = []
             for j in range(depths[i]):
                 if pattern[i] == "L":

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mirrorla.models._timm import init_outside_attention, submodule_no_weight_decay
-from mirrorla.registry import attention_option_value, create_attention, get_attention_entry
+from mirrorla.registry import create_attention, get_attention_entry, with_build_grid
 
 __all__ = ["SequenceClassifier", "SeqBlock", "SEQ_SIZES", "SEQ_POOLS", "create_sequence_model"]
 
@@ -145,9 +145,7 @@ class SequenceClassifier(nn.Module):
         # A grid-sized key position table (FLatten's and PolaFormer's P; ``build_grid_option``) is built on the
         # model's layout, (1, max_len) or the image grid, unless set: a 2-D default table resized to (1, L) would
         # use only its middle rows (tests/test_seq_1d_forms.py).
-        option = entry.cls.build_grid_option
-        if option is not None and attention_option_value(entry, option, attn_kwargs) is not None:
-            attn_kwargs.setdefault(option, grid or (1, max_len))
+        attn_kwargs = with_build_grid(entry, grid or (1, max_len), attn_kwargs)
         block = dict(attention=attention, attn_kwargs=attn_kwargs, mlp_ratio=mlp_ratio, prefix=prefix)
         self.blocks = nn.ModuleList([SeqBlock(embed_dim, num_heads, **block) for _ in range(depth)])
         self.norm = nn.LayerNorm(embed_dim)

@@ -18,10 +18,12 @@ from mirrorla.ops.linear_attention.chunk import causal_linear_attention
 from mirrorla.ops.linear_attention.common import NORMALIZERS
 from mirrorla.ops.linear_attention.parallel import linear_attention
 from mirrorla.ops.linear_attention.recurrent import recurrent_step
+from mirrorla.ops.linear_attention.two_stream import two_stream_linear_attention
 
 __all__ = [
     "linear_attention",
     "causal_linear_attention",
     "recurrent_step",
+    "two_stream_linear_attention",
     "NORMALIZERS",
 ]

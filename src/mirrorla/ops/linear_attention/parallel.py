@@ -9,7 +9,7 @@ from mirrorla.ops._checks import check_key_padding_mask, check_positive, check_q
 from mirrorla.ops.linear_attention.chunk import causal_linear_attention
 from mirrorla.ops.linear_attention.common import NORMALIZERS, check_eps, core_dtype_of
 
-__all__ = ["linear_attention"]
+__all__ = ["linear_attention", "key_state", "denominator"]
 
 
 def linear_attention(
@@ -25,6 +25,7 @@ def linear_attention(
     key_padding_mask: Tensor | None = None,
     chunk_size: int = 64,
     core_dtype: str = "float32",
+    state_scale: Tensor | None = None,
 ) -> Tensor:
     """Normalised linear attention ``O_i = φq_i·S / (φq_i·z + ε)``, computed kv-first.
 
@@ -42,6 +43,8 @@ def linear_attention(
             form divides by each sample's number of kept keys.
         chunk_size: chunk length of the causal form.
         core_dtype: ``"float32"`` (default) or ``"bfloat16"``; float64 inputs stay float64.
+        state_scale: optional factor of the state S only (not of z), broadcastable to (B, H, F, D),
+            e.g. L²ViT's per-head τ (H, 1, 1); non-causal only. Equals scaling the numerator.
 
     Returns:
         (B, H, N, D) in v's dtype. Cost O(B·H·(N+M)·F·D); no (N, M) tensor is ever built.
@@ -54,6 +57,8 @@ def linear_attention(
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     if causal:
+        if state_scale is not None:
+            raise ValueError("state_scale is only defined for the non-causal form; scale the output instead")
         if key_padding_mask is not None:
             raise ValueError(
                 "key_padding_mask is not supported with causal=True; left-pad the batch and drop "
@@ -65,38 +70,48 @@ def linear_attention(
             phi_q, phi_k, v, chunk_size=chunk_size, eps=eps, normalize=normalize, core_dtype=core_dtype
         )
 
-    B, H, M, _ = phi_k.shape
     out_dtype = v.dtype
     dtype = core_dtype_of(core_dtype, phi_q, phi_k, v)
     with torch.autocast(device_type=v.device.type, enabled=False):
         q = phi_q.to(dtype)
-        k = phi_k.to(dtype)
-        vv = v.to(dtype)
-        if key_padding_mask is not None:
-            check_key_padding_mask(key_padding_mask, B, M)
-            keep = key_padding_mask.to(dtype)[:, None, :, None]  # (B, 1, M, 1)
-            k = k * keep
-            n_keys = key_padding_mask.sum(-1).clamp_min(1).to(dtype)[:, None, None, None]  # (B,1,1,1)
-        else:
-            n_keys = max(M, 1)  # no keys: S = z = 0 (not 0/0), so the output is 0
-
-        if min_denominator is not None:
-            kv = k.transpose(-2, -1) @ vv  # (B, H, F, D)
-            num = q @ kv
-            if not normalize:
-                return num.to(out_dtype)
-            den = (q * k.sum(-2, keepdim=True)).sum(-1, keepdim=True)
-            return (num / den.clamp_min(min_denominator)).to(out_dtype)
-
-        if normalizer == "mean":
-            # S̄ = φKᵀV / M and z̄ = mean φK: bounded by max|φk|·max|v|, whatever M is.
-            kv = (k.transpose(-2, -1) @ vv) / n_keys
-            z = k.sum(-2, keepdim=True) / n_keys  # (B, H, 1, F)
-        else:
-            kv = k.transpose(-2, -1) @ vv
-            z = k.sum(-2, keepdim=True)
+        # min_denominator bounds the sum-normalised denominator: S and z are plain sums there.
+        kv, z = key_state(
+            phi_k.to(dtype), v.to(dtype), "sum" if min_denominator is not None else normalizer, key_padding_mask
+        )
+        if state_scale is not None:
+            kv = kv * state_scale.to(dtype)
         num = q @ kv  # (B, H, N, D)
         if not normalize:
             return num.to(out_dtype)
-        den = (q * z).sum(-1, keepdim=True) + eps  # (B, H, N, 1)
-        return (num / den).to(out_dtype)
+        return (num / denominator(q, z, eps, min_denominator)).to(out_dtype)
+
+
+def key_state(k: Tensor, v: Tensor, normalizer: str, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The non-causal state of the keys: S = φKᵀV (B, H, F, D) and z = Σ φK (B, H, 1, F), both divided by
+    the number of kept keys for ``normalizer="mean"`` (so fp16/bf16 inputs cannot overflow the state).
+
+    Masked keys (``key_padding_mask`` False) contribute nothing; no keys give S = z = 0 (not 0/0).
+    Runs in k's dtype: the caller casts and turns autocast off.
+    """
+    B, H, M, _ = k.shape
+    if key_padding_mask is not None:
+        check_key_padding_mask(key_padding_mask, B, M)
+        k = k * key_padding_mask.to(k.dtype)[:, None, :, None]  # (B, 1, M, 1)
+    kv = k.transpose(-2, -1) @ v
+    z = k.sum(-2, keepdim=True)
+    if normalizer == "mean":
+        if key_padding_mask is not None:
+            n_keys = key_padding_mask.sum(-1).clamp_min(1).to(k.dtype)[:, None, None, None]  # (B, 1, 1, 1)
+        else:
+            n_keys = max(M, 1)
+        kv, z = kv / n_keys, z / n_keys
+    return kv, z
+
+
+def denominator(q: Tensor, z: Tensor, eps: float, min_denominator: float | None = None) -> Tensor:
+    """φq·z (B, H, N, Z) for Z stacked states z (B, H, Z, F): + ε, or clamped below by ``min_denominator``.
+
+    A matrix-vector product, not ``(q * z).sum(-1)``: no (N, F) temporary forward or backward.
+    """
+    den = q @ z.transpose(-2, -1)
+    return den.clamp_min(min_denominator) if min_denominator is not None else den + eps
