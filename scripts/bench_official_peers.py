@@ -8,8 +8,11 @@ layer random parameters, copy them into the official module by an explicit name 
 outputs and gradients (input and every parameter) agree to a relative RMS error < 1e-4 in fp32. A
 peer that fails is reported as failed and not timed. Then forward+backward (``y.backward(g)``,
 gradients reset every time) is timed interleaved: after one warm-up each, every repeat runs both
-modules, the order alternating per repeat, so load on a shared machine hits both alike. The report
-gives the medians and official_ms / ours_ms (target ≥ 1.3). fp32, CPU, B = 1, C = 384, H = 6.
+modules and the projections alone (the qkv and output Linear layers both sides pay), in rotating
+order, so load on a shared machine hits all alike. The report gives the medians, official_ms / ours_ms
+(target ≥ 1.3) and the ceiling official_ms / projections_ms: the speed-up a free attention part would
+give, so a ceiling below 1.3 says the target needs faster GEMMs, not a faster attention. fp32, CPU,
+B = 1, C = 384, H = 6.
 
 No official code is copied here; each official file is imported from a checkout you pass:
 
@@ -221,23 +224,46 @@ def check(peer: Peer, ours: nn.Module, official: nn.Module, side: int) -> dict:
     return {"output_rel_rms": rel_rms(y_ours, y_off), "grad_rel_rms": grad_errors[worst], "worst_grad": worst}
 
 
+class Projections(nn.Module):
+    """The projections every layer of both sides pays, and nothing else: x → qkv(g) Linear → proj Linear.
+    Its time is the floor of any layer with these projections; official_ms / floor_ms is the largest
+    speed-up a faster attention part could give."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(DIM, layer.qkv.out_features), nn.Linear(DIM, DIM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(self.qkv(x)[..., :DIM])
+
+
 def time_pair(peer: Peer, ours: nn.Module, official: nn.Module, side: int, repeats: int) -> dict:
     x = torch.randn(1, side * side, DIM).requires_grad_(True)
     grad = torch.randn(1, side * side, DIM)
+    floor = Projections(ours)
     runs = {
         "official": lambda: fwd_bwd(lambda t: peer.call(official, t, side), official, x, grad),
         "ours": lambda: fwd_bwd(lambda t: ours(t, hw=(side, side)), ours, x, grad),
+        "projections": lambda: fwd_bwd(floor, floor, x, grad),
     }
     for run in runs.values():
         run()  # warm-up: allocator, thread pool
     times: dict[str, list[float]] = {name: [] for name in runs}
+    order = list(runs)
     for i in range(repeats):
-        for name in ("official", "ours") if i % 2 == 0 else ("ours", "official"):
+        for name in order[i % 3 :] + order[: i % 3]:  # rotating order: load hits all three alike
             t0 = time.perf_counter()
             runs[name]()
             times[name].append((time.perf_counter() - t0) * 1e3)
-    official_ms, ours_ms = statistics.median(times["official"]), statistics.median(times["ours"])
-    return {"official_ms": official_ms, "ours_ms": ours_ms, "ratio": official_ms / ours_ms, "times_ms": times}
+    ms = {name: statistics.median(t) for name, t in times.items()}
+    return {
+        "official_ms": ms["official"],
+        "ours_ms": ms["ours"],
+        "projections_ms": ms["projections"],
+        "ratio": ms["official"] / ms["ours"],
+        "ceiling": ms["official"] / ms["projections"],
+        "times_ms": times,
+    }
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -261,18 +287,21 @@ def markdown(meta: dict, rows: list[dict]) -> str:
             f"{o['source']} `{o['file']}` @ {o['commit'] or 'unknown commit'}" for o in meta["official"].values()
         ),
         "",
-        "| peer | N (grid) | rel-RMS out | rel-RMS grad (worst) | official ms | ours ms | official/ours | ≥ 1.3× |",
-        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+        "| peer | N (grid) | rel-RMS out | rel-RMS grad (worst) | official ms | ours ms | official/ours | ≥ 1.3× "
+        "| projections ms | ceiling official/projections |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|---:|---:|",
     ]
     for r in rows:
         side = math.isqrt(r["N"])
         head = f"| {r['peer']} | {r['N']:,} ({side}×{side}) |"
         if r["status"] != "ok":
-            lines.append(f"{head} {r['output_rel_rms']:.1e} | {r['grad_rel_rms']:.1e} | — | — | — | {r['status']} |")
+            errors = f"{r['output_rel_rms']:.1e} | {r['grad_rel_rms']:.1e}"
+            lines.append(f"{head} {errors} | — | — | — | {r['status']} | — | — |")
             continue
         lines.append(
             f"{head} {r['output_rel_rms']:.1e} | {r['grad_rel_rms']:.1e} ({r['worst_grad']}) | {r['official_ms']:.1f} "
-            f"| {r['ours_ms']:.1f} | {r['ratio']:.2f} | {'yes' if r['ratio'] >= TARGET else 'no'} |"
+            f"| {r['ours_ms']:.1f} | {r['ratio']:.2f} | {'yes' if r['ratio'] >= TARGET else 'no'} "
+            f"| {r['projections_ms']:.1f} | {r['ceiling']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mirrorla.bench import report
+from mirrorla.bench import ops, report
 from mirrorla.bench.worker import _extrapolate, _skip_reason
 from mirrorla.cli import main
 
@@ -122,3 +122,39 @@ def test_skip_policy_extrapolates_earlier_sizes():
     settings["gemm_gflops"] = 100.0
     assert _skip_reason({"N": 1}, [], settings, macs=10**13) is not None
     assert _skip_reason({"N": 1}, [], settings, macs=10**6) is None
+
+
+def test_compiled_rows_get_their_own_targets_and_first_call_table():
+    res = []
+    for n in (4096, 16384, 65536):
+        s = n / 16384
+        res += [
+            _rec("layer", "mirror", n, 110 * s, 330 * s, mem=2**20 * n, macs=int(1e9 * s)),
+            _rec("layer", "linear_relu", n, 100 * s, 300 * s, mem=2**20 * n),
+            _rec("projections", "projections", n, 100 * s),
+            _rec("core", "mirror", n, 10 * s),
+            _rec("sdpa", "sdpa", n, 700 * s * s),
+        ]
+        for kind, method, fwd in (("layer", "mirror", 80), ("layer", "linear_relu", 100), ("core", "mirror", 5)):
+            rec = _rec(
+                kind, method + ops.COMPILED, n, fwd * s, 3 * fwd * s, macs=int(1e9 * s) if kind == "layer" else None
+            )
+            res.append(dict(rec, compiled=True, first_fwd_s=20.0, first_fwdbwd_s=45.0))
+    targets = {t["target"]: t for t in report.evaluate_targets(res, gemm_gflops=100.0, linear_methods=["mirror"])}
+    assert len(targets) == 9  # four timing targets per path, one memory target
+    ratio = targets["MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384, compiled)"]
+    assert ratio["value"] == pytest.approx(0.8) and ratio["met"]
+    core = targets["SDPA fwd / MirrorLA core fwd on the same q,k,v (N=16,384, compiled)"]
+    assert core["value"] == pytest.approx(140)  # eager SDPA against the compiled core
+    assert targets["MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384)"]["value"] == pytest.approx(1.1)
+    table = report.first_call_table(res)
+    assert table.count("(compiled)") == 9 and "| 20.0 | 80.0 | 45.0 | 240.0 |" in table
+    assert report.first_call_table([r for r in res if not r.get("compiled")]) == ""
+
+
+def test_plan_adds_compiled_groups():
+    groups = ops.plan_ops_cases(["mirror", "pola"], [196, 1024], compiled=["mirror"])
+    compiled = [c for g in groups for c in g if c.get("compiled")]
+    assert {c["method"] for c in compiled} == {"mirror (compiled)"}
+    assert {(c["kind"], c["N"]) for c in compiled} == {(k, n) for k in ("layer", "core") for n in (196, 1024)}
+    assert not any(c.get("compiled") for c in groups[0] + groups[1])  # projections and SDPA stay eager

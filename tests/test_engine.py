@@ -230,6 +230,6 @@ def test_macs_match_analytic_count():
     linear = create_classifier(cfg.replace(attention="linear_relu"), 10, 1, 28)
     lin_macs, _ = count_macs(linear, 1, 28)
     d, heads = C // 2, 2
-    # Per head: φKᵀV (N·d·d) and φQ(φKᵀV) (N·d·d) replace QKᵀ and AV; the counter sees no matmul in the
-    # mean normaliser (an element-wise product and a sum), so it adds nothing.
-    assert lin_macs == expected - depth * 2 * N * N * C + depth * heads * 2 * N * d * d
+    # Per head: φKᵀV (N·d·d) and φQ(φKᵀV) (N·d·d) replace QKᵀ and AV, and the denominator φQ·z̄ is a
+    # matrix-vector product (N·d); the key sum z̄ is no matmul.
+    assert lin_macs == expected - depth * 2 * N * N * C + depth * heads * (2 * N * d * d + N * d)

@@ -501,11 +501,17 @@ def swap_in_references(monkeypatch, layer, length, num_prefix_tokens):
         monkeypatch.setattr(layer.pos_embed, "forward", pos_embed)
     if getattr(layer, "rope", None) is not None:
 
-        def rope(x, grid, P=0, head_dim=layer.rope.head_dim):
+        # The layer builds the tables once per call (for q and k), then rotates: the tables stand for
+        # their grid here, and the rotation is the 1-D reference.
+        def tables(grid, P, dtype):
             expect_grid(grid, P, "rope")
+            return grid, P
+
+        def rotate(x, grid, P, head_dim=layer.rope.head_dim):
             return rope_reference(x, head_dim, P)
 
-        monkeypatch.setattr(layer.rope, "forward", rope)
+        monkeypatch.setattr(layer.rope, "tables", tables)
+        monkeypatch.setattr(layer.rope, "rotate", rotate)
     return called
 
 

@@ -108,4 +108,31 @@ def measure_gemm_peak(
         "gflops_best": flops / times[0] / 1e9,
         "gflops_median": flops / times[len(times) // 2] / 1e9,
         "repeats": repeats,
+        **measure_bandwidth_peak(device),
+    }
+
+
+def measure_bandwidth_peak(device: torch.device | str = "cpu", mib: int = 256, repeats: int = 5) -> dict:
+    """Time a ``mib``-MiB tensor copy (one read, one write) and return the achieved GB/s.
+
+    Returns ``{"bandwidth_gbs_best", "bandwidth_gbs_median", "bandwidth_mib"}``: the peak that "share
+    of the bandwidth peak" refers to, measured under the current load like the GEMM peak.
+    """
+    device = torch.device(device)
+    src = torch.empty(mib * 2**18, device=device, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up: page faults
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    moved = 2.0 * src.numel() * src.element_size()
+    return {
+        "bandwidth_gbs_best": moved / times[0] / 1e9,
+        "bandwidth_gbs_median": moved / times[len(times) // 2] / 1e9,
+        "bandwidth_mib": mib,
     }

@@ -12,6 +12,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from mirrorla.bench.ops import COMPILED
+
 __all__ = [
     "fit_exponent",
     "pivot_tables",
@@ -101,12 +103,13 @@ def pivot_tables(results: list[dict], metrics: dict[str, str], size_label: str =
     return "\n".join(out)
 
 
-def detail_table(results: list[dict], gemm_gflops: float | None) -> str:
-    """Every case: median [min–max] ms, peak MiB, GMACs, achieved GFLOP/s and share of the GEMM peak."""
+def detail_table(results: list[dict], gemm_gflops: float | None, bandwidth_gbs: float | None = None) -> str:
+    """Every case: median [min–max] ms, peak MiB, GMACs, achieved GFLOP/s and share of the GEMM peak, and the
+    effective bandwidth of the forward (compulsory bytes / time) and its share of the copy-bandwidth peak."""
     lines = [
         "| kind | method | N | fwd ms median [min–max] | fwd+bwd ms median [min–max] | peak MiB fwd | "
-        "peak MiB fwd+bwd | GMACs fwd | fwd GFLOP/s (% GEMM peak) | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "peak MiB fwd+bwd | GMACs fwd | fwd GFLOP/s (% GEMM peak) | fwd GB/s (% bandwidth peak) | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
 
@@ -114,15 +117,18 @@ def detail_table(results: list[dict], gemm_gflops: float | None) -> str:
             x = r.get(mode)
             return f"{_fmt(x['median_ms'])} [{_fmt(x['min_ms'])}–{_fmt(x['max_ms'])}]" if x else "–"
 
-        macs = r.get("macs")
-        rate = ""
+        macs, moved = r.get("macs"), r.get("bytes")
+        rate = bandwidth = ""
         if r.get("fwd") and macs:
             gf = 2 * macs / (r["fwd"]["median_ms"] / 1e3) / 1e9
             rate = f"{gf:.1f}" + (f" ({100 * gf / gemm_gflops:.0f}%)" if gemm_gflops else "")
+        if r.get("fwd") and moved:
+            gbs = moved / (r["fwd"]["median_ms"] / 1e3) / 1e9
+            bandwidth = f"{gbs:.1f}" + (f" ({100 * gbs / bandwidth_gbs:.0f}%)" if bandwidth_gbs else "")
         lines.append(
             f"| {r['kind']} | {r['method']} | {r['N']:,} | {t('fwd')} | {t('fwdbwd')} | "
             f"{_fmt(_metric(r, 'mem_fwd'))} | {_fmt(_metric(r, 'mem_fwdbwd'))} | "
-            f"{_fmt(macs / 1e9, 3) if macs else '–'} | {rate or '–'} | {r.get('note', '')} |"
+            f"{_fmt(macs / 1e9, 3) if macs else '–'} | {rate or '–'} | {bandwidth or '–'} | {r.get('note', '')} |"
         )
     return "\n".join(lines)
 
@@ -180,7 +186,11 @@ def _get(results, kind, method, n):
 
 
 def evaluate_targets(results: list[dict], gemm_gflops: float | None, linear_methods: list[str]) -> list[dict]:
-    """The five targets of the efficiency issue, each with its value, threshold and status."""
+    """The five targets of the efficiency issue, each with its value, threshold and status.
+
+    The four timing targets are evaluated for the eager layers and, when the run has them, again for the
+    compiled ones (``"NAME (compiled)"``, against the same eager projections and SDPA).
+    """
     n1, n2, lo = 16384, 65536, 4096
     out = []
 
@@ -188,30 +198,33 @@ def evaluate_targets(results: list[dict], gemm_gflops: float | None, linear_meth
         met = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
         out.append({"target": name, "value": value, "op": op, "threshold": threshold, "met": met, "detail": detail})
 
-    m, r = _get(results, "layer", "mirror", n1), _get(results, "layer", "linear_relu", n1)
-    add(
-        "MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384)",
-        m["fwdbwd"]["median_ms"] / r["fwdbwd"]["median_ms"] if m and r else None,
-        "<=",
-        1.15,
-        "median fwd+bwd latency ratio",
-    )
-    p = _get(results, "projections", "projections", n1)
-    add(
-        "MirrorLA layer fwd / its q,k,v,output projections fwd (N=16,384)",
-        m["fwd"]["median_ms"] / p["fwd"]["median_ms"] if m and p else None,
-        "<=",
-        1.3,
-        "median forward latency ratio",
-    )
-    c, sd = _get(results, "core", "mirror", n1), _get(results, "sdpa", "sdpa", n1)
-    add(
-        "SDPA fwd / MirrorLA core fwd on the same q,k,v (N=16,384)",
-        sd["fwd"]["median_ms"] / c["fwd"]["median_ms"] if c and sd else None,
-        ">=",
-        60,
-        "core = feature map + linear attention; speed-up factor",
-    )
+    compiled_run = any(r["method"].endswith(COMPILED) for r in results)
+    paths = [("", "")] + ([(COMPILED, ", compiled")] if compiled_run else [])
+    p, sd = _get(results, "projections", "projections", n1), _get(results, "sdpa", "sdpa", n1)
+    for suffix, tag in paths:
+        m, r = _get(results, "layer", "mirror" + suffix, n1), _get(results, "layer", "linear_relu" + suffix, n1)
+        add(
+            f"MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384{tag})",
+            m["fwdbwd"]["median_ms"] / r["fwdbwd"]["median_ms"] if m and r else None,
+            "<=",
+            1.15,
+            "median fwd+bwd latency ratio",
+        )
+        add(
+            f"MirrorLA layer fwd / its q,k,v,output projections fwd (N=16,384{tag})",
+            m["fwd"]["median_ms"] / p["fwd"]["median_ms"] if m and p else None,
+            "<=",
+            1.3,
+            "median forward latency ratio",
+        )
+        c = _get(results, "core", "mirror" + suffix, n1)
+        add(
+            f"SDPA fwd / MirrorLA core fwd on the same q,k,v (N=16,384{tag})",
+            sd["fwd"]["median_ms"] / c["fwd"]["median_ms"] if c and sd else None,
+            ">=",
+            60,
+            "core = feature map + linear attention; speed-up factor",
+        )
     worst, worst_name = None, None
     for name in linear_methods:
         pts = [(n, v) for n, v in series(results, "mem_fwdbwd").get(("layer", name), []) if lo <= n <= n2]
@@ -226,12 +239,29 @@ def evaluate_targets(results: list[dict], gemm_gflops: float | None, linear_meth
         1.05,
         f"worst: {worst_name}" if worst_name else "not all sizes measured",
     )
-    m2 = _get(results, "layer", "mirror", n2)
-    share = None
-    if m2 and m2.get("macs") and gemm_gflops:
-        share = 2 * m2["macs"] / (m2["fwd"]["median_ms"] / 1e3) / 1e9 / gemm_gflops
-    add("MirrorLA layer fwd share of the GEMM peak (N=65,536)", share, ">=", 0.5, "matmul MACs / time / peak")
+    for suffix, tag in paths:
+        m2 = _get(results, "layer", "mirror" + suffix, n2)
+        share = None
+        if m2 and m2.get("macs") and gemm_gflops:
+            share = 2 * m2["macs"] / (m2["fwd"]["median_ms"] / 1e3) / 1e9 / gemm_gflops
+        add(f"MirrorLA layer fwd share of the GEMM peak (N=65,536{tag})", share, ">=", 0.5, "matmul MACs / time / peak")
     return out
+
+
+def first_call_table(results: list[dict]) -> str:
+    """The first (compiling) call of every compiled case beside its median timed run; "" without any."""
+    rows = [r for r in results if r.get("compiled") and r.get("status") == "ok"]
+    if not rows:
+        return ""
+    lines = ["| kind | method | N | first fwd s | median fwd ms | first fwd+bwd s | median fwd+bwd ms |"]
+    lines.append("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        cells = []
+        for mode in ("fwd", "fwdbwd"):
+            first, timed = r.get(f"first_{mode}_s"), r.get(mode)
+            cells += ["–" if first is None else f"{first:.1f}", "–" if not timed else f"{timed['median_ms']:.1f}"]
+        lines.append(f"| {r['kind']} | {r['method']} | {r['N']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def targets_table(targets: list[dict]) -> str:

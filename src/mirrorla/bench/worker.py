@@ -96,6 +96,8 @@ def _time_case(task: str, case: dict, settings: dict, history: list[dict]) -> di
     except SkipCase as err:
         return dict(rec, status="skipped", note=str(err), macs=None)
     rec["macs"] = built.macs
+    rec["bytes"] = getattr(built, "bytes", None)
+    rec["note"] = getattr(built, "note", "") or ""
     reason = _skip_reason(case, history, settings, built.macs)
     if reason:
         return dict(rec, status="skipped", note=reason)
@@ -105,12 +107,14 @@ def _time_case(task: str, case: dict, settings: dict, history: list[dict]) -> di
         if fn is None:
             continue
         t_warm = None
-        for _ in range(max(1, settings["warmup"])):
+        for i in range(max(1, settings["warmup"])):
             synchronize(device)
             t0 = time.perf_counter()
             fn()
             synchronize(device)
             t_warm = time.perf_counter() - t0
+            if i == 0:
+                rec[f"first_{mode}_s"] = t_warm  # compilation, for a compiled case
         rec[mode] = time_callable(
             fn,
             device,

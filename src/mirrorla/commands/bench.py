@@ -111,6 +111,13 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
         default=True,
         help="also time the attention cores on their own, apart from the layers",
     )
+    ops.add_argument(
+        "--compiled",
+        default="",
+        help="comma-separated registry names or patterns whose layers and cores are also timed through "
+        "torch.compile (inductor), as 'NAME (compiled)' beside the eager rows; the first call (compilation) "
+        "is reported apart (default: none)",
+    )
     ops.add_argument("--fit-from", type=positive_int, default=4096, help="fit scaling exponents over N >= this")
     models = sub.add_parser("models", help="whole-model images/s and peak memory vs resolution", formatter_class=fmt)
     _common(models)
@@ -288,7 +295,8 @@ def _run_ops(args, settings, header, out: Path) -> int:
     sizes = args.sizes or list(ops_cases.QUICK_SIZES if args.quick else ops_cases.DEFAULT_SIZES)
     methods = _select_methods(args.methods)
     settings.update(batch=args.batch or 1, dim=args.dim, heads=args.heads)
-    groups = ops_cases.plan_ops_cases(methods, sizes, core=args.core)
+    compiled = _select_methods(args.compiled) if args.compiled.strip() else []
+    groups = ops_cases.plan_ops_cases(methods, sizes, core=args.core, compiled=compiled)
     print(
         f"mirrorla bench ops: {len(methods)} attentions + sdpa + projections, N = {sizes}, "
         f"B={settings['batch']} C={args.dim} H={args.heads} {args.dtype} on {settings['device']}, "
@@ -336,7 +344,9 @@ def _ops_markdown(payload, exp_md, pngs) -> str:
         f"device {m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, "
         f"{m['date_utc']} UTC  ",
         f"GEMM peak ({gemm['size']}³ {gemm['dtype']}): best {gemm['gflops_best']:.1f} GFLOP/s, median "
-        f"{gemm['gflops_median']:.1f} GFLOP/s"
+        f"{gemm['gflops_median']:.1f} GFLOP/s; copy-bandwidth peak ({gemm.get('bandwidth_mib', '–')} MiB): best "
+        f"{gemm.get('bandwidth_gbs_best', float('nan')):.1f} GB/s. Timing: "
+        + ("CUDA events" if str(payload["settings"]["device"]).startswith("cuda") else "wall clock")
         if gemm
         else "GEMM peak: not measured",
         "",
@@ -362,7 +372,11 @@ def _ops_markdown(payload, exp_md, pngs) -> str:
             f"| {method} | {f.get('n') or '–'} ({f.get('note', '')}) | {b.get('n') or '–'} ({b.get('note', '')}) |"
         )
     parts += ["", "**Targets**\n", report.targets_table(payload["targets"]), ""]
-    parts += ["**Every case**\n", report.detail_table(res, gemm["gflops_best"] if gemm else None), ""]
+    first = report.first_call_table(res)
+    if first:
+        parts += ["**First call of the compiled cases** (compilation included; the timed runs come after)\n", first, ""]
+    peaks = (gemm["gflops_best"], gemm.get("bandwidth_gbs_best")) if gemm else (None, None)
+    parts += ["**Every case**\n", report.detail_table(res, *peaks), ""]
     parts += [f"![{Path(p).stem}]({Path(p).name})" for p in pngs]
     return "\n".join(parts) + "\n"
 

@@ -8,6 +8,9 @@ pairwise scores φq·φk are non-negative, and values v (B, H, M, D). See docs/m
 
 Precision policy (docs/methods.md §1.1): autocast is disabled inside, φq, φk and v are upcast to fp32
 (``core_dtype``), states and the denominator are fp32, and the output is cast back to v's dtype.
+Mixed precision: on the devices of :func:`set_bf16_gemm_devices` (default CUDA), the non-causal
+forms run their two GEMMs φKᵀV and φQ·S in bf16 (fp32 accumulation inside the GEMM) under bf16
+autocast or for bf16 values; z and the denominator stay fp32. fp16 never: φ exceeds its range.
 
 Layout (as flash-linear-attention's ``fla/ops/<op>/``): ``parallel.py`` the non-causal kv-first
 form, ``chunk.py`` the causal chunked form, ``recurrent.py`` the token-by-token decoding step,
@@ -15,7 +18,7 @@ form, ``chunk.py`` the causal chunked form, ``recurrent.py`` the token-by-token 
 """
 
 from mirrorla.ops.linear_attention.chunk import causal_linear_attention
-from mirrorla.ops.linear_attention.common import NORMALIZERS
+from mirrorla.ops.linear_attention.common import NORMALIZERS, bf16_gemm_devices, set_bf16_gemm_devices
 from mirrorla.ops.linear_attention.parallel import linear_attention
 from mirrorla.ops.linear_attention.recurrent import recurrent_step
 from mirrorla.ops.linear_attention.two_stream import two_stream_linear_attention
@@ -26,4 +29,6 @@ __all__ = [
     "recurrent_step",
     "two_stream_linear_attention",
     "NORMALIZERS",
+    "bf16_gemm_devices",
+    "set_bf16_gemm_devices",
 ]

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from mirrorla.ops._checks import check_key_padding_mask, check_positive, check_qkv
 from mirrorla.ops.linear_attention.chunk import causal_linear_attention
-from mirrorla.ops.linear_attention.common import NORMALIZERS, check_eps, core_dtype_of
+from mirrorla.ops.linear_attention.common import NORMALIZERS, check_eps, core_dtype_of, gemm_dtype_of
 
 __all__ = ["linear_attention", "key_state", "denominator"]
 
@@ -72,32 +72,37 @@ def linear_attention(
 
     out_dtype = v.dtype
     dtype = core_dtype_of(core_dtype, phi_q, phi_k, v)
+    gemm = gemm_dtype_of(dtype, v)  # read before autocast is turned off below
     with torch.autocast(device_type=v.device.type, enabled=False):
         q = phi_q.to(dtype)
         # min_denominator bounds the sum-normalised denominator: S and z are plain sums there.
         kv, z = key_state(
-            phi_k.to(dtype), v.to(dtype), "sum" if min_denominator is not None else normalizer, key_padding_mask
+            phi_k.to(dtype), v, "sum" if min_denominator is not None else normalizer, key_padding_mask, gemm
         )
         if state_scale is not None:
-            kv = kv * state_scale.to(dtype)
-        num = q @ kv  # (B, H, N, D)
+            kv = kv * state_scale.to(kv.dtype)
+        num = (q.to(gemm) @ kv).to(dtype)  # (B, H, N, D)
         if not normalize:
             return num.to(out_dtype)
         return (num / denominator(q, z, eps, min_denominator)).to(out_dtype)
 
 
-def key_state(k: Tensor, v: Tensor, normalizer: str, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+def key_state(
+    k: Tensor, v: Tensor, normalizer: str, key_padding_mask: Tensor | None, gemm_dtype: torch.dtype | None = None
+) -> tuple[Tensor, Tensor]:
     """The non-causal state of the keys: S = φKᵀV (B, H, F, D) and z = Σ φK (B, H, 1, F), both divided by
     the number of kept keys for ``normalizer="mean"`` (so fp16/bf16 inputs cannot overflow the state).
 
     Masked keys (``key_padding_mask`` False) contribute nothing; no keys give S = z = 0 (not 0/0).
-    Runs in k's dtype: the caller casts and turns autocast off.
+    z is formed in k's dtype; S in ``gemm_dtype`` (default k's dtype; bf16 under the mixed-precision
+    policy, :func:`gemm_dtype_of`). The caller turns autocast off.
     """
+    gemm_dtype = k.dtype if gemm_dtype is None else gemm_dtype
     B, H, M, _ = k.shape
     if key_padding_mask is not None:
         check_key_padding_mask(key_padding_mask, B, M)
         k = k * key_padding_mask.to(k.dtype)[:, None, :, None]  # (B, 1, M, 1)
-    kv = k.transpose(-2, -1) @ v
+    kv = k.to(gemm_dtype).transpose(-2, -1) @ v.to(gemm_dtype)
     z = k.sum(-2, keepdim=True)
     if normalizer == "mean":
         if key_padding_mask is not None:

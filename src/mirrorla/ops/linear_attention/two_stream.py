@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from mirrorla.ops._checks import check_qkv
-from mirrorla.ops.linear_attention.common import NORMALIZERS, check_eps, core_dtype_of
+from mirrorla.ops.linear_attention.common import NORMALIZERS, check_eps, core_dtype_of, gemm_dtype_of
 from mirrorla.ops.linear_attention.parallel import denominator, key_state
 
 __all__ = ["two_stream_linear_attention", "swap_halves"]
@@ -63,14 +63,15 @@ def two_stream_linear_attention(
     if stream_scale is not None and tuple(stream_scale.shape) != (H, D):
         raise ValueError(f"stream_scale must have shape (H, D) = {(H, D)}, got {tuple(stream_scale.shape)}")
     dtype = core_dtype_of(core_dtype, phi_q, phi_k, v)
+    gemm = gemm_dtype_of(dtype, v)  # read before autocast is turned off below
     d1 = D - D // 2
     with torch.autocast(device_type=v.device.type, enabled=False):
         q = phi_q.to(dtype)
-        kv, z = key_state(phi_k.to(dtype), v.to(dtype), normalizer, key_padding_mask)
+        kv, z = key_state(phi_k.to(dtype), v, normalizer, key_padding_mask, gemm)
         kv = torch.cat([kv[..., :d1], swap_halves(kv[..., d1:], dim=-2)], dim=-1)  # (B, H, F, D)
         if stream_scale is not None:
-            kv = kv * stream_scale.to(dtype)[None, :, None, :]
-        num = q @ kv  # (B, H, N, D)
+            kv = kv * stream_scale.to(kv.dtype)[None, :, None, :]
+        num = (q.to(gemm) @ kv).to(dtype)  # (B, H, N, D)
         den = denominator(q, torch.cat([z, swap_halves(z)], dim=-2), eps)  # (B, H, N, 2)
         if D % 2 == 0:  # one division: the two halves as a (2, D/2) view
             out = (num.unflatten(-1, (2, D // 2)) / den.unsqueeze(-1)).flatten(-2)
