@@ -86,18 +86,21 @@ def _rec(kind, method, n, fwd, fwdbwd=None, mem=None, macs=None):
     }  # fmt: skip
 
 
+def _eager_records(n):
+    """Synthetic eager cases at N = n: time ∝ N (linear layers), N² (softmax, SDPA)."""
+    s = n / 16384
+    return [
+        _rec("layer", "mirror", n, 110 * s, 330 * s, mem=2**20 * n, macs=int(1e9 * s)),
+        _rec("layer", "linear_relu", n, 100 * s, 300 * s, mem=2**20 * n),
+        _rec("layer", "softmax", n, 50 * s * s, 150 * s * s),
+        _rec("projections", "projections", n, 100 * s),
+        _rec("core", "mirror", n, 10 * s),
+        _rec("sdpa", "sdpa", n, 700 * s * s),
+    ]
+
+
 def test_targets_and_crossover_from_synthetic_results():
-    res = []
-    for n in (4096, 16384, 65536):
-        s = n / 16384
-        res += [
-            _rec("layer", "mirror", n, 110 * s, 330 * s, mem=2**20 * n, macs=int(1e9 * s)),
-            _rec("layer", "linear_relu", n, 100 * s, 300 * s, mem=2**20 * n),
-            _rec("layer", "softmax", n, 50 * s * s, 150 * s * s),
-            _rec("projections", "projections", n, 100 * s),
-            _rec("core", "mirror", n, 10 * s),
-            _rec("sdpa", "sdpa", n, 700 * s * s),
-        ]
+    res = [r for n in (4096, 16384, 65536) for r in _eager_records(n)]
     ratio, floor, core, memory, share = report.evaluate_targets(res, gemm_gflops=100.0, linear_methods=["mirror"])
     assert ratio["value"] == pytest.approx(1.1) and ratio["met"]
     assert floor["value"] == pytest.approx(1.1) and floor["met"]
@@ -128,13 +131,7 @@ def test_compiled_rows_get_their_own_targets_and_first_call_table():
     res = []
     for n in (4096, 16384, 65536):
         s = n / 16384
-        res += [
-            _rec("layer", "mirror", n, 110 * s, 330 * s, mem=2**20 * n, macs=int(1e9 * s)),
-            _rec("layer", "linear_relu", n, 100 * s, 300 * s, mem=2**20 * n),
-            _rec("projections", "projections", n, 100 * s),
-            _rec("core", "mirror", n, 10 * s),
-            _rec("sdpa", "sdpa", n, 700 * s * s),
-        ]
+        res += _eager_records(n)
         for kind, method, fwd in (("layer", "mirror", 80), ("layer", "linear_relu", 100), ("core", "mirror", 5)):
             rec = _rec(
                 kind, method + ops.COMPILED, n, fwd * s, 3 * fwd * s, macs=int(1e9 * s) if kind == "layer" else None

@@ -88,8 +88,7 @@ class DepthwiseConvBranch(nn.Module):
         """v (B, H, N, D) → (B, N, C), prefix rows zero.
 
         The convolution runs channels-last: the (tokens, channels) layout of v is already close to it,
-        and the depthwise kernel's forward+backward was 1.4× faster on CPU than in NCHW
-        (docs/efficiency.md).
+        and the depthwise kernel's forward+backward was faster on CPU than in NCHW (docs/efficiency.md).
         """
         B, H, N, D = v.shape
         Hg, Wg = grid
