@@ -190,3 +190,13 @@ def test_bad_inputs_raise_clear_errors():
         causal_linear_attention(q, k, v, initial_state=(torch.zeros(1), torch.zeros(1)))
     with pytest.raises(ValueError, match="as many queries as keys"):
         causal_linear_attention(q, k[:, :, :5], v[:, :, :5])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_state_scale_scales_the_numerator_only(causal):
+    q, k, v = features(2, 3, 40, 8, 4)
+    tau = torch.rand(3, 1, 1) + 0.5  # per head, as L²ViT's τ
+    kw = dict(causal=causal, normalizer="sum" if causal else "mean")
+    out = linear_attention(q, k, v, state_scale=tau, **kw)
+    assert rel_err(out, linear_attention(q, k, v, **kw) * tau) < 1e-6
+    assert rel_err(out, naive_linear_attention(q, k, v, **kw) * tau) < 1e-5

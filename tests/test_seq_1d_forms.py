@@ -500,7 +500,6 @@ def swap_in_references(monkeypatch, layer, length, num_prefix_tokens):
 
         monkeypatch.setattr(layer.pos_embed, "forward", pos_embed)
     if getattr(layer, "rope", None) is not None:
-
         # The layer builds the tables once per call (for q and k), then rotates: the tables stand for
         # their grid here, and the rotation is the 1-D reference.
         def tables(grid, P, dtype):

@@ -35,7 +35,6 @@ from mirrorla.layers.base import AttentionBase
 from mirrorla.layers.fused import use_fused_attn
 from mirrorla.layers.linear import LinearAttention
 from mirrorla.layers.parts import resolve_grid
-from mirrorla.ops.linear_attention import linear_attention
 from mirrorla.ops.softmax import softmax_attention
 from mirrorla.registry import register_attention
 
@@ -94,31 +93,11 @@ class LinearGlobalAttention(LinearAttention):
         tau = self.head_dim**-0.5 if temperature_init is None else float(temperature_init)
         self.temperature = nn.Parameter(torch.full((num_heads, 1, 1), tau, **self._factory))
 
-    def mix(
-        self,
-        phi_q: Tensor,
-        phi_k: Tensor,
-        v: Tensor,
-        key_padding_mask: Tensor | None,
-        causal: bool,
-        grid: tuple[int, int] | None = None,
-    ) -> Tensor:
+    def state_scale(self) -> Tensor:
         # τ multiplies the state S = φKᵀV only (not the denominator); [Code] comment: "add scale on
-        # attn out is better than add scale on k". A per-head scalar on S equals one on the output,
-        # where the causal form applies it (O(F·D) on S instead of a pass over the (N, D) output).
-        if causal:
-            o = super().mix(phi_q, phi_k, v, key_padding_mask, causal)
-            return o * self.temperature.to(o.dtype)
-        return linear_attention(
-            phi_q,
-            phi_k,
-            v,
-            normalizer=self.normalizer,
-            eps=self.eps,
-            min_denominator=self.min_denominator,
-            key_padding_mask=key_padding_mask,
-            state_scale=self.temperature,
-        )
+        # attn out is better than add scale on k". A per-head scalar on S equals one on the output; the
+        # shared value path applies it to the (F, D) state, not to the (N, D) output.
+        return self.temperature
 
 
 register_attention(

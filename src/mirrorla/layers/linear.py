@@ -207,7 +207,12 @@ class LinearAttention(AttentionBase):
             min_denominator=self.min_denominator,
             key_padding_mask=key_padding_mask,
             chunk_size=self.chunk_size,
+            state_scale=self.state_scale(),
         )
+
+    def state_scale(self) -> Tensor | None:
+        """A factor of the state S = φKᵀV (not of z), per head (H, 1, 1) or value channel; None here (L²ViT: τ)."""
+        return None
 
     def attend(
         self,

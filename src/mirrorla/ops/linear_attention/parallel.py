@@ -43,8 +43,9 @@ def linear_attention(
             form divides by each sample's number of kept keys.
         chunk_size: chunk length of the causal form.
         core_dtype: ``"float32"`` (default) or ``"bfloat16"``; float64 inputs stay float64.
-        state_scale: optional factor of the state S only (not of z), broadcastable to (B, H, F, D),
-            e.g. L²ViT's per-head τ (H, 1, 1); non-causal only. Equals scaling the numerator.
+        state_scale: optional factor of the state S only (not of z), per head or value channel: broadcastable
+            to (B, H, 1, D), e.g. L²ViT's τ (H, 1, 1). Equals scaling the numerator; the non-causal form
+            scales the (F, D) state, the causal form its output.
 
     Returns:
         (B, H, N, D) in v's dtype. Cost O(B·H·(N+M)·F·D); no (N, M) tensor is ever built.
@@ -57,8 +58,6 @@ def linear_attention(
     if normalizer not in NORMALIZERS:
         raise ValueError(f"normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     if causal:
-        if state_scale is not None:
-            raise ValueError("state_scale is only defined for the non-causal form; scale the output instead")
         if key_padding_mask is not None:
             raise ValueError(
                 "key_padding_mask is not supported with causal=True; left-pad the batch and drop "
@@ -66,9 +65,10 @@ def linear_attention(
             )
         if min_denominator is not None:
             raise ValueError("min_denominator is only defined for the non-causal form")
-        return causal_linear_attention(
+        out = causal_linear_attention(
             phi_q, phi_k, v, chunk_size=chunk_size, eps=eps, normalize=normalize, core_dtype=core_dtype
         )
+        return out if state_scale is None else out * state_scale.to(out.dtype)
 
     out_dtype = v.dtype
     dtype = core_dtype_of(core_dtype, phi_q, phi_k, v)
