@@ -18,25 +18,12 @@ from torch import Tensor, nn
 from mirrorla.feature_maps.base import FeatureMap
 from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
+from mirrorla.ops.focus import focus, focused_features
 
 __all__ = ["FocusedFeatureMap", "focus"]
 
 NORM_SCOPES = ("full", "head")
 _HALF = (torch.float16, torch.bfloat16)
-
-
-def focus(x: Tensor, power: float, dims: tuple[int, ...]) -> Tensor:
-    """f_p(x) = ‖x‖ · x^{∘p} / ‖x^{∘p}‖ for x > 0, norms over ``dims``.
-
-    Evaluated as ‖x‖ · (x/m)^{∘p} / ‖(x/m)^{∘p}‖ with m = max x over ``dims`` (detached). The
-    result is identical in exact arithmetic (x^{∘p} is p-homogeneous) and the gradient w.r.t. m is
-    zero, but (x/m)^{∘p} ≤ 1 with one entry equal to 1, so ‖(x/m)^{∘p}‖ ≥ 1 can neither underflow
-    (the fp16 NaN of §3: (1e-6/ln 2)³ = 0) nor overflow; no clamp is needed. [Design]
-    """
-    norm = x.norm(dim=dims, keepdim=True)
-    m = x.detach().amax(dim=dims, keepdim=True)
-    xp = (x / m) ** power
-    return xp * (norm / xp.norm(dim=dims, keepdim=True))
 
 
 class FocusedFeatureMap(FeatureMap):
@@ -87,8 +74,9 @@ class FocusedFeatureMap(FeatureMap):
             q, k = _upcast(q), _upcast(k)
             s = self.channel_scale(q.dtype)  # fp32 even for an fp16 s: its gradient is formed in fp32
             dims = (1, 3) if self.norm_scope == "full" else (3,)
-            phi_q = focus((F.relu(q) + self.offset) / s, self.focusing_factor, dims)
-            phi_k = focus((F.relu(k) + self.offset) / s, self.focusing_factor, dims)
+            # focused_features: focus((ReLU(·) + offset)/s) with a hand-written backward (ops/focus.py)
+            phi_q = focused_features(q, s, power=self.focusing_factor, dims=dims, offset=self.offset)
+            phi_k = focused_features(k, s, power=self.focusing_factor, dims=dims, offset=self.offset)
         return phi_q, phi_k
 
     def truncated_input(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
