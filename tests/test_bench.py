@@ -155,3 +155,37 @@ def test_plan_adds_compiled_groups():
     assert {c["method"] for c in compiled} == {"mirror (compiled)"}
     assert {(c["kind"], c["N"]) for c in compiled} == {(k, n) for k in ("layer", "core") for n in (196, 1024)}
     assert not any(c.get("compiled") for c in groups[0] + groups[1])  # projections and SDPA stay eager
+
+
+def test_missed_targets_carry_the_measured_reason():
+    res = []
+    for n in (16384, 65536):
+        s = n / 16384
+        res += [
+            _rec("layer", "mirror", n, 160 * s, 420 * s, macs=int(1e9 * s)),
+            _rec("layer", "linear_relu", n, 120 * s, 300 * s, macs=int(1e9 * s)),
+            _rec("projections", "projections", n, 100 * s, macs=int(1e9 * s)),
+            _rec("core", "mirror", n, 40 * s),
+            _rec("core", "linear_relu", n, 20 * s),
+            _rec("sdpa", "sdpa", n, 700 * s * s),
+        ]
+        res.append(dict(_rec("layer", "mirror" + ops.COMPILED, n, 130 * s, 330 * s), compiled=True))
+        res.append(dict(_rec("layer", "linear_relu" + ops.COMPILED, n, 110 * s, 300 * s), compiled=True))
+    targets = {t["target"]: t for t in report.evaluate_targets(res, gemm_gflops=100.0, linear_methods=["mirror"])}
+    ratio = targets["MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384)"]
+    assert ratio["met"] is False and ratio["value"] == pytest.approx(1.4)
+    assert ratio["reason"].startswith("met by the compiled path (1.1);") and "adds 120 ms" in ratio["reason"]
+    assert "forward alone 40 vs 20 ms" in ratio["reason"]
+    floor = targets["MirrorLA layer fwd / its q,k,v,output projections fwd (N=16,384)"]
+    assert floor["met"] is False and "alone is 1.20× these projections" in floor["reason"]
+    assert "adds 40 ms = 0.40× them" in floor["reason"]
+    core = targets["SDPA fwd / MirrorLA core fwd on the same q,k,v (N=16,384)"]
+    assert core["value"] == pytest.approx(17.5) and "the ReLU core gives 35.0× (20 ms)" in core["reason"]
+    share = targets["MirrorLA layer fwd share of the GEMM peak (N=65,536)"]
+    # 4 GMACs: projections 400 ms -> 0.2 of 100 GFLOP/s, ReLU layer 480 ms -> 0.17.
+    assert "projections alone reach 0.20" in share["reason"] and "ReLU linear layer 0.17" in share["reason"]
+    assert targets["MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=16,384, compiled)"]["reason"] == ""  # met
+    table = report.targets_table(list(targets.values()))
+    assert "why missed (measured in this run)" in table and "met by the compiled path" in table
+    met_only = [dict(t, met=True, reason="") for t in targets.values()]
+    assert "why missed" not in report.targets_table(met_only)

@@ -102,7 +102,10 @@ def key_state(
     if key_padding_mask is not None:
         check_key_padding_mask(key_padding_mask, B, M)
         k = k * key_padding_mask.to(k.dtype)[:, None, :, None]  # (B, 1, M, 1)
-    kv = k.to(gemm_dtype).transpose(-2, -1) @ v.to(gemm_dtype)
+    # S = (VᵀφK)ᵀ, not φKᵀV: the same product, but its backward returns ∂L/∂φK with unit stride along F,
+    # as φK has, so the feature map's element-wise backward passes stay vectorised (φKᵀV returns each
+    # head's gradient as an (F, N) matrix; mixed with (N, F) tensors those passes ran several times slower).
+    kv = (v.to(gemm_dtype).transpose(-2, -1) @ k.to(gemm_dtype)).transpose(-2, -1)
     z = k.sum(-2, keepdim=True)
     if normalizer == "mean":
         if key_padding_mask is not None:
