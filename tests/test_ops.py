@@ -200,3 +200,21 @@ def test_state_scale_scales_the_numerator_only(causal):
     out = linear_attention(q, k, v, state_scale=tau, **kw)
     assert rel_err(out, linear_attention(q, k, v, **kw) * tau) < 1e-6
     assert rel_err(out, naive_linear_attention(q, k, v, **kw) * tau) < 1e-5
+
+
+def test_state_product_matches_the_plain_product_and_returns_row_major_gradients():
+    from mirrorla.ops.linear_attention.parallel import state_product
+
+    qkv = torch.randn(2, 11, 3, 3, 4, dtype=torch.float64, requires_grad=True)  # (B, M, 3, H, D) projection
+    k, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # head-split views, as in a layer
+    g = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    ours = state_product(k, v)
+    plain = k.transpose(-2, -1) @ v
+    assert torch.allclose(ours, plain, rtol=1e-14, atol=0)
+    gk, gv = torch.autograd.grad(ours, (k, v), g)
+    pk, pv = torch.autograd.grad(plain, (k, v), g)
+    assert torch.allclose(gk, pk, rtol=1e-13) and torch.allclose(gv, pv, rtol=1e-13)
+    assert gk.stride(-1) == 1 and gv.stride(-1) == 1  # unit stride along F and D, not along M
+    k2, v2 = (torch.randn(1, 2, 5, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(state_product, (k2, v2))
+    assert torch.autograd.gradgradcheck(state_product, (k2, v2))

@@ -9,7 +9,7 @@ from mirrorla.ops._checks import check_key_padding_mask, check_positive, check_q
 from mirrorla.ops.linear_attention.chunk import causal_linear_attention
 from mirrorla.ops.linear_attention.common import NORMALIZERS, check_eps, core_dtype_of, gemm_dtype_of
 
-__all__ = ["linear_attention", "key_state", "denominator"]
+__all__ = ["linear_attention", "key_state", "denominator", "state_product"]
 
 
 def linear_attention(
@@ -102,10 +102,7 @@ def key_state(
     if key_padding_mask is not None:
         check_key_padding_mask(key_padding_mask, B, M)
         k = k * key_padding_mask.to(k.dtype)[:, None, :, None]  # (B, 1, M, 1)
-    # S = (VᵀφK)ᵀ, not φKᵀV: the same product, but its backward returns ∂L/∂φK with unit stride along F,
-    # as φK has, so the feature map's element-wise backward passes stay vectorised (φKᵀV returns each
-    # head's gradient as an (F, N) matrix; mixed with (N, F) tensors those passes ran several times slower).
-    kv = (v.to(gemm_dtype).transpose(-2, -1) @ k.to(gemm_dtype)).transpose(-2, -1)
+    kv = state_product(k.to(gemm_dtype), v.to(gemm_dtype))
     z = k.sum(-2, keepdim=True)
     if normalizer == "mean":
         if key_padding_mask is not None:
@@ -114,6 +111,31 @@ def key_state(
             n_keys = max(M, 1)
         kv, z = kv / n_keys, z / n_keys
     return kv, z
+
+
+def state_product(k: Tensor, v: Tensor) -> Tensor:
+    """S = φKᵀV, (B, H, M, F) × (B, H, M, D) → (B, H, F, D), with both gradients in (M, ·) row order.
+
+    Autograd of ``k.transpose(-2, -1) @ v`` returns one of ∂L/∂φK, ∂L/∂V as the transpose of an (·, M)
+    matrix (column order); the element-wise passes that consume it (the feature map's backward, the qkv
+    gradient's concatenation) then mix layouts and run several times slower. Here ∂L/∂φK = V·Gᵀ and
+    ∂L/∂V = φK·G are plain row-major products.
+    """
+    return _StateProduct.apply(k, v)
+
+
+class _StateProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, k: Tensor, v: Tensor) -> Tensor:
+        ctx.save_for_backward(k, v)
+        return k.transpose(-2, -1) @ v
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        k, v = ctx.saved_tensors
+        grad_k = v @ grad.transpose(-2, -1) if ctx.needs_input_grad[0] else None
+        grad_v = k @ grad if ctx.needs_input_grad[1] else None
+        return grad_k, grad_v
 
 
 def denominator(q: Tensor, z: Tensor, eps: float, min_denominator: float | None = None) -> Tensor:
