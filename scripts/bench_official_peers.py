@@ -266,11 +266,30 @@ def time_pair(peer: Peer, ours: nn.Module, official: nn.Module, side: int, repea
     }
 
 
+def resolve_out(p: argparse.ArgumentParser, out: Path | None) -> Path | None:
+    """The JSON path for ``--out``, checked before anything is timed (a folder gets official_peers.json)."""
+    if out is None:
+        return None
+    if out.is_dir() or out.suffix == "":
+        out = out / "official_peers.json"
+    if out.suffix != ".json":
+        p.error(f"--out {out}: expected a .json file or a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {out}: cannot create its folder ({e})")
+    if not os.access(out.parent, os.W_OK):
+        p.error(f"--out {out}: its folder is not writable")
+    return out
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
+        f.write(text)
     os.replace(f.name, path)
 
 
@@ -313,8 +332,15 @@ def main() -> None:
     p.add_argument("--sizes", default="3136,16384", help="comma-separated N, each a square s*s")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON (atomically)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the results as JSON to this file (atomically) and the table beside it (.md); a folder "
+        "gets official_peers.json and official_peers.md",
+    )
     args = p.parse_args()
+    out = resolve_out(p, args.out)
     sizes = [int(n) for n in args.sizes.split(",")]
     for n in sizes:
         if n <= 0 or math.isqrt(n) ** 2 != n:
@@ -361,8 +387,10 @@ def main() -> None:
     if not rows:
         print("no peer ran: pass at least one of " + ", ".join(peer.option for peer in PEERS.values()), file=sys.stderr)
     print(markdown(meta, rows))
-    if args.out is not None:
-        write_json_atomic(args.out, {"meta": meta, "results": rows})
+    if out is not None:
+        write_json_atomic(out, {"meta": meta, "results": rows})
+        write_text_atomic(out.with_suffix(".md"), markdown(meta, rows) + "\n")
+        print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
 
 
 if __name__ == "__main__":
