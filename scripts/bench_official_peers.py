@@ -290,7 +290,11 @@ def write_json_atomic(path: Path, payload: dict) -> None:
 def write_text_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
         f.write(text)
-    os.replace(f.name, path)
+    try:
+        os.replace(f.name, path)
+    except OSError:
+        os.unlink(f.name)  # no stray temporary file beside an old result
+        raise
 
 
 def markdown(meta: dict, rows: list[dict]) -> str:
