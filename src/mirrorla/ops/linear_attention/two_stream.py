@@ -73,8 +73,8 @@ def two_stream_linear_attention(
             kv = kv * stream_scale.to(kv.dtype)[None, :, None, :]
         num = (q.to(gemm) @ kv).to(dtype)  # (B, H, N, D)
         den = denominator(q, torch.cat([z, swap_halves(z)], dim=-2), eps)  # (B, H, N, 2)
-        if D % 2 == 0:  # one division: the two halves as a (2, D/2) view
-            out = (num.unflatten(-1, (2, D // 2)) / den.unsqueeze(-1)).flatten(-2)
+        if D % 2 == 0:  # one product: the two halves as a (2, D/2) view
+            out = (num.unflatten(-1, (2, D // 2)) * den.reciprocal().unsqueeze(-1)).flatten(-2)  # see parallel.py
         else:
             out = torch.cat([num[..., :d1] / den[..., :1], num[..., d1:] / den[..., 1:]], dim=-1)
     return out.to(v.dtype)
