@@ -46,3 +46,18 @@ def test_official_peers_rejects_a_size_that_is_not_a_square(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_official_peers.py", "--sizes", "3000"])
     with pytest.raises(SystemExit):
         peers.main()
+
+
+def test_official_peers_table_gives_the_attention_budget_of_the_target():
+    peers = load_script("bench_official_peers")
+    meta = {
+        "date": "d", "command": "c", "threads": 2, "repeats": 5, "official": {},
+        "machine": {"cpu_model": "cpu", "logical_cpus": 2, "torch": "t"},
+    }  # fmt: skip
+    row = {
+        "peer": "L²ViT LGA", "N": 3136, "status": "ok", "output_rel_rms": 1e-8, "grad_rel_rms": 1e-7,
+        "worst_grad": "qkv.weight", "official_ms": 130.0, "ours_ms": 120.0, "projections_ms": 90.0,
+        "ratio": 130 / 120, "ceiling": 130 / 90,
+    }  # fmt: skip
+    last = peers.markdown(meta, [row]).splitlines()[-1]
+    assert last.endswith("| 1.08 | no | 90.0 | 1.44 | 30.0 | 10.0 |")  # 130/1.3 − 90 = 10 ms allowed, 30 spent
