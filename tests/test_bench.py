@@ -189,3 +189,35 @@ def test_missed_targets_carry_the_measured_reason():
     assert "why missed (measured in this run)" in table and "met by the compiled path" in table
     met_only = [dict(t, met=True, reason="") for t in targets.values()]
     assert "why missed" not in report.targets_table(met_only)
+
+
+def test_target_cases_cover_what_the_targets_read():
+    from mirrorla.bench.targets import plan_target_cases
+
+    cases = plan_target_cases(256, 1024, compiled=True)
+    keys = {(c["kind"], c["method"], c["N"]) for c in cases}
+    for suffix in ("", ops.COMPILED):
+        for name in ("mirror", "linear_relu"):
+            assert {("layer", name + suffix, 256), ("core", name + suffix, 256), ("layer", name + suffix, 1024)} <= keys
+    assert {("projections", "projections", 256), ("sdpa", "sdpa", 256), ("projections", "projections", 1024)} <= keys
+    assert not any(c["kind"] == "sdpa" and "fwdbwd" in c["modes"] for c in cases)  # SDPA backward is not read
+    assert len(plan_target_cases(256, 1024, compiled=False)) == 9
+
+
+def test_bench_targets_quick_end_to_end(tmp_path):
+    argv = ["bench", "targets", "--quick", "--threads", "1", "--repeats", "2", "--gemm-size", "128"]
+    assert main(argv + ["--out", str(tmp_path)]) == 0
+    payload = json.loads((tmp_path / "targets.json").read_text())
+    targets = {t["target"]: t for t in payload["targets"]}
+    assert len(targets) == 4  # three timing targets and the GEMM share; memory is bench ops'
+    assert all(t["value"] is not None and t["value"] > 0 for t in targets.values())
+    assert all(r[m]["repeats"] == 2 for r in payload["results"] for m in ("fwd", "fwdbwd") if m in r)
+    md = (tmp_path / "targets.md").read_text()
+    assert "interleaved rounds" in md and "MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=256)" in md
+    for t in targets.values():
+        assert t["met"] or t["reason"]  # every miss says why
+
+
+def test_bench_targets_rejects_sizes_in_the_wrong_order(tmp_path, capsys):
+    assert main(["bench", "targets", "--size", "4096", "--share-size", "1024", "--out", str(tmp_path)]) == 2
+    assert "--share-size (1024) must be larger than --size (4096)" in capsys.readouterr().err

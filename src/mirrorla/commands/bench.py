@@ -1,9 +1,10 @@
-"""``mirrorla bench ops``, ``models``, ``sr`` and ``lra``: run a sweep, print tables, write JSON/PNG.
+"""``mirrorla bench ops``, ``targets``, ``models``, ``sr`` and ``lra``: run a sweep, print tables, write JSON/PNG.
 
 Examples::
 
     mirrorla bench ops --quick                       # ~1 minute on a laptop CPU; writes runs/bench/
     mirrorla bench ops --threads 2 --out docs/results/efficiency
+    mirrorla bench targets --threads 2 --repeats 5    # the efficiency targets, cases interleaved (~6 min on CPU)
     mirrorla bench models --resolutions 224,384,512,1024
     mirrorla bench sr --sizes 256 512 1024 --attentions softmax mirror   # whole-image SR, no tiling
     mirrorla bench lra --threads 1 --out docs/results/long-range/bench   # a training step, 1K to 16K tokens
@@ -91,7 +92,7 @@ def _common(p: argparse.ArgumentParser, *, per_case_budget: bool = True) -> None
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="bench_what", metavar="{ops,models,sr,lra}", required=True)
+    sub = p.add_subparsers(dest="bench_what", metavar="{ops,targets,models,sr,lra}", required=True)
     from mirrorla.commands import HelpFormatter as fmt
 
     ops = sub.add_parser("ops", help="attention layers and cores vs SDPA over token counts", formatter_class=fmt)
@@ -119,6 +120,35 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
         "is reported apart (default: none)",
     )
     ops.add_argument("--fit-from", type=positive_int, default=4096, help="fit scaling exponents over N >= this")
+    targets = sub.add_parser(
+        "targets",
+        help="the efficiency targets (MirrorLA vs ReLU layer, vs projections, vs SDPA, GEMM share), cases interleaved",
+        description="Times only the cases the efficiency targets read (projections, SDPA, the MirrorLA and ReLU "
+        "linear layers and cores at --size; projections and both layers at --share-size), eager and compiled, "
+        "in one process: each of --repeats rounds runs every case once, in an order that rotates, so load drift "
+        "on a shared machine hits all cases alike. Prints the targets with the measured reason of each miss; "
+        "writes targets.json and targets.md to --out. Peak memory is left to 'bench ops'.",
+        formatter_class=fmt,
+    )
+    targets.add_argument("--quick", action="store_true", help="N 256 and 1,024, 3 rounds, no compiled cases")
+    targets.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
+    targets.add_argument("--dtype", default="float32", choices=_DTYPES, help="tensor and parameter dtype")
+    targets.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    targets.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds (median over rounds)")
+    targets.add_argument("--warmup", type=int, default=1, help="untimed runs per case and mode before the rounds")
+    targets.add_argument("--out", default="runs/bench", help="output folder for targets.json and targets.md")
+    targets.add_argument("--gemm-size", type=positive_int, default=2048, help="square matmul of the GEMM peak")
+    targets.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+    targets.add_argument("--dim", type=positive_int, default=384, help="channels C")
+    targets.add_argument("--heads", type=positive_int, default=6, help="heads H")
+    targets.add_argument("--size", type=positive_int, default=16384, help="N of the timing targets")
+    targets.add_argument("--share-size", type=positive_int, default=65536, help="N of the GEMM-share target")
+    targets.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the torch.compile'd layers and cores (inductor; the first call, compilation, is not timed)",
+    )
     models = sub.add_parser("models", help="whole-model images/s and peak memory vs resolution", formatter_class=fmt)
     _common(models)
     models.add_argument(
@@ -240,6 +270,8 @@ def run_bench(args: argparse.Namespace) -> int:
         args.repeats, args.isolate = min(args.repeats, 3), False
         if args.bench_what == "sr":
             args.max_seconds = min(args.max_seconds, 10.0)
+        elif args.bench_what == "targets":
+            args.size, args.share_size, args.compiled = 256, 1024, False
         else:
             args.max_case_seconds = min(args.max_case_seconds, 10.0)
     settings = {
@@ -266,6 +298,8 @@ def run_bench(args: argparse.Namespace) -> int:
     }
     if args.bench_what == "ops":
         return _run_ops(args, settings, header, out)
+    if args.bench_what == "targets":
+        return _run_targets(args, settings, header, out)
     if args.bench_what == "sr":
         return _run_sr(args, sr_cases, settings, header, out)
     if args.bench_what == "lra":
@@ -330,6 +364,68 @@ def _run_ops(args, settings, header, out: Path) -> int:
     (out / "ops.md").write_text(md)
     print(md)
     print(f"wrote {out / 'ops.json'}, {out / 'ops.md'}, " + ", ".join(pngs))
+    return 0
+
+
+def _run_targets(args, settings, header, out: Path) -> int:
+    from mirrorla.bench import report
+    from mirrorla.bench.machine import measure_gemm_peak
+    from mirrorla.bench.targets import TARGET_METHODS, plan_target_cases, run_interleaved
+
+    if args.share_size <= args.size:
+        raise UsageError(f"--share-size ({args.share_size}) must be larger than --size ({args.size})")
+    settings.update(batch=1, dim=args.dim, heads=args.heads)
+    cases = plan_target_cases(args.size, args.share_size, args.compiled)
+    print(
+        f"mirrorla bench targets: {len(cases)} cases at N = {args.size:,} and {args.share_size:,}, "
+        f"C={args.dim} H={args.heads} {args.dtype} on {settings['device']}, {args.threads} threads, "
+        f"{args.repeats} interleaved rounds",
+        flush=True,
+    )
+    import torch
+
+    gemm = measure_gemm_peak(settings["device"], getattr(torch, args.dtype), args.gemm_size)
+    results = run_interleaved(cases, settings, args.repeats, args.warmup, say=lambda m: print(m, flush=True))
+    targets = report.evaluate_targets(
+        results, gemm["gflops_best"], list(TARGET_METHODS), n1=args.size, n2=args.share_size
+    )
+    targets = [t for t in targets if not t["target"].startswith("max peak-memory")]  # bench ops measures memory
+    payload = dict(header, kind="targets", settings=settings, gemm=gemm, results=results, targets=targets)
+    m = payload["machine"]
+    rows = [
+        "| kind | method | N | fwd ms (median [min–max]) | fwd+bwd ms (median [min–max]) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in results:
+        cells = [
+            f"{r[mode]['median_ms']:,.1f} [{r[mode]['min_ms']:,.1f}–{r[mode]['max_ms']:,.1f}]" if mode in r else "–"
+            for mode in ("fwd", "fwdbwd")
+        ]
+        rows.append(f"| {r['kind']} | {r['method']} | {r['N']:,} | " + " | ".join(cells) + " |")
+    md = "\n".join(
+        [
+            f"Command: `{payload['command']}`  ",
+            f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
+            f"device {m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, "
+            f"{m['date_utc']} UTC  ",
+            f"GEMM peak ({gemm['size']}³ {gemm['dtype']}): best {gemm['gflops_best']:.1f} GFLOP/s. "
+            f"{args.repeats} interleaved rounds; every ratio below is of medians from the same rounds.",
+            "",
+            "**Targets** (peak memory: see `mirrorla bench ops`)\n",
+            report.targets_table(targets),
+            "",
+            "**Cases**\n",
+            *rows,
+            "",
+        ]
+    )
+    first = report.first_call_table(results)
+    if first:
+        md += "\n**First call of the compiled cases** (compilation included; not in the rounds)\n\n" + first + "\n"
+    report.write_json(out / "targets.json", payload)
+    (out / "targets.md").write_text(md)
+    print(md)
+    print(f"wrote {out / 'targets.json'}, {out / 'targets.md'}")
     return 0
 
 
