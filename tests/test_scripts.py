@@ -61,3 +61,19 @@ def test_official_peers_table_gives_the_attention_budget_of_the_target():
     }  # fmt: skip
     last = peers.markdown(meta, [row]).splitlines()[-1]
     assert last.endswith("| 1.08 | no | 90.0 | 1.44 | 30.0 | 10.0 |")  # 130/1.3 − 90 = 10 ms allowed, 30 spent
+
+
+def test_profile_layer_prints_the_gemm_share(monkeypatch, capsys):
+    script = load_script("profile_layer")
+    monkeypatch.setattr(sys, "argv", ["profile_layer.py", "l2vit_lga", "--tokens", "64", "--dim", "48", "--heads", "2"])
+    script.main()
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("l2vit_lga, N=64, C=48, H=2") and "matrix products" in last and "batched" in last
+
+
+def test_profile_layer_rejects_unknown_names_and_non_square_sizes(monkeypatch):
+    script = load_script("profile_layer")
+    for argv in (["nope"], ["mirror", "--tokens", "60"]):
+        monkeypatch.setattr(sys, "argv", ["profile_layer.py", *argv])
+        with pytest.raises(SystemExit):
+            script.main()
