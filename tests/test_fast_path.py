@@ -1,9 +1,10 @@
 """The fast default path equals the reference path (fp32, relative RMS error < 1e-5).
 
 Fast paths: :func:`mirrorla.ops.reflections.mirror_features` (used by MirrorFeatureMap when
-``fast_path`` is on) against the reference composition ``reflect`` + ReLU. The test runs over every
-registered attention, so a new method that adds a switchable fast path is covered when it lands;
-layers without one compare a path with itself, which still checks that toggling is harmless.
+``fast_path`` is on) against the reference composition ``reflect`` + ReLU, and
+:func:`mirrorla.ops.focus.focused_features` (FocusedFeatureMap) against :func:`mirrorla.ops.focus.focus`.
+The test runs over every registered attention, so a new method that adds a switchable fast path is
+covered when it lands; layers without one compare a path with itself, which still checks that toggling is harmless.
 """
 
 from __future__ import annotations

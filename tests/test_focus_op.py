@@ -96,3 +96,27 @@ def test_double_backward_raises_instead_of_a_wrong_second_derivative():
 def test_bad_sigma_shape_is_a_clear_error():
     with pytest.raises(ValueError, match=r"sigma \(1, H, 1, D\)"):
         focused_features(torch.randn(1, H, 3, D), torch.ones(1, 1, H * D), power=3.0, dims=(1, 3), offset=1e-6)
+
+
+def test_the_focused_map_switches_to_the_reference_with_the_global_default():
+    from mirrorla.feature_maps import FocusedFeatureMap
+    from mirrorla.feature_maps.base import set_fast_path
+    from mirrorla.feature_maps.mirror import set_fast_path as mirror_set_fast_path
+
+    assert mirror_set_fast_path is set_fast_path  # one switch for every map with a fast path
+    assert FocusedFeatureMap(H, D).fast_path
+    set_fast_path(False)
+    try:
+        ref = FocusedFeatureMap(H, D).double()
+    finally:
+        set_fast_path(True)
+    fast = FocusedFeatureMap(H, D).double()
+    assert not ref.fast_path and fast.fast_path
+    q, k = (torch.randn(B, H, N, D, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out_ref, out_fast = ref(q, k), fast(q, k)
+    for a, b in zip(out_ref, out_fast, strict=True):
+        assert rel_err(a, b) < 1e-12
+    g_ref = torch.autograd.grad(sum(o.square().sum() for o in out_ref), (q, k))
+    g_fast = torch.autograd.grad(sum(o.square().sum() for o in out_fast), (q, k))
+    for a, b in zip(g_ref, g_fast, strict=True):
+        assert rel_err(a, b) < 1e-10

@@ -13,12 +13,31 @@ be used causally (a map with a sequence statistic would leak future tokens).
 
 from __future__ import annotations
 
+import os
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mirrorla.feature_maps.registry import register_feature_map
 
-__all__ = ["FeatureMap", "IdentityFeatureMap", "ReLUFeatureMap", "ELUFeatureMap"]
+__all__ = ["FeatureMap", "IdentityFeatureMap", "ReLUFeatureMap", "ELUFeatureMap", "set_fast_path", "fast_path_default"]
+
+# Backend switch with a global default (STYLE.md, like timm's fused_attn): a map with a fast path
+# (MirrorLA's fused reflections and fold, FLatten's focusing op) copies it into its ``fast_path``
+# attribute when it is built. On by default; MIRRORLA_FAST_PATH=0 turns it off, selecting each map's
+# reference composition (one autograd op per formula).
+_FAST_PATH_DEFAULT = os.environ.get("MIRRORLA_FAST_PATH", "1") != "0"
+
+
+def set_fast_path(enable: bool) -> None:
+    """Default of ``fast_path`` for feature maps built from now on (existing ones: set the attribute)."""
+    global _FAST_PATH_DEFAULT
+    _FAST_PATH_DEFAULT = bool(enable)
+
+
+def fast_path_default() -> bool:
+    """The current default of ``fast_path`` (see :func:`set_fast_path`)."""
+    return _FAST_PATH_DEFAULT
 
 
 class FeatureMap(nn.Module):

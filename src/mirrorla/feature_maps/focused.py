@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.feature_maps.base import FeatureMap, fast_path_default
 from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
 from mirrorla.ops.focus import focus, focused_features
@@ -42,6 +42,9 @@ class FocusedFeatureMap(FeatureMap):
         exempts 1-D parameters and biases, and this one is 3-D.
 
     Evaluated in fp32 with autocast off (docs/methods.md §1.1, precision rule 2); float64 stays float64.
+    The attribute ``fast_path`` (default on; ``mirrorla.feature_maps.base.set_fast_path`` or
+    ``MIRRORLA_FAST_PATH=0``) selects :func:`mirrorla.ops.focus.focused_features`; off, the reference
+    composition :func:`mirrorla.ops.focus.focus` (the same values, autograd's backward).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class FocusedFeatureMap(FeatureMap):
         self.num_heads, self.head_dim = num_heads, head_dim
         self.focusing_factor, self.norm_scope, self.offset = float(focusing_factor), norm_scope, float(offset)
         self.scale = nn.Parameter(torch.zeros(1, 1, num_heads * head_dim))
+        self.fast_path = fast_path_default()  # off: the reference composition of mirrorla.ops.focus.focus
 
     def channel_scale(self, dtype: torch.dtype | None = None) -> Tensor:
         """softplus(s) laid out as (1, H, 1, D) for head-split tensors, in ``dtype`` (default: s's)."""
@@ -74,9 +78,12 @@ class FocusedFeatureMap(FeatureMap):
             q, k = _upcast(q), _upcast(k)
             s = self.channel_scale(q.dtype)  # fp32 even for an fp16 s: its gradient is formed in fp32
             dims = (1, 3) if self.norm_scope == "full" else (3,)
-            # focused_features: focus((ReLU(·) + offset)/s) with a hand-written backward (ops/focus.py)
-            phi_q = focused_features(q, s, power=self.focusing_factor, dims=dims, offset=self.offset)
-            phi_k = focused_features(k, s, power=self.focusing_factor, dims=dims, offset=self.offset)
+            if self.fast_path:  # focus((ReLU(·) + offset)/s) with a hand-written backward (ops/focus.py)
+                phi_q = focused_features(q, s, power=self.focusing_factor, dims=dims, offset=self.offset)
+                phi_k = focused_features(k, s, power=self.focusing_factor, dims=dims, offset=self.offset)
+            else:
+                phi_q = focus((F.relu(q) + self.offset) / s, self.focusing_factor, dims)
+                phi_k = focus((F.relu(k) + self.offset) / s, self.focusing_factor, dims)
         return phi_q, phi_k
 
     def truncated_input(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -10,13 +10,12 @@ same reflections — under modulation the same Θ per sample — so ⟨Hq, Hk⟩
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mirrorla.feature_maps.base import FeatureMap
+from mirrorla.feature_maps.base import FeatureMap, fast_path_default, set_fast_path
 from mirrorla.feature_maps.registry import register_feature_map
 from mirrorla.ops._checks import check_positive
 from mirrorla.ops.reflections import (
@@ -31,20 +30,11 @@ from mirrorla.ops.reflections.naive import dense_block_reflection, dense_cross_h
 
 __all__ = ["MirrorFeatureMap", "set_fast_path"]
 
-# Backend switch with a global default (STYLE.md, like timm's fused_attn): each feature map copies it
-# into its ``fast_path`` attribute when it is built. On (default; MIRRORLA_FAST_PATH=0 turns it off):
-# the fused op :func:`mirrorla.ops.reflections.mirror_features`, and in a layer the constant
-# reflections folded into the projection; off: the reference composition
-# :func:`mirrorla.ops.reflections.naive.naive_mirror_features` (one op per formula, then a ReLU).
-# A ``torch.compile`` switch and a bfloat16 core were measured slower on CPU and removed
-# (docs/efficiency.md, "MirrorLA backend").
-_FAST_PATH_DEFAULT = os.environ.get("MIRRORLA_FAST_PATH", "1") != "0"
-
-
-def set_fast_path(enable: bool) -> None:
-    """Default of ``fast_path`` for MirrorLA feature maps built from now on (existing ones: set the attribute)."""
-    global _FAST_PATH_DEFAULT
-    _FAST_PATH_DEFAULT = bool(enable)
+# The fast-path switch (feature_maps.base.set_fast_path, MIRRORLA_FAST_PATH): on, the fused op
+# :func:`mirrorla.ops.reflections.mirror_features`, and in a layer the constant reflections folded into the
+# projection; off, the reference composition :func:`mirrorla.ops.reflections.naive.naive_mirror_features`
+# (one op per formula, then a ReLU). A ``torch.compile`` switch and a bfloat16 core were measured slower
+# on CPU and removed (docs/efficiency.md, "MirrorLA backend").
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -112,7 +102,7 @@ class MirrorFeatureMap(FeatureMap):
         self.detach_variance = detach_variance
         self.variance_axis = variance_axis
         self.token_local = not variance_modulation
-        self.fast_path = _FAST_PATH_DEFAULT
+        self.fast_path = fast_path_default()
         J = head_dim // 2
         if cross_head:
             self.u_c = nn.Parameter(torch.randn(num_heads * head_dim))
