@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from mirrorla.ops.reflections.reflect import block_variance, check_variance_axis, modulated_angle
 
@@ -137,10 +138,49 @@ def _reflect_relu(x: Tensor, w_re: Tensor, w_im: Tensor, sign: Tensor | None) ->
         if sign is not None:
             y = y * sign
         return torch.relu(y).flatten(-2)
-    w = torch.complex(w_re, w_im)
+    return _ReflectReLU.apply(x, w_re, w_im, sign)
+
+
+def _complex_view(pairs: Tensor) -> Tensor:
     if pairs.stride(-1) != 1 or pairs.storage_offset() % 2 or any(s % 2 for s in pairs.stride()[:-1]):
         pairs = pairs.contiguous()  # view_as_complex needs (re, im) adjacent and even strides/offset
-    y = torch.view_as_real(w * torch.view_as_complex(pairs))
-    if sign is not None:
-        y = y * sign
-    return torch.relu(y).flatten(-2)
+    return torch.view_as_complex(pairs)
+
+
+class _ReflectReLU(torch.autograd.Function):
+    """ReLU(sign ⊙ (w·z)) on the channel pairs z of x, with the backward written out (eager path).
+
+    With G = ∂L/∂φ masked by φ > 0 and times ``sign``, read as complex g per pair: ∂L/∂z = conj(w)·g and
+    ∂L/∂w = Σ conj(z)·g over the dims w broadcasts (tokens, and the batch for a shared w). Autograd of the
+    composition pays extra passes for the ReLU's and the sign's backward, a contiguous copy in
+    ``view_as_real``'s backward and a clone in the complex product's. Not differentiable twice.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_re: Tensor, w_im: Tensor, sign: Tensor | None) -> Tensor:
+        z = _complex_view(x.unflatten(-1, (-1, 2)))
+        w = torch.complex(w_re, w_im)
+        y = torch.view_as_real(w * z)
+        if sign is not None:
+            y = y.mul_(sign)
+        out = torch.relu_(y).flatten(-2)
+        ctx.save_for_backward(z, w, out, sign)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        z, w, out, sign = ctx.saved_tensors
+        g = torch.ops.aten.threshold_backward(grad, out, 0).unflatten(-1, (-1, 2))
+        if sign is not None:
+            g = g.mul_(sign)
+        g = _complex_view(g)
+        grad_x = grad_re = grad_im = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.view_as_real(g * w.conj()).flatten(-2)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            broadcast = tuple(d for d in range(z.dim()) if w.shape[d] == 1 and z.shape[d] != 1)
+            grad_w = g * z.conj()
+            grad_w = grad_w.sum(dim=broadcast, keepdim=True) if broadcast else grad_w
+            grad_re, grad_im = grad_w.real, grad_w.imag
+        return grad_x, grad_re, grad_im, None
