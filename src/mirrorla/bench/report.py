@@ -211,16 +211,19 @@ def evaluate_targets(
              "reason": reason if met is False else ""}
         )  # fmt: skip
 
-    def fwd(kind, method, n, mode="fwd"):
+    def median_ms(kind, method, n, mode="fwd"):
         r = _get(results, kind, method, n)
         return r[mode]["median_ms"] if r and r.get(mode) else None
 
     compiled_run = any(r["method"].endswith(COMPILED) for r in results)
     paths = [("", "")] + ([(COMPILED, ", compiled")] if compiled_run else [])
-    p, sd = fwd("projections", "projections", n1), fwd("sdpa", "sdpa", n1)
+    p, sd = median_ms("projections", "projections", n1), median_ms("sdpa", "sdpa", n1)
     for suffix, tag in paths:
-        m, r = fwd("layer", "mirror" + suffix, n1, "fwdbwd"), fwd("layer", "linear_relu" + suffix, n1, "fwdbwd")
-        mc, rc = fwd("core", "mirror" + suffix, n1), fwd("core", "linear_relu" + suffix, n1)
+        m, r = (
+            median_ms("layer", "mirror" + suffix, n1, "fwdbwd"),
+            median_ms("layer", "linear_relu" + suffix, n1, "fwdbwd"),
+        )
+        mc, rc = median_ms("core", "mirror" + suffix, n1), median_ms("core", "linear_relu" + suffix, n1)
         why = f"MirrorLA adds {m - r:.0f} ms fwd+bwd to the ReLU layer's {r:.0f} ms" if m and r else ""
         if why and mc and rc:
             why += f"; its core (map + attention) forward alone {mc:.0f} vs {rc:.0f} ms"
@@ -232,7 +235,7 @@ def evaluate_targets(
             "median fwd+bwd latency ratio",
             why,
         )
-        m, r = fwd("layer", "mirror" + suffix, n1), fwd("layer", "linear_relu" + suffix, n1)
+        m, r = median_ms("layer", "mirror" + suffix, n1), median_ms("layer", "linear_relu" + suffix, n1)
         why = (
             f"the ReLU linear layer alone is {r / p:.2f}× these projections (where any feature map starts); "
             f"MirrorLA's map adds {m - r:.0f} ms = {(m - r) / p:.2f}× them"

@@ -367,6 +367,17 @@ def _run_ops(args, settings, header, out: Path) -> int:
     return 0
 
 
+def _command_and_machine(payload: dict) -> list[str]:
+    """The first two Markdown lines of a report: the command and the machine it ran on."""
+    m = payload["machine"]
+    return [
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
+        f"device {m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, "
+        f"{m['date_utc']} UTC  ",
+    ]
+
+
 def _run_targets(args, settings, header, out: Path) -> int:
     from mirrorla.bench import report
     from mirrorla.bench.machine import measure_gemm_peak
@@ -391,7 +402,6 @@ def _run_targets(args, settings, header, out: Path) -> int:
     )
     targets = [t for t in targets if not t["target"].startswith("max peak-memory")]  # bench ops measures memory
     payload = dict(header, kind="targets", settings=settings, gemm=gemm, results=results, targets=targets)
-    m = payload["machine"]
     rows = [
         "| kind | method | N | fwd ms (median [min–max]) | fwd+bwd ms (median [min–max]) |",
         "|---|---|---:|---:|---:|",
@@ -404,10 +414,7 @@ def _run_targets(args, settings, header, out: Path) -> int:
         rows.append(f"| {r['kind']} | {r['method']} | {r['N']:,} | " + " | ".join(cells) + " |")
     md = "\n".join(
         [
-            f"Command: `{payload['command']}`  ",
-            f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
-            f"device {m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, "
-            f"{m['date_utc']} UTC  ",
+            *_command_and_machine(payload),
             f"GEMM peak ({gemm['size']}³ {gemm['dtype']}): best {gemm['gflops_best']:.1f} GFLOP/s. "
             f"{args.repeats} interleaved rounds; every ratio below is of medians from the same rounds.",
             "",
@@ -433,12 +440,8 @@ def _ops_markdown(payload, exp_md, pngs) -> str:
     from mirrorla.bench import report
 
     res, gemm = payload["results"], payload["gemm"]
-    m = payload["machine"]
     parts = [
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
-        f"device {m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, "
-        f"{m['date_utc']} UTC  ",
+        *_command_and_machine(payload),
         f"GEMM peak ({gemm['size']}³ {gemm['dtype']}): best {gemm['gflops_best']:.1f} GFLOP/s, median "
         f"{gemm['gflops_median']:.1f} GFLOP/s; copy-bandwidth peak ({gemm.get('bandwidth_mib', '–')} MiB): best "
         f"{gemm.get('bandwidth_gbs_best', float('nan')):.1f} GB/s. Timing: "
@@ -771,15 +774,13 @@ def _run_lra(args, cases: list[dict], settings: dict, header: dict, out: Path) -
 def _lra_markdown(args, payload: dict, png: str) -> str:
     from mirrorla.bench import lra, report
 
-    m, s, b = payload["machine"], payload["settings"], payload["budget"]
+    s, b = payload["settings"], payload["budget"]
     targets, linear = payload["targets"], payload["linear_attentions"]
     both = [name for name in linear if all(t["met"] for t in targets if t["target"].startswith(f"{name}: "))]
     others = [a for a in s["attentions"] if a not in linear and a != "softmax"]
     gemm = payload["gemm"]
     parts = [
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, device "
-        f"{m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, {m['date_utc']} UTC  ",
+        *_command_and_machine(payload),
         f"Wall time of the run: {payload['wall_seconds'] / 60:.1f} min. GEMM peak ({gemm['size']}³ {gemm['dtype']}): "
         f"best {gemm['gflops_best']:.1f} GFLOP/s.  ",
         f"Model: {s['model']} (mirrorla.models.create_model) with each attention, vocabulary {s['vocab_size']}, "
