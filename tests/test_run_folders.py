@@ -433,3 +433,59 @@ def test_ctrl_c_in_compare_says_how_to_continue(tmp_path, fake_data, capsys, mon
     out_lines = capsys.readouterr().out.splitlines()
     assert any("reusing 1 of 2 runs" in ln for ln in out_lines)
     assert sum("finished: top-1" in ln for ln in out_lines) == 1  # the one run trained now, reported once
+
+
+def _compare_args(out, data_dir, *extra):
+    return ["compare", "--attentions", "softmax,mirror", "--seeds", "0", *TINY, "--data-dir", str(data_dir),
+            "--threads", "1", "--throughput-iters", "1", "--throughput-rounds", "1", "--no-progress", "--out",
+            str(out), *extra]  # fmt: skip
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_compare_resume_continues_an_unfinished_run_from_its_checkpoint(tmp_path, fake_data, capfd, monkeypatch,
+                                                                        jobs):  # fmt: skip
+    from mirrorla.engine import compare
+
+    real = compare.train
+
+    def train(cfg, *a, **kw):  # Ctrl-C in mirror's third epoch, after the checkpoints of its first two
+        if cfg.attention == "mirror":
+            _interrupt_at_epoch(monkeypatch, 2)
+        return real(cfg, *a, **kw)
+
+    monkeypatch.setattr(compare, "train", train)
+    out = tmp_path / "cmp"
+    assert main(_compare_args(out, fake_data, "--epochs", "3", "--jobs", "1")) == 130
+    run = out / "runs" / "mirror" / "seed0"
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["epoch"] == 1
+    monkeypatch.undo()
+    capfd.readouterr()
+    assert main(_compare_args(out, fake_data, "--epochs", "3", "--jobs", jobs, "--resume")) == 0
+    said = capfd.readouterr().out  # fd level: the lines of the worker processes too
+    assert "[mirror seed 0] continuing the unfinished run from its epoch-2 checkpoint" in said
+    assert "[mirror seed 0] epoch 3/3" in said and "[mirror seed 0] epoch 1/3" not in said
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2]
+    # The continued run computes what the uninterrupted one does.
+    whole = tmp_path / "whole"
+    assert main(_compare_args(whole, fake_data, "--epochs", "3", "--jobs", "1", "--attentions", "mirror")) == 0
+    cont = json.loads((run / "result.json").read_text())
+    ref = json.loads((whole / "runs" / "mirror" / "seed0" / "result.json").read_text())
+    assert cont["curve_train_loss"] == pytest.approx(ref["curve_train_loss"], rel=1e-6)
+    assert cont["curve_top1"] == ref["curve_top1"]
+
+
+def test_compare_resume_restarts_an_unfinished_run_with_other_settings(tmp_path, fake_data, capsys, monkeypatch):
+    out = tmp_path / "cmp"
+    _interrupt_at_epoch(monkeypatch, 1)
+    assert main(_compare_args(out, fake_data, "--epochs", "2", "--jobs", "1", "--attentions", "mirror")) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    args = _compare_args(out, fake_data, "--epochs", "2", "--jobs", "1", "--attentions", "mirror", "--lr", "0.002")
+    assert main([*args, "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "[mirror seed 0] its unfinished run cannot be continued (--resume needs the same settings" in said
+    assert "training it from the start" in said and "[mirror seed 0] epoch 1/2" in said
+    run = out / "runs" / "mirror" / "seed0"
+    assert json.loads((run / "config.json").read_text())["lr"] == 0.002
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

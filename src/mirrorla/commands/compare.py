@@ -91,7 +91,8 @@ def _interrupted(cc: CompareConfig, argv: list[str]) -> Interrupted:
     again = [a for a in argv if a != "--overwrite"]
     again += [] if "--resume" in again else ["--resume"]
     return Interrupted(
-        f"interrupted; {done} of {total} runs are finished and kept in {cc.out_dir}/runs. "
+        f"interrupted; {done} of {total} runs are finished and kept in {cc.out_dir}/runs (unfinished ones continue "
+        "from their last epoch checkpoint). "
         f"Continue with: mirrorla {shlex.join(again)}"
     )
 

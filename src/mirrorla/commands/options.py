@@ -240,8 +240,9 @@ def add_comparison_options(
     g.add_argument(
         "--resume",
         action="store_true",
-        help="reuse finished runs in --out with identical settings (and data) and train the others; also lets "
-        "several compare processes share one --out",
+        help="reuse finished runs in --out with identical settings (and data), continue unfinished ones from their "
+        "last epoch checkpoint where it has those settings, and train the others; also lets several compare "
+        "processes share one --out",
     )
     g.add_argument(
         "--overwrite",

@@ -10,8 +10,9 @@ throughput is measured at the end, for all attentions together in interleaved ro
 - ``results.json`` every number: per-seed histories, the configuration and the environment,
 - ``accuracy_curves.png`` and ``accuracy_vs_throughput.png``,
 - ``runs/<attention>/seed<k>/`` each run's metrics and ``result.json``; with ``--resume`` finished
-  runs with the same settings (and data files) are reused, so an interrupted comparison continues
-  where it stopped.
+  runs with the same settings (and data files) are reused, and an unfinished run whose folder holds
+  an epoch checkpoint with the same settings continues from it (the trainer resumes exactly), so an
+  interrupted comparison continues where it stopped.
 
 Several compare processes may share one output directory (``--resume``, e.g. disjoint
 ``--attentions``): each run folder has one writer (:mod:`mirrorla.engine.run_folder`), and the
@@ -51,7 +52,7 @@ from mirrorla.engine.model import (
     measure_throughput_rounds,
 )
 from mirrorla.engine.run_folder import FolderLock
-from mirrorla.engine.trainer import TrainingDivergedError, environment_summary, train
+from mirrorla.engine.trainer import TrainingDivergedError, check_resume_config, environment_summary, train
 from mirrorla.registry import list_attentions
 
 __all__ = ["BASE", "CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table", "finished_runs"]
@@ -123,7 +124,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
                 cfg = _run_config(cc, out, name, seed)
                 saved = _saved_result(cfg, info.files) if reusable else None
                 if saved is None:
-                    saved = _run_one(cfg, datasets)
+                    saved = _run_one(continued(cfg) if cc.resume else cfg, datasets)
                     _report(cfg, saved, bar)
                 method["runs"][str(seed)] = saved
             _summarise(method)
@@ -149,6 +150,28 @@ def _run_config(cc: CompareConfig, out: Path, name: str, seed: int) -> TrainConf
     # overwrite: the run folder belongs to the comparison, which has already decided to (re)train it
     # (see _check_out_folder and _check_run_folders).
     return cc.base.replace(attention=name, seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"), overwrite=True)
+
+
+def continued(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` of a comparison run that ``--resume`` trains: set to continue from the run folder's last epoch
+    checkpoint where that checkpoint has this run's settings, otherwise unchanged (trained from the start,
+    replacing the folder's unfinished run, as before checkpoints were continued)."""
+    folder = Path(cfg.out_dir)
+    pointer = folder / "checkpoints" / "last.json"
+    if not pointer.is_file():
+        return cfg
+    try:
+        epoch = int(json.loads(pointer.read_text())["epoch"])
+        saved = json.loads((folder / "config.json").read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("config.json is not a JSON object")
+        check_resume_config(cfg, saved)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        reason = str(err).splitlines()[0].rstrip(":;")
+        _say(f"{run_label(cfg)} its unfinished run cannot be continued ({reason}): training it from the start")
+        return cfg
+    _say(f"{run_label(cfg)} continuing the unfinished run from its epoch-{epoch + 1} checkpoint")
+    return cfg.replace(resume=str(folder), overwrite=False)
 
 
 def _probe(cfg: TrainConfig, info) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -243,7 +266,7 @@ def train_runs(cc: CompareConfig, out: Path, datasets, run_one, job: str) -> dic
         for cfg in runs:
             saved = _saved_result(cfg, info.files) if (cc.resume or jobs > 1) else None
             if saved is None:
-                saved = run_one(cfg, datasets)
+                saved = run_one(continued(cfg) if cc.resume else cfg, datasets)
                 _report(cfg, saved, bar)
             methods.setdefault(cfg.attention, {"runs": {}})["runs"][str(cfg.seed)] = saved
     finally:
@@ -322,8 +345,10 @@ def _train_in_parallel(
     for name in cc.attentions:
         for seed in cc.seeds:
             cfg = _run_config(cc, out, name, seed).replace(threads=threads)
-            if not (cc.resume and _saved_result(cfg, datasets[2].files) is not None):
+            if not cc.resume:
                 tasks.append(cfg)
+            elif _saved_result(cfg, datasets[2].files) is None:
+                tasks.append(continued(cfg))
     if not tasks:
         return
     job = {"super_resolution": "sr compare", "long_range": "lra compare"}.get(base.task, "compare")

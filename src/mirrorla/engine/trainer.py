@@ -272,7 +272,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
     resume = load_checkpoint(cfg.resume) if cfg.resume else None
     if resume is not None:
         _check_checkpoint_run(resume)
-        _check_resume_config(cfg, resume["state"]["config"])
+        check_resume_config(cfg, resume["state"]["config"])
     run_dir = Path(cfg.out_dir) if cfg.out_dir else None
     if run_dir is None and cfg.resume:
         run_dir = Path(resume["path"]).parent.parent
@@ -580,7 +580,9 @@ def _check_resume_data(config_path: Path, info: Any) -> None:
         )
 
 
-def _check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+def check_resume_config(cfg: TrainConfig, saved: dict[str, Any]) -> None:
+    """Raise ``ValueError`` listing the settings that change what a run computes (and its epochs) on which
+    ``cfg`` and the interrupted run's saved settings disagree."""
     diffs = [
         f"{k}: checkpoint {saved_field(saved, k)!r} vs now {getattr(cfg, k)!r}"
         for k in RESULT_FIELDS
