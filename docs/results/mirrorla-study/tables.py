@@ -97,7 +97,34 @@ def ablation(study: Path, folder: str) -> None:
         speed = statistics.median(runs[str(s)]["train_img_s"] for s in seeds if str(s) in runs)
         cells = " | ".join(f"{runs[str(s)]['final_top1']:.2f}" if str(s) in runs else "–" for s in seeds)
         print(f"| {label} | `{name}` | {_stats(top1)} | {cells} | {method['params'] / 1e3:.1f}K | {speed:.0f} |")
+    paired(results)
     curve_stability(results)
+
+
+def paired(results: dict, against: tuple[str, ...] = ("linear_relu", "mirror")) -> None:
+    """Each row minus R0 and minus R3 on the same seed (same data order, same initialisation outside the
+    attention): the mean difference, the per-seed differences and on how many seeds the row is ahead."""
+    seeds = [str(s) for s in results["seeds"]]
+    methods = results["methods"]
+    present = [a for a in against if a in methods]
+    if not present:
+        return
+    print("\nPaired differences in top-1 points (the row minus the reference, seed by seed; ahead = seeds won):\n")
+    print("| row | " + " | ".join(f"− {ROWS[a].split(' ')[0]} (per seed) | ahead" for a in present) + " |")
+    print("|---|" + "---|---:|" * len(present))
+    for name, label in ROWS.items():
+        if name not in methods:
+            continue
+        cells = []
+        for ref in present:
+            common = [s for s in seeds if s in methods[name]["runs"] and s in methods[ref]["runs"]]
+            diffs = [methods[name]["runs"][s]["final_top1"] - methods[ref]["runs"][s]["final_top1"] for s in common]
+            if name == ref or not diffs:
+                cells += ["–", "–"]
+                continue
+            each = " / ".join(f"{d:+.2f}" for d in diffs)
+            cells += [f"{statistics.mean(diffs):+.2f} ({each})", f"{sum(d > 0 for d in diffs)}/{len(diffs)}"]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def curve_stability(results: dict) -> None:
