@@ -392,14 +392,18 @@ def test_analyze_command_on_a_trained_run(tmp_path):
     assert data["layers"][1]["inputs"] == 4 and not (out / "pca.png").exists()
 
 
-def test_comparison_table_sets_measures_beside_scores():
-    from mirrorla.diagnostics.runs import comparison_table
-
+def _comparison_rows():
     def row(name, seed, score, discarded):
         mean = dict.fromkeys(("entropy", "effective_rank"), 1.0) | {"discarded_energy_q": discarded}
         return {"attention": name, "seed": seed, "score": score, "score_label": "top-1 %", "mean": mean}
 
-    rows = [row("a", 0, 70.0, 0.5), row("a", 1, 72.0, 0.3), row("b", 0, 60.0, 0.6), row("c", 0, 80.0, 0.1)]
+    return [row("a", 0, 70.0, 0.5), row("a", 1, 72.0, 0.3), row("b", 0, 60.0, 0.6), row("c", 0, 80.0, 0.1)]
+
+
+def test_comparison_table_sets_measures_beside_scores():
+    from mirrorla.diagnostics.runs import comparison_table
+
+    rows = _comparison_rows()
     markdown, data = comparison_table(rows)
     assert data["attentions"]["a"]["score"] == 71.0 and data["attentions"]["a"]["discarded_energy_q"] == 0.4
     assert data["attentions"]["a"]["seeds"] == [0, 1]
@@ -407,6 +411,18 @@ def test_comparison_table_sets_measures_beside_scores():
     assert data["correlation_with_score"]["discarded_energy_q"]["spearman"] == pytest.approx(-1.0)
     assert data["correlation_with_score"]["entropy"]["spearman"] is None
     assert "| a | 0,1 | 71.00 |" in markdown and "dead_dims_q" not in markdown  # no column without numbers
+
+
+def test_comparison_figure_has_a_panel_per_correlated_measure(tmp_path):
+    from mirrorla.diagnostics.report import write_comparison_figure
+    from mirrorla.diagnostics.runs import comparison_table
+
+    rows = _comparison_rows()
+    data = comparison_table(rows)[1]
+    path = write_comparison_figure(rows, data, tmp_path / "comparison.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no measure has a rank correlation"):
+        write_comparison_figure(rows[:2], {**data, "correlation_with_score": {}}, tmp_path / "none.png")
 
 
 @needs_fashion_mnist
@@ -429,6 +445,11 @@ def test_analyze_command_on_a_comparison(tmp_path, capsys):
     assert data["attentions"]["softmax"]["discarded_energy_q"] is None
     assert data["correlation_with_score"]["entropy"]["attentions"] == 3
     assert "3 runs analysed" in capsys.readouterr().out
+    assert not (out / "comparison.png").exists()
+    figs = tmp_path / "figs"
+    assert main(["analyze", str(cmp), "--num-images", "1", "--queries", "8", "--out", str(figs)]) == 0
+    assert (figs / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (figs / "mirror_block-seed0" / "pca.png").is_file() and "comparison.png" in capsys.readouterr().out
 
 
 def test_analyze_command_on_a_long_range_run(tmp_path, monkeypatch):

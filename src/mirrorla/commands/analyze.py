@@ -147,7 +147,7 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     from pathlib import Path
 
     from mirrorla.diagnostics import analyze_model
-    from mirrorla.diagnostics.report import write_report
+    from mirrorla.diagnostics.report import write_comparison_figure, write_report
     from mirrorla.diagnostics.runs import comparison_runs, comparison_table
     from mirrorla.diagnostics.sources import from_run
     from mirrorla.engine.checkpoint import atomic_write_bytes
@@ -171,8 +171,11 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     )
     atomic_write_bytes(out / "comparison.md", (header + table).encode())
     atomic_write_bytes(out / "comparison.json", json.dumps({"runs": rows, **data}, indent=2).encode())
+    written = ["comparison.md", "comparison.json"]
+    if args.figures and any(c["spearman"] is not None for c in data["correlation_with_score"].values()):
+        written.append(write_comparison_figure(rows, data, out / "comparison.png").name)
     print(table)
-    print(f"{len(rows)} runs analysed in {time.perf_counter() - t0:.0f} s; wrote {out}/comparison.md, comparison.json")
+    print(f"{len(rows)} runs analysed in {time.perf_counter() - t0:.0f} s; wrote {out}/{', '.join(written)}")
     return 0
 
 

@@ -194,3 +194,55 @@ def _plot_measures(result: dict[str, Any], path: Path, plt) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """``comparison.png`` of ``mirrorla analyze <comparison>``: the score against each measure that has a rank
+    correlation with it (not constant across the attentions), one panel each; a small dot per analysed run, a
+    labelled marker per attention (the means of ``data``, :func:`~mirrorla.diagnostics.runs.comparison_table`),
+    and Spearman's ρ across the attentions in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measures = [m for m, c in data["correlation_with_score"].items() if c["spearman"] is not None]
+    if not measures:
+        raise ValueError(
+            "no measure has a rank correlation with the score (it needs 3 attentions with both, and a measure "
+            "that is not the same for all of them)"
+        )
+    cols = min(4, len(measures))
+    nrows = -(-len(measures) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.7 * nrows), squeeze=False)
+    label = data["score_label"]
+    colours = plt.get_cmap("tab10")
+    names = list(data["attentions"])
+    for i, measure in enumerate(measures):
+        ax = axes[i // cols][i % cols]
+        for j, name in enumerate(names):
+            runs = [r for r in rows if r["attention"] == name and r["score"] is not None]
+            xs = [r["mean"].get(measure) for r in runs]
+            pts = [(x, r["score"]) for x, r in zip(xs, runs, strict=True) if x is not None]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), s=8, color=colours(j % 10), alpha=0.45, linewidths=0)
+            entry = data["attentions"][name]
+            if entry[measure] is not None and entry["score"] is not None:
+                ax.scatter([entry[measure]], [entry["score"]], s=28, color=colours(j % 10), edgecolors="black",
+                           linewidths=0.5)  # fmt: skip
+                ax.annotate(name, (entry[measure], entry["score"]), fontsize=6, xytext=(3, 2),
+                            textcoords="offset points")  # fmt: skip
+        c = data["correlation_with_score"][measure]
+        rho = "–" if c["spearman"] is None else f"{c['spearman']:+.2f}"
+        ax.set_title(f"{_TITLES.get(measure, measure)}: ρ = {rho} (n = {c['attentions']})", fontsize=8)
+        ax.tick_params(labelsize=6)
+        if i % cols == 0:
+            ax.set_ylabel(label, fontsize=7)
+    for k in range(len(measures), nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    fig.suptitle(f"{label} against each measure (model means; small dots: runs, large: attention means)", fontsize=9)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
