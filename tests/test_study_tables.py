@@ -46,3 +46,17 @@ def test_a_missing_comparison_is_reported_not_filled_in(tables, tmp_path, capsys
     assert f"(missing: {tmp_path / 'p2'}/results.json)" in text
     assert f"(missing: {tmp_path}/analyze-p4/comparison.json)" in text
     assert "| R0 ReLU | `linear_relu` |" in text
+
+
+def test_six_seed_rows_join_the_two_comparisons(tables, capsys):
+    tables.six_seeds(STUDY)
+    text = capsys.readouterr().out
+    top1 = {}
+    for folder in ("p4", "p4-seeds345"):
+        methods = json.loads((STUDY / folder / "results.json").read_text())["methods"]
+        for name in ("linear_relu", "mirror"):
+            for seed, run in methods[name]["runs"].items():
+                top1[name, seed] = run["final_top1"]
+    diffs = [top1["mirror", str(s)] - top1["linear_relu", str(s)] for s in range(6)]
+    row = next(line for line in text.splitlines() if line.startswith("| R3 = MirrorLA (α = 0.1π) − R0 ReLU |"))
+    assert f"{statistics.mean(diffs):+.2f} (" in row and row.rstrip(" |").endswith(f"{sum(d > 0 for d in diffs)}/6")

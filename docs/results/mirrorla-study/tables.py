@@ -218,8 +218,47 @@ def main(study: Path) -> None:
             ("FLatten", "p4", "flatten"),
         ],
     )
+    six_seeds(study)
     for folder in ("p4", "p2"):
         diagnostics(study, folder)
+
+
+def _six(study: Path, first: str, more: str, name: str) -> dict[str, float] | None:
+    """Final top-1 by seed of ``name`` over two comparisons (seeds 0-2 and 3-5), or None if one is missing."""
+    by_seed = {}
+    for folder in (first, more):
+        results = _load(study / folder / "results.json")
+        if results is None or name not in results["methods"]:
+            return None
+        by_seed.update({s: r["final_top1"] for s, r in _runs(results, name).items()})
+    return by_seed
+
+
+def six_seeds(study: Path) -> None:
+    """R0, R1, R3 and R3 with α = 0.25π at 49 tokens over seeds 0-5: the claims that rested on 3 seeds."""
+    rows = {
+        "R0 ReLU": _six(study, "p4", "p4-seeds345", "linear_relu"),
+        "R1 + block reflection": _six(study, "p4", "p4-seeds345", "mirror_block"),
+        "R3 = MirrorLA (α = 0.1π)": _six(study, "p4", "p4-seeds345", "mirror"),
+        "R3, alpha_init = 0.25π": _six(study, "p4-alpha-0.78539816", "p4-alpha-0.78539816-seeds345", "mirror"),
+    }
+    print("\n### Six seeds (49 tokens)\n")
+    missing = [label for label, v in rows.items() if v is None]
+    if missing:
+        print(f"(missing: {', '.join(missing)}; needs p4-seeds345 and p4-alpha-0.78539816-seeds345)")
+        return
+    seeds = sorted(set.intersection(*(set(v) for v in rows.values())), key=int)
+    print("| row | top-1 % (mean ± std) | " + " | ".join(f"seed {s}" for s in seeds) + " |")
+    print("|---|---:|" + "---:|" * len(seeds))
+    for label, v in rows.items():
+        print(f"| {label} | {_stats([v[s] for s in seeds])} | " + " | ".join(f"{v[s]:.2f}" for s in seeds) + " |")
+    print("\n| paired difference | mean (per seed) | ahead |\n|---|---|---:|")
+    for a, b in (("R1 + block reflection", "R0 ReLU"), ("R3 = MirrorLA (α = 0.1π)", "R0 ReLU"),
+                 ("R1 + block reflection", "R3 = MirrorLA (α = 0.1π)"),
+                 ("R3, alpha_init = 0.25π", "R3 = MirrorLA (α = 0.1π)")):  # fmt: skip
+        diffs = [rows[a][s] - rows[b][s] for s in seeds]
+        each = " / ".join(f"{d:+.2f}" for d in diffs)
+        print(f"| {a} − {b} | {statistics.mean(diffs):+.2f} ({each}) | {sum(d > 0 for d in diffs)}/{len(diffs)} |")
 
 
 if __name__ == "__main__":
