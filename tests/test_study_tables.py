@@ -60,3 +60,12 @@ def test_six_seed_rows_join_the_two_comparisons(tables, capsys):
     diffs = [top1["mirror", str(s)] - top1["linear_relu", str(s)] for s in range(6)]
     row = next(line for line in text.splitlines() if line.startswith("| R3 = MirrorLA (α = 0.1π) − R0 ReLU |"))
     assert f"{statistics.mean(diffs):+.2f} (" in row and row.rstrip(" |").endswith(f"{sum(d > 0 for d in diffs)}/6")
+
+
+def test_the_script_prints_the_tables(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(STUDY / "tables.py"), str(STUDY)], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
+    assert "## Ablation and peers, 49 tokens (patch 4)" in out and "### Six seeds (49 tokens)" in out

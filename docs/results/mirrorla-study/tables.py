@@ -218,7 +218,8 @@ def main(study: Path) -> None:
             ("FLatten", "p4", "flatten"),
         ],
     )
-    six_seeds(study)
+    six_seeds(study, "p4", 49)
+    six_seeds(study, "p2", 196)
     for folder in ("p4", "p2"):
         diagnostics(study, folder)
 
@@ -234,18 +235,21 @@ def _six(study: Path, first: str, more: str, name: str) -> dict[str, float] | No
     return by_seed
 
 
-def six_seeds(study: Path) -> None:
-    """R0, R1, R3 and R3 with α = 0.25π at 49 tokens over seeds 0-5: the claims that rested on 3 seeds."""
+def six_seeds(study: Path, folder: str = "p4", tokens: int = 49) -> None:
+    """R0, R1, R3 (and at 49 tokens R3 with α = 0.25π) over seeds 0-5: ``<folder>`` holds seeds 0-2,
+    ``<folder>-seeds345`` seeds 3-5. The claims that rested on 3 seeds."""
+    more = f"{folder}-seeds345"
     rows = {
-        "R0 ReLU": _six(study, "p4", "p4-seeds345", "linear_relu"),
-        "R1 + block reflection": _six(study, "p4", "p4-seeds345", "mirror_block"),
-        "R3 = MirrorLA (α = 0.1π)": _six(study, "p4", "p4-seeds345", "mirror"),
-        "R3, alpha_init = 0.25π": _six(study, "p4-alpha-0.78539816", "p4-alpha-0.78539816-seeds345", "mirror"),
+        "R0 ReLU": _six(study, folder, more, "linear_relu"),
+        "R1 + block reflection": _six(study, folder, more, "mirror_block"),
+        "R3 = MirrorLA (α = 0.1π)": _six(study, folder, more, "mirror"),
     }
-    print("\n### Six seeds (49 tokens)\n")
+    if folder == "p4":
+        rows["R3, alpha_init = 0.25π"] = _six(study, "p4-alpha-0.78539816", "p4-alpha-0.78539816-seeds345", "mirror")
+    print(f"\n### Six seeds ({tokens} tokens)\n")
     missing = [label for label, v in rows.items() if v is None]
     if missing:
-        print(f"(missing: {', '.join(missing)}; needs p4-seeds345 and p4-alpha-0.78539816-seeds345)")
+        print(f"(missing: {', '.join(missing)}; needs {study / more} with their seeds 3-5)")
         return
     seeds = sorted(set.intersection(*(set(v) for v in rows.values())), key=int)
     print("| row | top-1 % (mean ± std) | " + " | ".join(f"seed {s}" for s in seeds) + " |")
@@ -256,6 +260,8 @@ def six_seeds(study: Path) -> None:
     for a, b in (("R1 + block reflection", "R0 ReLU"), ("R3 = MirrorLA (α = 0.1π)", "R0 ReLU"),
                  ("R1 + block reflection", "R3 = MirrorLA (α = 0.1π)"),
                  ("R3, alpha_init = 0.25π", "R3 = MirrorLA (α = 0.1π)")):  # fmt: skip
+        if a not in rows:
+            continue
         diffs = [rows[a][s] - rows[b][s] for s in seeds]
         each = " / ".join(f"{d:+.2f}" for d in diffs)
         print(f"| {a} − {b} | {statistics.mean(diffs):+.2f} ({each}) | {sum(d > 0 for d in diffs)}/{len(diffs)} |")
