@@ -489,3 +489,19 @@ def test_compare_resume_restarts_an_unfinished_run_with_other_settings(tmp_path,
     run = out / "runs" / "mirror" / "seed0"
     assert json.loads((run / "config.json").read_text())["lr"] == 0.002
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_compare_resume_restarts_an_unfinished_run_on_other_data(tmp_path, fake_data, capsys, monkeypatch):
+    out = tmp_path / "cmp"
+    _interrupt_at_epoch(monkeypatch, 1)
+    assert main(_compare_args(out, fake_data, "--epochs", "2", "--jobs", "1", "--attentions", "mirror")) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    other = _fake_fashion_mnist(tmp_path / "other", fill=7)
+    assert main([*_compare_args(out, other, "--epochs", "2", "--jobs", "1", "--attentions", "mirror"), "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "[mirror seed 0] its unfinished run cannot be continued (--resume needs the data the run was" in said
+    assert "[mirror seed 0] epoch 1/2" in said
+    run = out / "runs" / "mirror" / "seed0"
+    recorded = json.loads((run / "config.json").read_text())["dataset_info"]["files"]
+    assert {f["sha256"] for f in recorded} == {_sha256(p) for p in other.iterdir()}

@@ -233,8 +233,7 @@ def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], pa
                 ax.annotate(name, (entry[measure], entry["score"]), fontsize=6, xytext=(3, 2),
                             textcoords="offset points")  # fmt: skip
         c = data["correlation_with_score"][measure]
-        rho = "–" if c["spearman"] is None else f"{c['spearman']:+.2f}"
-        ax.set_title(f"{_TITLES.get(measure, measure)}: ρ = {rho} (n = {c['attentions']})", fontsize=8)
+        ax.set_title(f"{_TITLES.get(measure, measure)}: ρ = {c['spearman']:+.2f} (n = {c['attentions']})", fontsize=8)
         ax.tick_params(labelsize=6)
         if i % cols == 0:
             ax.set_ylabel(label, fontsize=7)

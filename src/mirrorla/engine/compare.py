@@ -52,7 +52,13 @@ from mirrorla.engine.model import (
     measure_throughput_rounds,
 )
 from mirrorla.engine.run_folder import FolderLock
-from mirrorla.engine.trainer import TrainingDivergedError, check_resume_config, environment_summary, train
+from mirrorla.engine.trainer import (
+    TrainingDivergedError,
+    check_resume_config,
+    check_resume_data,
+    environment_summary,
+    train,
+)
 from mirrorla.registry import list_attentions
 
 __all__ = ["BASE", "CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table", "finished_runs"]
@@ -124,7 +130,7 @@ def run_compare(cc: CompareConfig, datasets=None) -> dict[str, Any]:
                 cfg = _run_config(cc, out, name, seed)
                 saved = _saved_result(cfg, info.files) if reusable else None
                 if saved is None:
-                    saved = _run_one(continued(cfg) if cc.resume else cfg, datasets)
+                    saved = _run_one(continued(cfg, info) if cc.resume else cfg, datasets)
                     _report(cfg, saved, bar)
                 method["runs"][str(seed)] = saved
             _summarise(method)
@@ -152,10 +158,10 @@ def _run_config(cc: CompareConfig, out: Path, name: str, seed: int) -> TrainConf
     return cc.base.replace(attention=name, seed=seed, out_dir=str(out / "runs" / name / f"seed{seed}"), overwrite=True)
 
 
-def continued(cfg: TrainConfig) -> TrainConfig:
+def continued(cfg: TrainConfig, info) -> TrainConfig:
     """``cfg`` of a comparison run that ``--resume`` trains: set to continue from the run folder's last epoch
-    checkpoint where that checkpoint has this run's settings, otherwise unchanged (trained from the start,
-    replacing the folder's unfinished run, as before checkpoints were continued)."""
+    checkpoint where that checkpoint has this run's settings and read data files with the contents of
+    ``info.files``; otherwise unchanged (trained from the start, replacing the folder's unfinished run)."""
     folder = Path(cfg.out_dir)
     pointer = folder / "checkpoints" / "last.json"
     if not pointer.is_file():
@@ -166,6 +172,7 @@ def continued(cfg: TrainConfig) -> TrainConfig:
         if not isinstance(saved, dict):
             raise ValueError("config.json is not a JSON object")
         check_resume_config(cfg, saved)
+        check_resume_data(folder / "config.json", info)
     except (OSError, ValueError, KeyError, TypeError) as err:
         reason = str(err).splitlines()[0].rstrip(":;")
         _say(f"{run_label(cfg)} its unfinished run cannot be continued ({reason}): training it from the start")
@@ -266,7 +273,7 @@ def train_runs(cc: CompareConfig, out: Path, datasets, run_one, job: str) -> dic
         for cfg in runs:
             saved = _saved_result(cfg, info.files) if (cc.resume or jobs > 1) else None
             if saved is None:
-                saved = run_one(continued(cfg) if cc.resume else cfg, datasets)
+                saved = run_one(continued(cfg, info) if cc.resume else cfg, datasets)
                 _report(cfg, saved, bar)
             methods.setdefault(cfg.attention, {"runs": {}})["runs"][str(cfg.seed)] = saved
     finally:
@@ -348,7 +355,7 @@ def _train_in_parallel(
             if not cc.resume:
                 tasks.append(cfg)
             elif _saved_result(cfg, datasets[2].files) is None:
-                tasks.append(continued(cfg))
+                tasks.append(continued(cfg, datasets[2]))
     if not tasks:
         return
     job = {"super_resolution": "sr compare", "long_range": "lra compare"}.get(base.task, "compare")

@@ -280,7 +280,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
         datasets = task.build_datasets(cfg)
     train_set, eval_set, info = datasets
     if resume is not None and run_dir is not None:
-        _check_resume_data(run_dir / "config.json", info)
+        check_resume_data(run_dir / "config.json", info)
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = task.build_model(cfg, info).to(env.device)
@@ -558,7 +558,7 @@ def _load_optimizer_state(
     optimizer.load_state_dict(st["optimizer"])
 
 
-def _check_resume_data(config_path: Path, info: Any) -> None:
+def check_resume_data(config_path: Path, info: Any) -> None:
     """A resumed run reads data files with the same contents (SHA-256) as those its ``config.json`` records.
 
     Runs written before files were recorded, and data passed in memory, have no files to compare.
