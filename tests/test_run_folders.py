@@ -475,12 +475,17 @@ def test_compare_resume_continues_an_unfinished_run_from_its_checkpoint(tmp_path
     assert cont["curve_top1"] == ref["curve_top1"]
 
 
-def test_compare_resume_restarts_an_unfinished_run_with_other_settings(tmp_path, fake_data, capsys, monkeypatch):
-    out = tmp_path / "cmp"
+def _interrupted_mirror_run(out, data_dir, monkeypatch, capsys):
+    """A one-attention comparison stopped by Ctrl-C in its second epoch, after the first epoch's checkpoint."""
     _interrupt_at_epoch(monkeypatch, 1)
-    assert main(_compare_args(out, fake_data, "--epochs", "2", "--jobs", "1", "--attentions", "mirror")) == 130
+    assert main(_compare_args(out, data_dir, "--epochs", "2", "--jobs", "1", "--attentions", "mirror")) == 130
     monkeypatch.undo()
     capsys.readouterr()
+
+
+def test_compare_resume_restarts_an_unfinished_run_with_other_settings(tmp_path, fake_data, capsys, monkeypatch):
+    out = tmp_path / "cmp"
+    _interrupted_mirror_run(out, fake_data, monkeypatch, capsys)
     args = _compare_args(out, fake_data, "--epochs", "2", "--jobs", "1", "--attentions", "mirror", "--lr", "0.002")
     assert main([*args, "--resume"]) == 0
     said = capsys.readouterr().out
@@ -493,10 +498,7 @@ def test_compare_resume_restarts_an_unfinished_run_with_other_settings(tmp_path,
 
 def test_compare_resume_restarts_an_unfinished_run_on_other_data(tmp_path, fake_data, capsys, monkeypatch):
     out = tmp_path / "cmp"
-    _interrupt_at_epoch(monkeypatch, 1)
-    assert main(_compare_args(out, fake_data, "--epochs", "2", "--jobs", "1", "--attentions", "mirror")) == 130
-    monkeypatch.undo()
-    capsys.readouterr()
+    _interrupted_mirror_run(out, fake_data, monkeypatch, capsys)
     other = _fake_fashion_mnist(tmp_path / "other", fill=7)
     assert main([*_compare_args(out, other, "--epochs", "2", "--jobs", "1", "--attentions", "mirror"), "--resume"]) == 0
     said = capsys.readouterr().out
