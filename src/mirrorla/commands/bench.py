@@ -58,26 +58,37 @@ def _output_sizes(text: str) -> list[tuple[int, int]]:
     return sizes
 
 
-def _common(p: argparse.ArgumentParser, *, per_case_budget: bool = True) -> None:
-    """Options of every bench kind; ``per_case_budget=False`` (sr) leaves out --batch and --max-case-seconds."""
-    p.add_argument("--quick", action="store_true", help="tiny sweep, 3 repeats, one worker (about a minute on CPU)")
+def _shared(p: argparse.ArgumentParser, quick: str, repeats: str) -> None:
+    """Options of every bench kind, ``bench targets`` included (``quick``, ``repeats``: their help)."""
+    p.add_argument("--quick", action="store_true", help=quick)
     p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
     p.add_argument("--dtype", default="float32", choices=_DTYPES, help="tensor and parameter dtype")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=positive_int, default=5, help=repeats)
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per case and mode")
+    p.add_argument("--out", default="runs/bench", help="output folder for the JSON, Markdown and figure files")
+    p.add_argument(
+        "--gemm-size", type=positive_int, default=2048, help="size of the square matmul that measures the GEMM peak"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+
+
+def _common(p: argparse.ArgumentParser, *, per_case_budget: bool = True) -> None:
+    """Options of every sweep (ops, models, sr, lra); ``per_case_budget=False`` (sr) leaves out --batch and
+    --max-case-seconds."""
+    _shared(
+        p, "tiny sweep, 3 repeats, one worker (about a minute on CPU)", "timed repeats after warm-up (median/min/max)"
+    )
     if per_case_budget:
         p.add_argument(
             "--batch", type=positive_int, default=None, help="batch size (default: ops 1; models 1 on CPU, 8 on CUDA)"
         )
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats after warm-up (median/min/max)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per case and mode")
-    if per_case_budget:
         p.add_argument(
             "--max-case-seconds",
             type=positive_float,
             default=120.0,
             help="skip a case whose predicted run time (extrapolated from smaller sizes) is longer",
         )
-    p.add_argument("--out", default="runs/bench", help="output folder for the JSON, Markdown and PNG files")
     p.add_argument(
         "--isolate",
         action=argparse.BooleanOptionalAction,
@@ -85,10 +96,6 @@ def _common(p: argparse.ArgumentParser, *, per_case_budget: bool = True) -> None
         help="run each case in its own worker process (--no-isolate: all in one)",
     )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="a progress bar")
-    p.add_argument(
-        "--gemm-size", type=positive_int, default=2048, help="size of the square matmul that measures the GEMM peak"
-    )
-    p.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
 
 
 def _add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -130,15 +137,7 @@ def _add_bench_args(p: argparse.ArgumentParser) -> None:
         "writes targets.json and targets.md to --out. Peak memory is left to 'bench ops'.",
         formatter_class=fmt,
     )
-    targets.add_argument("--quick", action="store_true", help="N 256 and 1,024, 3 rounds, no compiled cases")
-    targets.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
-    targets.add_argument("--dtype", default="float32", choices=_DTYPES, help="tensor and parameter dtype")
-    targets.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    targets.add_argument("--repeats", type=positive_int, default=5, help="interleaved rounds (median over rounds)")
-    targets.add_argument("--warmup", type=int, default=1, help="untimed runs per case and mode before the rounds")
-    targets.add_argument("--out", default="runs/bench", help="output folder for targets.json and targets.md")
-    targets.add_argument("--gemm-size", type=positive_int, default=2048, help="square matmul of the GEMM peak")
-    targets.add_argument("--seed", type=int, default=0, help="random seed of the inputs")
+    _shared(targets, "N 256 and 1,024, 3 rounds, no compiled cases", "interleaved rounds (median over rounds)")
     targets.add_argument("--dim", type=positive_int, default=384, help="channels C")
     targets.add_argument("--heads", type=positive_int, default=6, help="heads H")
     targets.add_argument("--size", type=positive_int, default=16384, help="N of the timing targets")
