@@ -7,6 +7,7 @@ this module turns arguments into a source (:mod:`mirrorla.diagnostics.sources`) 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 from mirrorla.commands import Command, UsageError
@@ -82,6 +83,24 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="write into an --out that already holds files")
 
 
+def _one_writer(run):
+    """Run the command holding the lock of its --out (a second analysis into it is refused), with write errors
+    (disk full, read-only) as one line; see :func:`mirrorla.engine.run_folder.claim_output_folder`."""
+    from mirrorla.commands.train import user_errors
+
+    @functools.wraps(run)
+    @user_errors
+    def wrapper(args: argparse.Namespace) -> int:
+        from mirrorla.engine.run_folder import claim_output_folder
+
+        check_out_folder(args.out)
+        with claim_output_folder(args.out, "analyze"):
+            return run(args)
+
+    return wrapper
+
+
+@_one_writer
 def run_analyze(args: argparse.Namespace) -> int:
     import torch
 

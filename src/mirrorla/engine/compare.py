@@ -23,17 +23,25 @@ them all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mirrorla.engine.checkpoint import OutputWriteError, atomic_write_bytes
+from mirrorla.engine.checkpoint import (
+    TEMP_NAME,
+    OutputWriteError,
+    atomic_write_bytes,
+    remove_temp_files,
+    save_figure,
+)
 from mirrorla.engine.config import (
     BASE,
     DEFAULT_ATTENTIONS,
@@ -61,7 +69,16 @@ from mirrorla.engine.trainer import (
 )
 from mirrorla.registry import list_attentions
 
-__all__ = ["BASE", "CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table", "finished_runs"]
+__all__ = [
+    "BASE",
+    "CompareConfig",
+    "DEFAULT_ATTENTIONS",
+    "PRESETS",
+    "run_compare",
+    "format_table",
+    "finished_runs",
+    "results_lock",
+]
 
 RESULTS_LOCK = "results.lock"
 #: How long a compare process waits for another one to finish writing the shared results files.
@@ -199,7 +216,7 @@ def _check_out_folder(out: Path, cc: CompareConfig) -> None:
     """A new comparison does not silently replace what an output folder holds."""
     if cc.resume or cc.overwrite or not out.is_dir():
         return
-    present = sorted(p.name for p in out.iterdir() if p.name != RESULTS_LOCK)
+    present = sorted(p.name for p in out.iterdir() if p.name != RESULTS_LOCK and not TEMP_NAME.fullmatch(p.name))
     if present:
         shown = ", ".join(present[:6]) + (", …" if len(present) > 6 else "")
         raise ValueError(
@@ -240,6 +257,16 @@ def start_job(cc: CompareConfig) -> Path:
     _check_out_folder(out, cc)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Hold the lock under which a comparison writes its results files and figures into ``out`` (waiting up
+    to :data:`RESULTS_LOCK_WAIT_S` for another compare process); temporary files a killed writer left in
+    ``out`` are removed once it is held."""
+    with FolderLock(out, RESULTS_LOCK, purpose="writing the comparison's results").acquire(RESULTS_LOCK_WAIT_S):
+        remove_temp_files(out)
+        yield
 
 
 def write_results(out: Path, header: str, table: str, results: dict[str, Any]) -> None:
@@ -503,7 +530,7 @@ def _write_outputs(
 ) -> dict[str, Any]:
     """Write the results files under the folder's results lock, merged with the finished runs other compare
     processes left in ``out`` (see :func:`_merge_finished_runs`); returns what was written."""
-    with FolderLock(out, RESULTS_LOCK, purpose="writing the comparison's results").acquire(RESULTS_LOCK_WAIT_S):
+    with results_lock(out):
         merged = _merge_finished_runs(out, results, cc, info)
         _write_files(out, merged, figures)
     return merged
@@ -601,8 +628,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy_curves.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, m in results["methods"].items():
@@ -613,5 +639,4 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
     ax.set(xlabel="evaluation images/s", ylabel="eval top-1 % (mean ± std)", title="Accuracy vs throughput")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_throughput.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy_vs_throughput.png", dpi=120)

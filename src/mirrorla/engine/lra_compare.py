@@ -183,10 +183,11 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         f"Top-1 = accuracy on the evaluation split after the last epoch. Machine: {env['cpu_count']} CPUs, torch "
         f"{env['torch']}. Step cost: {results['cost_protocol']}."
     )
-    _cmp.write_results(out, header, format_lra_table(results), results)
     from mirrorla.engine.lra_figures import plot_task
 
-    plot_task(out, results)
+    with _cmp.results_lock(out):  # one writer of the folder's results files at a time
+        _cmp.write_results(out, header, format_lra_table(results), results)
+        plot_task(out, results)
 
 
 def run_lra_suite(cc: CompareConfig, tasks: list[dict[str, Any]], cost_rounds: int = 3) -> dict[str, Any]:
@@ -214,11 +215,12 @@ def run_lra_suite(cc: CompareConfig, tasks: list[dict[str, Any]], cost_rounds: i
     if len(per_task) > 1:
         out.mkdir(parents=True, exist_ok=True)
         table = format_summary_table(summary)
-        atomic_write_bytes(out / "summary.md", (table + "\n").encode())
-        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
         from mirrorla.engine.lra_figures import plot_accuracy_vs_length
 
-        plot_accuracy_vs_length(out / "accuracy_vs_length.png", summary)
+        with _cmp.results_lock(out):
+            atomic_write_bytes(out / "summary.md", (table + "\n").encode())
+            atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+            plot_accuracy_vs_length(out / "accuracy_vs_length.png", summary)
         print("\n" + table + "\n", flush=True)
     return summary
 

@@ -206,13 +206,14 @@ def _write(out: Path, results: dict[str, Any], pairs) -> None:
         f"(BT.601), 8-bit output, {cfg['scale']} border pixels cropped; per-image columns: PSNR, mean over seeds. "
         f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}. Efficiency: {results['efficiency_protocol']}"
     )
-    _cmp.write_results(out, header, format_sr_table(results), results)
     from mirrorla.engine.sr_figures import plot_crops, plot_psnr_latency
 
-    plot_psnr_latency(out / "psnr_vs_latency.png", results)
     seed = results["seeds"][0]
     outputs = {
         name: [out / "runs" / name / f"seed{seed}" / SR_IMAGES / f"{p.name}.png" for p in pairs]
         for name in results["methods"]
     }
-    plot_crops(out / "crops.png", pairs, cfg["scale"], outputs)
+    with _cmp.results_lock(out):  # one writer of the folder's results files at a time
+        _cmp.write_results(out, header, format_sr_table(results), results)
+        plot_psnr_latency(out / "psnr_vs_latency.png", results)
+        plot_crops(out / "crops.png", pairs, cfg["scale"], outputs)
