@@ -50,6 +50,10 @@ __all__ = [
     "checkpoint_config",
     "atomic_write_bytes",
     "save_figure",
+    "write_result_json",
+    "read_result_json",
+    "ResultFileError",
+    "RECORD_SHA256",
     "remove_temp_files",
     "TEMP_NAME",
     "clean_run_dir",
@@ -226,6 +230,50 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
         with explain_write_errors(path):
             path.unlink(missing_ok=True)
     return doomed
+
+
+#: The key under which a result file records the SHA-256 of the rest of its content.
+RECORD_SHA256 = "record_sha256"
+
+
+class ResultFileError(ValueError):
+    """A result file is unreadable, not a JSON object, or does not match the checksum it records."""
+
+
+def _record_digest(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != RECORD_SHA256}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+def write_result_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write a result file (``final.json``, ``result.json``, ``results.json``...) with
+    :func:`atomic_write_bytes`, recording the SHA-256 of its content under :data:`RECORD_SHA256`, so a
+    resume can tell a file it wrote from one changed since (:func:`read_result_json`)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_SHA256}, default=str))
+    atomic_write_bytes(path, json.dumps({**body, RECORD_SHA256: _record_digest(body)}, indent=2).encode())
+
+
+def read_result_json(path: str | os.PathLike, require_checksum: bool = False) -> dict[str, Any]:
+    """The content of a result file written by :func:`write_result_json`, without its checksum.
+
+    Raises:
+        ResultFileError: unreadable, not a JSON object, or its content does not match the SHA-256 it
+            records (changed by hand, or corrupt); with ``require_checksum`` also a file without one
+            (written by an older mirrorla).
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ResultFileError(f"cannot read {path} ({err})") from err
+    recorded = record.pop(RECORD_SHA256, None)
+    if recorded is None and require_checksum:
+        raise ResultFileError(f"{path} records no checksum (written by an older mirrorla)")
+    if recorded is not None and recorded != _record_digest(record):
+        raise ResultFileError(f"{path} does not match the SHA-256 it records: it was changed after it was written")
+    return record
 
 
 def _sha256(data: bytes) -> str:

@@ -38,9 +38,12 @@ import torch
 from mirrorla.engine.checkpoint import (
     TEMP_NAME,
     OutputWriteError,
+    ResultFileError,
     atomic_write_bytes,
+    read_result_json,
     remove_temp_files,
     save_figure,
+    write_result_json,
 )
 from mirrorla.engine.config import (
     BASE,
@@ -90,6 +93,13 @@ def _require(module: str, purpose: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ModuleNotFoundError(f"{purpose} need the package {module}: pip install 'mirrorla[train]'", name=module)
+
+
+def median_known(values) -> float | None:
+    """The median of the values that are not None (None if there are none): the training rate of an epoch
+    whose record was recomputed from its checkpoint is unknown (see :func:`mirrorla.engine.trainer.train`)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -209,7 +219,7 @@ def _probe(cfg: TrainConfig, info) -> tuple[torch.nn.Module, dict[str, Any]]:
 def _summarise(method: dict[str, Any]) -> None:
     runs = list(method["runs"].values())
     method["top1_mean"], method["top1_std"] = _mean_std([r["final_top1"] for r in runs])
-    method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
+    method["train_img_s"] = median_known(r["train_img_s"] for r in runs)
 
 
 def _check_out_folder(out: Path, cc: CompareConfig) -> None:
@@ -273,7 +283,7 @@ def write_results(out: Path, header: str, table: str, results: dict[str, Any]) -
     """``results.md`` (the header paragraph and the table) and ``results.json`` of a task comparison, written
     atomically; the table is printed too."""
     atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    write_result_json(out / "results.json", results)
     print("\n" + table + "\n", flush=True)
 
 
@@ -344,10 +354,7 @@ def finished_runs(cc: CompareConfig) -> tuple[int, int]:
     cfgs = [_run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
     done = 0
     for cfg in cfgs:
-        try:
-            done += _saved_result(cfg) is not None
-        except ValueError:  # an unreadable result.json: not finished
-            pass
+        done += _saved_result(cfg) is not None
     return done, len(cfgs)
 
 
@@ -428,19 +435,47 @@ def _worker_run(cfg: TrainConfig, run_one=None) -> dict[str, Any]:
     return (run_one or _run_one)(cfg, _WORKER_DATASETS)
 
 
+#: (curve in a run's result.json, the metrics.jsonl field each of its points is) of the comparisons' runs.
+_CURVES = (("curve_top1", "eval_top1"), ("curve_crop_psnr", "eval_psnr"))
+_warned_results: set[Path] = set()
+
+
 def _read_result(folder: Path) -> dict[str, Any] | None:
+    """The run's ``result.json`` if it can be trusted, else None (the run counts as unfinished).
+
+    Trusted: it matches the SHA-256 it records, and its learning curve is the run's ``metrics.jsonl``
+    (files without a checksum, from older versions, are checked on the curve alone). A file that fails is
+    not used, with a warning: ``--resume`` rebuilds it from the run's last checkpoint (no training when
+    that is the final epoch's) or, without a checkpoint, trains the run again.
+    """
     path = folder / "result.json"
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as err:
-        raise ValueError(
-            f"cannot read {path} ({err}): delete it, and that run is trained again by the next compare --resume"
-        ) from err
+        saved = read_result_json(path)
+        _check_against_metrics(saved, folder / "metrics.jsonl")
+    except ResultFileError as err:
+        if path not in _warned_results:
+            _warned_results.add(path)
+            _say(f"not using {path}: {err}; it is rebuilt from its run (from the checkpoint, if any)")
+        return None
     return saved
+
+
+def _check_against_metrics(saved: dict[str, Any], metrics: Path) -> None:
+    """``ResultFileError`` unless the curves of ``saved`` are the per-epoch records of ``metrics``."""
+    from mirrorla.engine.trainer import _parse_metrics
+
+    try:
+        records, problems, _ = _parse_metrics(metrics)
+    except OSError as err:
+        raise ResultFileError(f"cannot read {metrics} to check it against ({err})") from err
+    for curve, field in _CURVES:
+        if curve in saved and (problems or saved[curve] != [r.get(field) for r in records]):
+            raise ResultFileError(
+                f"its {curve} is not the {field} of the epochs in {metrics}"
+                + (f" ({'; '.join(problems)})" if problems else "")
+            )
 
 
 def _result_differences(saved: dict[str, Any], cfg: TrainConfig, data_files) -> list[str]:
@@ -485,14 +520,14 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "best_top1": max(h["eval_top1"] for h in history),
         "final_eval_loss": history[-1]["eval_loss"],
         # Epoch 0 includes one-off start-up costs; the median over epochs is the steady rate.
-        "train_img_s": statistics.median(h["train_img_s"] for h in history),
+        "train_img_s": median_known(h.get("train_img_s") for h in history),
         "curve_top1": [h["eval_top1"] for h in history],
-        "curve_train_loss": [h["train_loss"] for h in history],
+        "curve_train_loss": [h.get("train_loss") for h in history],
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
     }
-    atomic_write_bytes(path, json.dumps(result, indent=2).encode())
+    write_result_json(path, result)
     return result
 
 
@@ -514,7 +549,8 @@ def format_table(results: dict[str, Any]) -> str:
     for name, m in results["methods"].items():
         acc = f"{m['top1_mean']:.2f} ± {m['top1_std']:.2f}" if m["top1_std"] is not None else f"{m['top1_mean']:.2f}"
         lines.append(
-            f"| {name} | {acc} | {_human(m['params'])} | {_human(m['macs'])} | {m['train_img_s']:.0f} | "
+            f"| {name} | {acc} | {_human(m['params'])} | {_human(m['macs'])} | "
+            f"{'–' if m['train_img_s'] is None else format(m['train_img_s'], '.0f')} | "
             f"{'–' if m['eval_img_s'] is None else format(m['eval_img_s'], '.0f')} |"
         )
     return "\n".join(lines)
@@ -542,10 +578,9 @@ def _merge_finished_runs(out: Path, results: dict[str, Any], cc: CompareConfig, 
     of the process that measured it (None until it has)."""
     methods = dict(results["methods"])
     try:  # only the eval img/s of other processes' rows comes from here; the runs are read from their folders
-        previous = json.loads((out / "results.json").read_text())
-    except (OSError, ValueError):
-        previous = None
-    previous = previous if isinstance(previous, dict) else {}
+        previous = read_result_json(out / "results.json")
+    except ResultFileError:  # missing, or changed since it was written: measured again where needed
+        previous = {}
     previous_methods = previous.get("methods", {}) if _same_setup(previous.get("config"), cc.base) else {}
     runs_dir = out / "runs"
     found = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
@@ -605,7 +640,7 @@ def _write_files(out: Path, results: dict[str, Any], figures: bool) -> None:
         )
     table = format_table(results)
     atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    write_result_json(out / "results.json", results)
     if figures:
         print("\n" + table + "\n", flush=True)
         _plot(out, results)

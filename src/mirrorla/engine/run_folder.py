@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mirrorla.engine.checkpoint import TEMP_NAME, remove_temp_files, resolve_checkpoint
+from mirrorla.engine.checkpoint import TEMP_NAME, explain_write_errors, remove_temp_files, resolve_checkpoint
 
 __all__ = [
     "LOCK_NAME",
@@ -110,7 +110,8 @@ class FolderLock:
         self._token: str | None = None
 
     def acquire(self, timeout: float = 0.0, poll: float = 0.1) -> FolderLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with explain_write_errors(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         while True:
             holder = self._try_create()
@@ -145,13 +146,18 @@ class FolderLock:
             "token": token,
         }
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with explain_write_errors(self.path):
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return self._read_holder()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(record))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with explain_write_errors(self.path), os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(record))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:  # a full disk: no empty lock file is left to refuse the next run
+            self.path.unlink(missing_ok=True)
+            raise
         self._token = token
         return None
 
