@@ -264,8 +264,7 @@ def _add_lra_args(lra: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from mirrorla.bench.machine import describe_machine, resolve_device
-    from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
+    from mirrorla.bench.machine import resolve_device
 
     check_out_folder(args.out)
     sr_cases = _plan_sr(args) if args.bench_what == "sr" else None  # bad input: one line, before any work
@@ -293,8 +292,19 @@ def run_bench(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "gemm_size": args.gemm_size,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from mirrorla.engine.run_folder import FolderLockedError, claim_output_folder
+
+    try:  # one bench writes into --out at a time
+        with claim_output_folder(args.out, f"bench {args.bench_what}") as out:
+            return _run_kind(args, settings, device, out, sr_cases, lra_cases)
+    except FolderLockedError as err:
+        raise UsageError(str(err)) from None
+
+
+def _run_kind(args: argparse.Namespace, settings: dict, device, out: Path, sr_cases, lra_cases) -> int:
+    from mirrorla.bench.machine import describe_machine
+    from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
+
     machine = describe_machine(device)
     machine["torch_threads"] = args.threads
     header = {
