@@ -349,6 +349,19 @@ def test_atomic_writer_on_a_full_and_a_read_only_disk(tmpfs):
     assert plt.get_fignums() == []  # the figure is closed on the error too
 
 
+def test_lra_compare_figure_on_a_full_disk_is_a_write_error(tmpfs):
+    """The figure of the report (engine/lra_figures.py): an OutputWriteError naming the file, no temporary file."""
+    from mirrorla.engine.lra_figures import plot_task
+
+    run = {"curve_steps": [4, 8], "curve_top1": [10.0, 20.0], "by_length": []}
+    method = {"top1_mean": 20.0, "top1_std": None, "step_s": 0.1, "runs": {"0": run}}
+    results = {"task": "listops", "majority_top1": 10.0, "methods": {"mirror": method}}
+    full = tmpfs(full=True)
+    with pytest.raises(OutputWriteError, match=rf"{re.escape(str(full / 'accuracy.png'))}: No space left on device"):
+        plot_task(full, results)
+    _no_temp_files(full)
+
+
 def _analyze_args(run: Path, images: Path, out: Path) -> list[str]:
     return ["analyze", str(run), "--images", str(images), "--num-images", "1", "--queries", "8", "--no-figures",
             "--threads", "1", "--out", str(out)]  # fmt: skip

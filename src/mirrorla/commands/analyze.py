@@ -169,7 +169,7 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     from mirrorla.diagnostics.report import write_comparison_figure, write_report
     from mirrorla.diagnostics.runs import comparison_runs, comparison_table
     from mirrorla.diagnostics.sources import from_run
-    from mirrorla.engine.checkpoint import atomic_write_bytes
+    from mirrorla.engine.checkpoint import atomic_write_bytes, remove_temp_files
 
     runs = comparison_runs(args.source, list(args.seeds) if args.seeds is not None else None)
     out = Path(args.out)
@@ -179,6 +179,8 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
         source = from_run(run["run"], args.num_images, args.images, args.batch_size, ema=args.ema)
         result = analyze_model(source.model, source.batches, cfg, source.forward)
         name = f"{run['attention']}-seed{run['seed']}"
+        if (out / name).is_dir():  # under the lock of --out: what a killed analysis left there
+            remove_temp_files(out / name)
         write_report(result, out / name, source.header, source.display, figures=args.figures)
         rows.append({**run, "run": str(run["run"]), "mean": result["mean"], "folder": name})
         print(f"[analyze] {name}: {run['score_label']} {run['score']}, " + _mean_line(result["mean"]), flush=True)
