@@ -370,8 +370,14 @@ def _analyze_args(run: Path, images: Path, out: Path) -> list[str]:
 def _command(name: str, target: Path, sr_run: Path, sr_data: Path) -> list[str]:
     """The command line of ``name`` writing under ``target``."""
     image, test = str(sr_data / "test" / "img1.png"), str(sr_data / "test")
+    sr = [*SR_TINY, *_sr_data_args(sr_data)]
+    one_run = ["--seeds", "0", "--jobs", "1", "--out", str(target / "cmp")]
+    timing = ["--throughput-iters", "1", "--throughput-rounds", "1"]
     return {
-        "train": ["train", *_train_cli(), "--out", str(target / "run")],
+        "train": ["train", "--attention", "softmax", *_train_cli(), "--out", str(target / "run")],
+        "compare": ["compare", "--attentions", "softmax", *_train_cli(), *timing, *one_run],
+        "sr train": ["sr", "train", *sr, "--attention", "mirror", "--out", str(target / "run")],
+        "sr compare": ["sr", "compare", *sr, "--attentions", "mirror", *one_run],
         "sr upscale": ["sr", "upscale", str(sr_run), image, "--out", str(target / "up.png")],
         "sr eval --save-images": ["sr", "eval", str(sr_run), "--data", test, "--save-images", str(target / "imgs")],
         "sr eval --json": ["sr", "eval", str(sr_run), "--data", test, "--json", str(target / "e.json")],
@@ -380,13 +386,13 @@ def _command(name: str, target: Path, sr_run: Path, sr_data: Path) -> list[str]:
 
 
 def _train_cli() -> list[str]:
-    return ["--attention", "softmax", "--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--patch-size", "7",
+    return ["--embed-dim", "16", "--depth", "1", "--num-heads", "2", "--patch-size", "7",
             "--epochs", "1", "--batch-size", "16", "--train-subset", "32", "--eval-subset", "16", "--no-download",
             "--no-progress", "--threads", "1"]  # fmt: skip
 
 
-COMMANDS = [pytest.param("train", marks=needs_fashion_mnist), "sr upscale", "sr eval --save-images", "sr eval --json",
-            "analyze"]  # fmt: skip
+COMMANDS = [pytest.param("train", marks=needs_fashion_mnist), pytest.param("compare", marks=needs_fashion_mnist),
+            "sr train", "sr compare", "sr upscale", "sr eval --save-images", "sr eval --json", "analyze"]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS)
