@@ -10,9 +10,10 @@ throughput is measured at the end, for all attentions together in interleaved ro
 - ``results.json`` every number: per-seed histories, the configuration and the environment,
 - ``accuracy_curves.png`` and ``accuracy_vs_throughput.png``,
 - ``runs/<attention>/seed<k>/`` each run's metrics and ``result.json``; with ``--resume`` finished
-  runs with the same settings (and data files) are reused, and an unfinished run whose folder holds
-  an epoch checkpoint with the same settings continues from it (the trainer resumes exactly), so an
-  interrupted comparison continues where it stopped.
+  runs with the same settings (and data files) are reused if their ``result.json`` matches the SHA-256
+  it records and the run's metrics (else it is rebuilt from the run, see :func:`_read_result`), and an
+  unfinished run whose folder holds an epoch checkpoint with the same settings continues from it (the
+  trainer resumes exactly), so an interrupted comparison continues where it stopped.
 
 Several compare processes may share one output directory (``--resume``, e.g. disjoint
 ``--attentions``): each run folder has one writer (:mod:`mirrorla.engine.run_folder`), and the
@@ -68,6 +69,7 @@ from mirrorla.engine.trainer import (
     check_resume_config,
     check_resume_data,
     environment_summary,
+    parse_metrics,
     train,
 )
 from mirrorla.registry import list_attentions
@@ -464,10 +466,8 @@ def _read_result(folder: Path) -> dict[str, Any] | None:
 
 def _check_against_metrics(saved: dict[str, Any], metrics: Path) -> None:
     """``ResultFileError`` unless the curves of ``saved`` are the per-epoch records of ``metrics``."""
-    from mirrorla.engine.trainer import _parse_metrics
-
     try:
-        records, problems, _ = _parse_metrics(metrics)
+        records, problems, _ = parse_metrics(metrics)
     except OSError as err:
         raise ResultFileError(f"cannot read {metrics} to check it against ({err})") from err
     for curve, field in _CURVES:

@@ -163,7 +163,7 @@ def _param_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
 
-def _parse_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str], bool]:
+def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str], bool]:
     """(records, problems, torn_last) of ``metrics.jsonl``: every line that is a JSON object with an integer
     ``epoch``, in file order; what is wrong with the others; whether the only bad line is the last one.
 
@@ -204,7 +204,7 @@ def _history_from_metrics(path: Path, resume_epoch: int) -> tuple[list[dict[str,
     order or missing before ``resume_epoch``) is an error: no interrupted append leaves it, and the
     run's curves would be wrong.
     """
-    records, problems, torn_last = _parse_metrics(path) if path.is_file() else ([], [], False)
+    records, problems, torn_last = parse_metrics(path) if path.is_file() else ([], [], False)
     if torn_last:
         warnings.warn(f"{path}: dropping its last line, cut short by an interrupted write", stacklevel=3)
         problems = problems[:-1]
@@ -511,7 +511,7 @@ def _resumed_history(resume: dict[str, Any], run_dir: Path | None, evaluate_last
     saved = st.get("history")
     if isinstance(saved, list) and [r.get("epoch") for r in saved] == list(range(epoch + 1)):
         if path is not None:
-            records, problems, _ = _parse_metrics(path) if path.is_file() else ([], ["it is missing"], False)
+            records, problems, _ = parse_metrics(path) if path.is_file() else ([], ["it is missing"], False)
             if [r for r in records if r["epoch"] <= epoch] != saved or problems:
                 why = "; ".join(problems) or "its records differ from those the checkpoint carries"
                 warnings.warn(
