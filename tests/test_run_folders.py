@@ -236,6 +236,7 @@ def _strip_new_records(out):
     for path in out.rglob("*.json"):
         data = json.loads(path.read_text())
         if isinstance(data, dict):
+            data.pop("record_sha256", None)  # result files carry no checksum before it either
             data.pop("data_files", None)
             for key in ("dataset_info", "dataset"):
                 if isinstance(data.get(key), dict):

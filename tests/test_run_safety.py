@@ -201,13 +201,27 @@ def test_torn_last_metrics_line_is_dropped_with_warning(finished_run, tmp_path, 
     assert [r["epoch"] for r in lines] == [0, 1] and lines == out["history"]
 
 
-def test_corrupt_metrics_line_in_the_middle_is_an_error(finished_run, tmp_path, data):
+def test_corrupt_metrics_line_in_the_middle_is_restored_from_the_checkpoint(finished_run, tmp_path, data):
     run = _copy(finished_run, tmp_path)
     metrics = run / "metrics.jsonl"
     first, second = metrics.read_text().splitlines()
     metrics.write_text(first[:20] + "\n" + second + "\n")
+    with pytest.warns(UserWarning, match=r"metrics\.jsonl: restored .*\(line 1 is not a record"):
+        _resume_from_epoch0(run, data)
+    assert metrics.read_text().splitlines()[0] == first  # the checkpoint carries the run's history
+
+
+def test_corrupt_metrics_line_in_the_middle_is_an_error_for_old_checkpoints(finished_run, tmp_path, data):
+    """A checkpoint written before the state carried the history cannot restore a damaged line."""
+    run = _copy(finished_run, tmp_path)
+    ck = load_checkpoint(run / "checkpoints" / "epoch0000.safetensors")
+    del ck["state"]["history"]
+    save_checkpoint(run / "checkpoints", 0, ck["model"], ck["state"], keep=3)
+    metrics = run / "metrics.jsonl"
+    first, second = metrics.read_text().splitlines()
+    metrics.write_text(first[:20] + "\n" + second + "\n")
     before = metrics.read_text()
-    with pytest.raises(ValueError, match=r"metrics\.jsonl.* line 1"):
+    with pytest.raises(ValueError, match=r"metrics\.jsonl is damaged: line 1"):
         _resume_from_epoch0(run, data)
     assert metrics.read_text() == before  # nothing is rewritten
 

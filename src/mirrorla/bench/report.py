@@ -356,10 +356,9 @@ def targets_table(targets: list[dict]) -> str:
 
 
 def write_json(path: str | Path, payload: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=1, sort_keys=False)
-        f.write("\n")
+    from mirrorla.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), (json.dumps(payload, indent=1, sort_keys=False) + "\n").encode())
 
 
 def _plot_panels(panels, path, title, xlabel, fit_from):
@@ -387,8 +386,9 @@ def _plot_panels(panels, path, title, xlabel, fit_from):
         ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title + f"  (e = fitted exponent over x ≥ {fit_from:,})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from mirrorla.engine.checkpoint import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
 def plot_ops(results: list[dict], out_dir: str | Path, fit_from: int, subtitle: str) -> list[str]:
@@ -543,8 +543,9 @@ def _plot_staged(
             ax.legend(fontsize=7, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    from mirrorla.engine.checkpoint import save_figure
+
+    save_figure(fig, path, dpi=110)
     return str(path)
 
 

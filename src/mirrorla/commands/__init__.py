@@ -9,7 +9,9 @@ Errors. A command reports bad input by raising :class:`UsageError` (or, for ``tr
 ``compare``, the library's validation errors, which those commands turn into a ``UsageError``):
 :func:`main` prints it as one line, ``mirrorla <command>: error: <message>``, and returns 2, as
 argparse does for a malformed option. :class:`Interrupted` (Ctrl-C with a word on what was saved and
-how to continue) prints one line and returns 130. Any other exception is a bug and keeps its traceback.
+how to continue) prints one line and returns 130. A write error the user can fix (disk full, read-only file
+system, no permission) prints one line naming the path and returns 2. Any other exception is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -158,3 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{args._prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except OSError as err:  # a write error the user can fix (disk full, read-only, permission), in any command
+        from mirrorla.engine.checkpoint import output_write_error
+
+        explained = output_write_error(err)
+        if explained is None:
+            raise
+        print(f"{args._prog}: error: {explained}", file=sys.stderr, flush=True)
+        return 2

@@ -7,6 +7,7 @@ this module turns arguments into a source (:mod:`mirrorla.diagnostics.sources`) 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 from mirrorla.commands import Command, UsageError
@@ -82,6 +83,24 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="write into an --out that already holds files")
 
 
+def _one_writer(run):
+    """Run the command holding the lock of its --out (a second analysis into it is refused), with write errors
+    (disk full, read-only) as one line; see :func:`mirrorla.engine.run_folder.claim_output_folder`."""
+    from mirrorla.commands.train import user_errors
+
+    @functools.wraps(run)
+    @user_errors
+    def wrapper(args: argparse.Namespace) -> int:
+        from mirrorla.engine.run_folder import claim_output_folder
+
+        check_out_folder(args.out)
+        with claim_output_folder(args.out, "analyze"):
+            return run(args)
+
+    return wrapper
+
+
+@_one_writer
 def run_analyze(args: argparse.Namespace) -> int:
     import torch
 
@@ -150,7 +169,7 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     from mirrorla.diagnostics.report import write_comparison_figure, write_report
     from mirrorla.diagnostics.runs import comparison_runs, comparison_table
     from mirrorla.diagnostics.sources import from_run
-    from mirrorla.engine.checkpoint import atomic_write_bytes
+    from mirrorla.engine.checkpoint import atomic_write_bytes, remove_temp_files
 
     runs = comparison_runs(args.source, list(args.seeds) if args.seeds is not None else None)
     out = Path(args.out)
@@ -160,6 +179,8 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
         source = from_run(run["run"], args.num_images, args.images, args.batch_size, ema=args.ema)
         result = analyze_model(source.model, source.batches, cfg, source.forward)
         name = f"{run['attention']}-seed{run['seed']}"
+        if (out / name).is_dir():  # under the lock of --out: what a killed analysis left there
+            remove_temp_files(out / name)
         write_report(result, out / name, source.header, source.display, figures=args.figures)
         rows.append({**run, "run": str(run["run"]), "mean": result["mean"], "folder": name})
         print(f"[analyze] {name}: {run['score_label']} {run['score']}, " + _mean_line(result["mean"]), flush=True)

@@ -26,6 +26,15 @@ from mirrorla.commands.options import check_out_folder, positive_float, positive
 
 __all__ = ["COMMANDS"]
 
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (see :func:`mirrorla.engine.checkpoint.atomic_write_bytes`; imports torch, so
+    only when a command runs)."""
+    from mirrorla.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -255,8 +264,7 @@ def _add_lra_args(lra: argparse.ArgumentParser) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from mirrorla.bench.machine import describe_machine, resolve_device
-    from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
+    from mirrorla.bench.machine import resolve_device
 
     check_out_folder(args.out)
     sr_cases = _plan_sr(args) if args.bench_what == "sr" else None  # bad input: one line, before any work
@@ -284,8 +292,19 @@ def run_bench(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "gemm_size": args.gemm_size,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from mirrorla.engine.run_folder import FolderLockedError, claim_output_folder
+
+    try:  # one bench writes into --out at a time
+        with claim_output_folder(args.out, f"bench {args.bench_what}") as out:
+            return _run_kind(args, settings, device, out, sr_cases, lra_cases)
+    except FolderLockedError as err:
+        raise UsageError(str(err)) from None
+
+
+def _run_kind(args: argparse.Namespace, settings: dict, device, out: Path, sr_cases, lra_cases) -> int:
+    from mirrorla.bench.machine import describe_machine
+    from mirrorla.bench.memory import CPU_METHOD, CUDA_METHOD
+
     machine = describe_machine(device)
     machine["torch_threads"] = args.threads
     header = {
@@ -360,7 +379,7 @@ def _run_ops(args, settings, header, out: Path) -> int:
     subtitle = f"B={settings['batch']} C={args.dim} H={args.heads} {args.dtype} {settings['device']}"
     pngs = report.plot_ops(results, out, args.fit_from, subtitle)
     md = _ops_markdown(payload, exp_md, pngs)
-    (out / "ops.md").write_text(md)
+    _write_text(out / "ops.md", md)
     print(md)
     print(f"wrote {out / 'ops.json'}, {out / 'ops.md'}, " + ", ".join(pngs))
     return 0
@@ -429,7 +448,7 @@ def _run_targets(args, settings, header, out: Path) -> int:
     if first:
         md += "\n**First call of the compiled cases** (compilation included; not in the rounds)\n\n" + first + "\n"
     report.write_json(out / "targets.json", payload)
-    (out / "targets.md").write_text(md)
+    _write_text(out / "targets.md", md)
     print(md)
     print(f"wrote {out / 'targets.json'}, {out / 'targets.md'}")
     return 0
@@ -531,7 +550,7 @@ def _run_models(args, settings, header, out: Path) -> int:
             f"![models]({Path(png).name})",
         ]
     )
-    (out / "models.md").write_text(md + "\n")
+    _write_text(out / "models.md", md + "\n")
     print(md)
     print(f"wrote {out / 'models.json'}, {out / 'models.md'}, {png}")
     return 0
@@ -598,7 +617,7 @@ def _write_outputs(out: Path, kind: str, payload: dict, png: str, markdown: str)
     json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
     payload["files"] = {"json": str(json_path), "markdown": str(md_path), "plot": png}
     report.write_json(json_path, payload)
-    md_path.write_text(markdown)
+    _write_text(md_path, markdown)
     print(markdown, end="")
     print(f"wrote {json_path}, {md_path}, {png}")
     return 0

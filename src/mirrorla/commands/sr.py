@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from contextlib import nullcontext
 from pathlib import Path
 
 from mirrorla.commands import Interrupted, UsageError, command_family
@@ -78,8 +79,11 @@ def _run_sr_train(args: argparse.Namespace) -> int:
     _print_rows(rows, bicubic)
     final = {**out["final"], **{f"test_{k}": v for k, v in mean_scores(rows).items()}}
     if out["run_dir"]:
+        from mirrorla.engine.run_folder import FolderLock
+
         record = json.dumps({"model": rows, "bicubic": bicubic}, indent=2).encode()
-        atomic_write_bytes(Path(out["run_dir"], "test_images.json"), record)
+        with FolderLock(out["run_dir"], purpose="sr train: writing test_images.json"):  # train() has let go
+            atomic_write_bytes(Path(out["run_dir"], "test_images.json"), record)
         print(f"run directory: {out['run_dir']}")
     print(json.dumps(final))
     return 0
@@ -126,7 +130,11 @@ def _run_sr_eval(args: argparse.Namespace) -> int:
     pairs = load_pairs(args.data, "test", cfg.scale, args.degradation or cfg.degradation, args.lr_dir)
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(pairs), desc="sr eval", unit="image", leave=False) as bar:
+    from mirrorla.engine.run_folder import claim_output_folder
+
+    # One writer per --save-images folder: two evaluations into it would mix their images.
+    saving = claim_output_folder(args.save_images, "sr eval --save-images") if args.save_images else nullcontext()
+    with saving, tqdm(total=len(pairs), desc="sr eval", unit="image", leave=False) as bar:
         rows = evaluate_images(model, pairs, cfg.scale, progress=bar, save_dir=args.save_images)
     bicubic = evaluate_images(None, pairs, cfg.scale)
     print(f"{cfg.model} with {cfg.attention}, ×{cfg.scale}, data {args.data}")
@@ -166,7 +174,13 @@ def _run_sr_upscale(args: argparse.Namespace) -> int:
         if dst.exists() and not args.overwrite:
             raise UsageError(f"{dst} exists; pass --overwrite to replace it, or choose another --out")
     for src, dst in zip(args.images, targets, strict=True):
-        r = upscale_file(model, cfg.scale, src, dst)
+        try:  # without --overwrite the file is published only if the name is still free (no check-then-write)
+            r = upscale_file(model, cfg.scale, src, dst, replace=args.overwrite)
+        except FileExistsError:
+            raise UsageError(
+                f"{dst} was created while upscaling (by another process?); it is not replaced: pass --overwrite to "
+                "replace it, or choose another --out"
+            ) from None
         print(
             f"{src} ({r['lr_hw'][0]}×{r['lr_hw'][1]}) → {dst} ({r['sr_hw'][0]}×{r['sr_hw'][1]}, {r['seconds']:.2f} s)"
         )

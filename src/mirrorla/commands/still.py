@@ -20,6 +20,15 @@ from mirrorla.commands.options import check_out_folder, positive_float, positive
 
 __all__ = ["COMMANDS", "require_llm_extra"]
 
+
+def _write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (see :func:`mirrorla.engine.checkpoint.atomic_write_bytes`; imports torch, so
+    only when a command runs)."""
+    from mirrorla.engine.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, text.encode())
+
+
 _DTYPES = ("float32", "bfloat16", "float16")
 #: What ``pip install "mirrorla[llm]"`` adds (see pyproject.toml).
 LLM_PACKAGES = ("transformers", "peft", "safetensors")
@@ -120,7 +129,7 @@ def run_linearize(args: argparse.Namespace) -> int:
         "stage1": {"steps": len(losses1), "seconds": round(t1 - t0, 1), "first": losses1[:1], "last": losses1[-1:]},
         "stage2": {"steps": len(losses2), "seconds": round(t2 - t1, 1), "first": losses2[:1], "last": losses2[-1:]},
     }
-    (out / "still_train_log.json").write_text(json.dumps(log, indent=1))
+    _write_text(out / "still_train_log.json", json.dumps(log, indent=1))
     print(json.dumps(log, indent=1))
     print(f"saved STILL checkpoint to {out}")
     return 0
@@ -159,8 +168,7 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     )
     print(json.dumps(result, indent=1))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+        _write_text(Path(args.json), json.dumps(result, indent=1))
     return 0
 
 

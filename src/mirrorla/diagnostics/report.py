@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from mirrorla.diagnostics.analyze import HEAD_MEASURES, PCA_MAPS
-from mirrorla.engine.checkpoint import atomic_write_bytes
+from mirrorla.engine.checkpoint import atomic_write_bytes, save_figure
 
 __all__ = ["write_report", "summary_markdown", "FIGURES"]
 
@@ -134,8 +134,7 @@ def _plot(result: dict[str, Any], out: Path, image: Tensor | None) -> list[Path]
         fig.suptitle("attention of query tokens over the grid (head mean, first input)", fontsize=9)
         fig.tight_layout()
         written.append(out / "attention_maps.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, written[-1], dpi=110)
     with_pca = [(name, f) for name, f in figs.items() if f["pca"] is not None]
     if with_pca:
         fig, axes = plt.subplots(
@@ -156,8 +155,7 @@ def _plot(result: dict[str, Any], out: Path, image: Tensor | None) -> list[Path]
         fig.suptitle("PCA of softmax(φ(Q)φ(K)ᵀ/√D) rows, colour = token index (first input, head 0)", fontsize=9)
         fig.tight_layout()
         written.append(out / "pca.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, written[-1], dpi=110)
     written.append(out / "measures.png")
     _plot_measures(result, written[-1], plt)
     return written
@@ -192,8 +190,7 @@ def _plot_measures(result: dict[str, Any], path: Path, plt) -> None:
         ax.tick_params(labelsize=6)
     axes[0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], path: str | os.PathLike) -> Path:
@@ -242,6 +239,5 @@ def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], pa
     fig.suptitle(f"{label} against each measure (model means; small dots: runs, large: attention means)", fontsize=9)
     fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
     return out

@@ -49,6 +49,13 @@ __all__ = [
     "resolve_checkpoint",
     "checkpoint_config",
     "atomic_write_bytes",
+    "save_figure",
+    "write_result_json",
+    "read_result_json",
+    "ResultFileError",
+    "RECORD_SHA256",
+    "remove_temp_files",
+    "TEMP_NAME",
     "clean_run_dir",
     "explain_write_errors",
     "output_write_error",
@@ -139,14 +146,38 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + fsync + ``os.replace``.
+#: The temporary name :func:`atomic_write_bytes` writes ``<folder>/<name>`` under: ``.<name>.<8 random>.tmp``
+#: (mkstemp's letters). :func:`remove_temp_files` removes such names that a killed process left.
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the file itself is on disk
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary file + fsync + ``os.replace``: the one writer of every file
+    a command writes (JSON, Markdown, checkpoints, figures, images).
 
     The file gets the mode ``open()`` would give a new file (0o666 less the umask), not mkstemp's 0o600.
+    With ``replace=False`` an existing ``path`` is never replaced, also not one another process creates
+    in the meantime: the complete file is published with ``os.link``, which fails if the name exists
+    (no check-then-write race).
 
     Raises:
         OutputWriteError: the disk is full, the file system read-only or permission is denied; ``path``
             is then unchanged and no temporary file is left.
+        FileExistsError: ``replace=False`` and ``path`` exists.
     """
     path = Path(path)
     with explain_write_errors(path):
@@ -159,10 +190,90 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    raise FileExistsError(
+                        errno.EEXIST, f"{path} exists; it is not replaced (pass --overwrite to replace it)", str(path)
+                    ) from None
+            _fsync_folder(path.parent)
         finally:
-            if os.path.exists(tmp):
+            if os.path.lexists(tmp):
                 os.unlink(tmp)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """Render a matplotlib figure and write it with :func:`atomic_write_bytes` (format from the suffix,
+    default PNG); the figure is closed, also on an error. Returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", **savefig_kwargs)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_write_bytes` that a killed process left in ``folder`` (not
+    its sub-folders); returns them. Call it only while holding the folder's lock: another writer's
+    temporary file is its file in the making."""
+    folder = Path(folder)
+    doomed = [p for p in folder.glob(".*.tmp") if TEMP_NAME.fullmatch(p.name) and p.is_file()]
+    for path in doomed:
+        with explain_write_errors(path):
+            path.unlink(missing_ok=True)
+    return doomed
+
+
+#: The key under which a result file records the SHA-256 of the rest of its content.
+RECORD_SHA256 = "record_sha256"
+
+
+class ResultFileError(ValueError):
+    """A result file is unreadable, not a JSON object, or does not match the checksum it records."""
+
+
+def _record_digest(record: dict[str, Any]) -> str:
+    body = {k: v for k, v in record.items() if k != RECORD_SHA256}
+    return _sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+def write_result_json(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Write a result file (``final.json``, ``result.json``, ``results.json``...) with
+    :func:`atomic_write_bytes`, recording the SHA-256 of its content under :data:`RECORD_SHA256`, so a
+    resume can tell a file it wrote from one changed since (:func:`read_result_json`)."""
+    body = json.loads(json.dumps({k: v for k, v in record.items() if k != RECORD_SHA256}, default=str))
+    atomic_write_bytes(path, json.dumps({**body, RECORD_SHA256: _record_digest(body)}, indent=2).encode())
+
+
+def read_result_json(path: str | os.PathLike, require_checksum: bool = False) -> dict[str, Any]:
+    """The content of a result file written by :func:`write_result_json`, without its checksum.
+
+    Raises:
+        ResultFileError: unreadable, not a JSON object, or its content does not match the SHA-256 it
+            records (changed by hand, or corrupt); with ``require_checksum`` also a file without one
+            (written by an older mirrorla).
+    """
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ResultFileError(f"cannot read {path} ({err})") from err
+    recorded = record.pop(RECORD_SHA256, None)
+    if recorded is None and require_checksum:
+        raise ResultFileError(f"{path} records no checksum (written by an older mirrorla)")
+    if recorded is not None and recorded != _record_digest(record):
+        raise ResultFileError(f"{path} does not match the SHA-256 it records: it was changed after it was written")
+    return record
 
 
 def _sha256(data: bytes) -> str:
@@ -251,15 +362,11 @@ def _read_pointer(ckpt_dir: Path) -> tuple[str, str] | None:
         return None
 
 
-# Temporary files of atomic_write_bytes for the files a run writes (mkstemp adds [a-z0-9_]+).
-_RUN_TMP = re.compile(r"\.(config\.json|metrics\.jsonl|final\.json|result\.json)\.[a-z0-9_]+\.tmp")
-_CHECKPOINT_TMP = re.compile(r"\.(last\.json|epoch\d+\.(safetensors|state\.pt))\.[a-z0-9_]+\.tmp")
-
-
 def clean_run_dir(run_dir: str | os.PathLike, keep: int, protect: Iterable[str | os.PathLike] = ()) -> list[Path]:
     """Remove what an interrupted run left in ``run_dir`` and its ``checkpoints/``; returns the removed paths.
 
-    Removed: temporary files of :func:`atomic_write_bytes` for the files a run writes; checkpoint files
+    Removed: temporary files of :func:`atomic_write_bytes` (any name: the run's files, ``test_images.json``,
+    images); checkpoint files
     of epochs after the one ``last.json`` points to (a save interrupted before the pointer moved); and,
     of earlier epochs, lone halves of a pair and pairs beyond the newest ``keep`` (an interrupted
     prune). Never removed: the checkpoint ``last.json`` points to, the checkpoints of the paths in
@@ -270,8 +377,7 @@ def clean_run_dir(run_dir: str | os.PathLike, keep: int, protect: Iterable[str |
     """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    doomed = [p for p in run_dir.glob(".*.tmp") if _RUN_TMP.fullmatch(p.name)]
-    doomed += [p for p in ckpt_dir.glob(".*.tmp") if _CHECKPOINT_TMP.fullmatch(p.name)]
+    doomed = [p for folder in (run_dir, ckpt_dir) for p in folder.glob(".*.tmp") if TEMP_NAME.fullmatch(p.name)]
     pointer = _read_pointer(ckpt_dir)
     match = _CHECKPOINT_NAME.fullmatch(pointer[0]) if pointer else None
     if pointer and match and all((ckpt_dir / name).is_file() for name in pointer):

@@ -10,9 +10,10 @@ throughput is measured at the end, for all attentions together in interleaved ro
 - ``results.json`` every number: per-seed histories, the configuration and the environment,
 - ``accuracy_curves.png`` and ``accuracy_vs_throughput.png``,
 - ``runs/<attention>/seed<k>/`` each run's metrics and ``result.json``; with ``--resume`` finished
-  runs with the same settings (and data files) are reused, and an unfinished run whose folder holds
-  an epoch checkpoint with the same settings continues from it (the trainer resumes exactly), so an
-  interrupted comparison continues where it stopped.
+  runs with the same settings (and data files) are reused if their ``result.json`` matches the SHA-256
+  it records and the run's metrics (else it is rebuilt from the run, see :func:`_read_result`), and an
+  unfinished run whose folder holds an epoch checkpoint with the same settings continues from it (the
+  trainer resumes exactly), so an interrupted comparison continues where it stopped.
 
 Several compare processes may share one output directory (``--resume``, e.g. disjoint
 ``--attentions``): each run folder has one writer (:mod:`mirrorla.engine.run_folder`), and the
@@ -23,17 +24,28 @@ them all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mirrorla.engine.checkpoint import OutputWriteError, atomic_write_bytes
+from mirrorla.engine.checkpoint import (
+    TEMP_NAME,
+    OutputWriteError,
+    ResultFileError,
+    atomic_write_bytes,
+    read_result_json,
+    remove_temp_files,
+    save_figure,
+    write_result_json,
+)
 from mirrorla.engine.config import (
     BASE,
     DEFAULT_ATTENTIONS,
@@ -57,11 +69,21 @@ from mirrorla.engine.trainer import (
     check_resume_config,
     check_resume_data,
     environment_summary,
+    parse_metrics,
     train,
 )
 from mirrorla.registry import list_attentions
 
-__all__ = ["BASE", "CompareConfig", "DEFAULT_ATTENTIONS", "PRESETS", "run_compare", "format_table", "finished_runs"]
+__all__ = [
+    "BASE",
+    "CompareConfig",
+    "DEFAULT_ATTENTIONS",
+    "PRESETS",
+    "run_compare",
+    "format_table",
+    "finished_runs",
+    "results_lock",
+]
 
 RESULTS_LOCK = "results.lock"
 #: How long a compare process waits for another one to finish writing the shared results files.
@@ -73,6 +95,13 @@ def _require(module: str, purpose: str) -> None:
 
     if importlib.util.find_spec(module) is None:
         raise ModuleNotFoundError(f"{purpose} need the package {module}: pip install 'mirrorla[train]'", name=module)
+
+
+def median_known(values) -> float | None:
+    """The median of the values that are not None (None if there are none): the training rate of an epoch
+    whose record was recomputed from its checkpoint is unknown (see :func:`mirrorla.engine.trainer.train`)."""
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -192,14 +221,14 @@ def _probe(cfg: TrainConfig, info) -> tuple[torch.nn.Module, dict[str, Any]]:
 def _summarise(method: dict[str, Any]) -> None:
     runs = list(method["runs"].values())
     method["top1_mean"], method["top1_std"] = _mean_std([r["final_top1"] for r in runs])
-    method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
+    method["train_img_s"] = median_known(r["train_img_s"] for r in runs)
 
 
 def _check_out_folder(out: Path, cc: CompareConfig) -> None:
     """A new comparison does not silently replace what an output folder holds."""
     if cc.resume or cc.overwrite or not out.is_dir():
         return
-    present = sorted(p.name for p in out.iterdir() if p.name != RESULTS_LOCK)
+    present = sorted(p.name for p in out.iterdir() if p.name != RESULTS_LOCK and not TEMP_NAME.fullmatch(p.name))
     if present:
         shown = ", ".join(present[:6]) + (", …" if len(present) > 6 else "")
         raise ValueError(
@@ -242,11 +271,21 @@ def start_job(cc: CompareConfig) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def results_lock(out: Path) -> Iterator[None]:
+    """Hold the lock under which a comparison writes its results files and figures into ``out`` (waiting up
+    to :data:`RESULTS_LOCK_WAIT_S` for another compare process); temporary files a killed writer left in
+    ``out`` are removed once it is held."""
+    with FolderLock(out, RESULTS_LOCK, purpose="writing the comparison's results").acquire(RESULTS_LOCK_WAIT_S):
+        remove_temp_files(out)
+        yield
+
+
 def write_results(out: Path, header: str, table: str, results: dict[str, Any]) -> None:
     """``results.md`` (the header paragraph and the table) and ``results.json`` of a task comparison, written
     atomically; the table is printed too."""
     atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    write_result_json(out / "results.json", results)
     print("\n" + table + "\n", flush=True)
 
 
@@ -317,10 +356,7 @@ def finished_runs(cc: CompareConfig) -> tuple[int, int]:
     cfgs = [_run_config(cc, out, name, seed) for name in cc.attentions for seed in cc.seeds]
     done = 0
     for cfg in cfgs:
-        try:
-            done += _saved_result(cfg) is not None
-        except ValueError:  # an unreadable result.json: not finished
-            pass
+        done += _saved_result(cfg) is not None
     return done, len(cfgs)
 
 
@@ -401,19 +437,45 @@ def _worker_run(cfg: TrainConfig, run_one=None) -> dict[str, Any]:
     return (run_one or _run_one)(cfg, _WORKER_DATASETS)
 
 
+#: (curve in a run's result.json, the metrics.jsonl field each of its points is) of the comparisons' runs.
+_CURVES = (("curve_top1", "eval_top1"), ("curve_crop_psnr", "eval_psnr"))
+_warned_results: set[Path] = set()
+
+
 def _read_result(folder: Path) -> dict[str, Any] | None:
+    """The run's ``result.json`` if it can be trusted, else None (the run counts as unfinished).
+
+    Trusted: it matches the SHA-256 it records, and its learning curve is the run's ``metrics.jsonl``
+    (files without a checksum, from older versions, are checked on the curve alone). A file that fails is
+    not used, with a warning: ``--resume`` rebuilds it from the run's last checkpoint (no training when
+    that is the final epoch's) or, without a checkpoint, trains the run again.
+    """
     path = folder / "result.json"
     if not path.is_file():
         return None
     try:
-        saved = json.loads(path.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as err:
-        raise ValueError(
-            f"cannot read {path} ({err}): delete it, and that run is trained again by the next compare --resume"
-        ) from err
+        saved = read_result_json(path)
+        _check_against_metrics(saved, folder / "metrics.jsonl")
+    except ResultFileError as err:
+        if path not in _warned_results:
+            _warned_results.add(path)
+            _say(f"not using {path}: {err}; it is rebuilt from its run (from the checkpoint, if any)")
+        return None
     return saved
+
+
+def _check_against_metrics(saved: dict[str, Any], metrics: Path) -> None:
+    """``ResultFileError`` unless the curves of ``saved`` are the per-epoch records of ``metrics``."""
+    try:
+        records, problems, _ = parse_metrics(metrics)
+    except OSError as err:
+        raise ResultFileError(f"cannot read {metrics} to check it against ({err})") from err
+    for curve, field in _CURVES:
+        if curve in saved and (problems or saved[curve] != [r.get(field) for r in records]):
+            raise ResultFileError(
+                f"its {curve} is not the {field} of the epochs in {metrics}"
+                + (f" ({'; '.join(problems)})" if problems else "")
+            )
 
 
 def _result_differences(saved: dict[str, Any], cfg: TrainConfig, data_files) -> list[str]:
@@ -458,14 +520,14 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "best_top1": max(h["eval_top1"] for h in history),
         "final_eval_loss": history[-1]["eval_loss"],
         # Epoch 0 includes one-off start-up costs; the median over epochs is the steady rate.
-        "train_img_s": statistics.median(h["train_img_s"] for h in history),
+        "train_img_s": median_known(h.get("train_img_s") for h in history),
         "curve_top1": [h["eval_top1"] for h in history],
-        "curve_train_loss": [h["train_loss"] for h in history],
+        "curve_train_loss": [h.get("train_loss") for h in history],
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
     }
-    atomic_write_bytes(path, json.dumps(result, indent=2).encode())
+    write_result_json(path, result)
     return result
 
 
@@ -487,7 +549,8 @@ def format_table(results: dict[str, Any]) -> str:
     for name, m in results["methods"].items():
         acc = f"{m['top1_mean']:.2f} ± {m['top1_std']:.2f}" if m["top1_std"] is not None else f"{m['top1_mean']:.2f}"
         lines.append(
-            f"| {name} | {acc} | {_human(m['params'])} | {_human(m['macs'])} | {m['train_img_s']:.0f} | "
+            f"| {name} | {acc} | {_human(m['params'])} | {_human(m['macs'])} | "
+            f"{'–' if m['train_img_s'] is None else format(m['train_img_s'], '.0f')} | "
             f"{'–' if m['eval_img_s'] is None else format(m['eval_img_s'], '.0f')} |"
         )
     return "\n".join(lines)
@@ -503,7 +566,7 @@ def _write_outputs(
 ) -> dict[str, Any]:
     """Write the results files under the folder's results lock, merged with the finished runs other compare
     processes left in ``out`` (see :func:`_merge_finished_runs`); returns what was written."""
-    with FolderLock(out, RESULTS_LOCK, purpose="writing the comparison's results").acquire(RESULTS_LOCK_WAIT_S):
+    with results_lock(out):
         merged = _merge_finished_runs(out, results, cc, info)
         _write_files(out, merged, figures)
     return merged
@@ -515,10 +578,9 @@ def _merge_finished_runs(out: Path, results: dict[str, Any], cc: CompareConfig, 
     of the process that measured it (None until it has)."""
     methods = dict(results["methods"])
     try:  # only the eval img/s of other processes' rows comes from here; the runs are read from their folders
-        previous = json.loads((out / "results.json").read_text())
-    except (OSError, ValueError):
-        previous = None
-    previous = previous if isinstance(previous, dict) else {}
+        previous = read_result_json(out / "results.json")
+    except ResultFileError:  # missing, or changed since it was written: measured again where needed
+        previous = {}
     previous_methods = previous.get("methods", {}) if _same_setup(previous.get("config"), cc.base) else {}
     runs_dir = out / "runs"
     found = sorted(p.name for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
@@ -578,7 +640,7 @@ def _write_files(out: Path, results: dict[str, Any], figures: bool) -> None:
         )
     table = format_table(results)
     atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
-    atomic_write_bytes(out / "results.json", json.dumps(results, indent=2).encode())
+    write_result_json(out / "results.json", results)
     if figures:
         print("\n" + table + "\n", flush=True)
         _plot(out, results)
@@ -601,8 +663,7 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_curves.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy_curves.png", dpi=120)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, m in results["methods"].items():
@@ -613,5 +674,4 @@ def _plot(out: Path, results: dict[str, Any]) -> None:
     ax.set(xlabel="evaluation images/s", ylabel="eval top-1 % (mean ± std)", title="Accuracy vs throughput")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_throughput.png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy_vs_throughput.png", dpi=120)

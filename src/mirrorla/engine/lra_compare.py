@@ -18,7 +18,6 @@ attentions take turns over rounds, median). Outputs:
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from mirrorla.engine import compare as _cmp
-from mirrorla.engine.checkpoint import atomic_write_bytes
+from mirrorla.engine.checkpoint import atomic_write_bytes, write_result_json
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.lra import accuracy_by_length, majority_baseline, predict, train_step_cost
 from mirrorla.engine.model import count_params
@@ -52,18 +51,18 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "final_top1": top1,
         "best_top1": max(h["eval_top1"] for h in history),
         "curve_top1": [h["eval_top1"] for h in history],
-        "curve_train_loss": [h["train_loss"] for h in history],
-        "curve_train_top1": [h["train_top1"] for h in history],
+        "curve_train_loss": [h.get("train_loss") for h in history],
+        "curve_train_top1": [h.get("train_top1") for h in history],
         "curve_steps": [h["step"] for h in history],
         "by_length": accuracy_by_length(preds, labels, lengths) if varies else [],
-        "train_img_s": statistics.median(h["train_img_s"] for h in history),
-        "train_time_s": sum(h["train_time_s"] for h in history),
+        "train_img_s": _cmp.median_known(h.get("train_img_s") for h in history),
+        "train_time_s": sum(h.get("train_time_s", 0.0) for h in history),
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
         "summary": f"top-1 {top1:.2f}% (best epoch {max(h['eval_top1'] for h in history):.2f}%)",
     }
-    atomic_write_bytes(Path(cfg.out_dir) / "result.json", json.dumps(result, indent=2).encode())
+    write_result_json(Path(cfg.out_dir) / "result.json", result)
     return result
 
 
@@ -106,7 +105,7 @@ def _info_record(info) -> dict[str, Any]:
 def _summarise(method: dict[str, Any]) -> None:
     runs = list(method["runs"].values())
     method["top1_mean"], method["top1_std"] = _cmp._mean_std([r["final_top1"] for r in runs])
-    method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
+    method["train_img_s"] = _cmp.median_known(r["train_img_s"] for r in runs)
     method["train_time_s"] = statistics.fmean(r["train_time_s"] for r in runs)
 
 
@@ -183,10 +182,11 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         f"Top-1 = accuracy on the evaluation split after the last epoch. Machine: {env['cpu_count']} CPUs, torch "
         f"{env['torch']}. Step cost: {results['cost_protocol']}."
     )
-    _cmp.write_results(out, header, format_lra_table(results), results)
     from mirrorla.engine.lra_figures import plot_task
 
-    plot_task(out, results)
+    with _cmp.results_lock(out):  # one writer of the folder's results files at a time
+        _cmp.write_results(out, header, format_lra_table(results), results)
+        plot_task(out, results)
 
 
 def run_lra_suite(cc: CompareConfig, tasks: list[dict[str, Any]], cost_rounds: int = 3) -> dict[str, Any]:
@@ -214,11 +214,12 @@ def run_lra_suite(cc: CompareConfig, tasks: list[dict[str, Any]], cost_rounds: i
     if len(per_task) > 1:
         out.mkdir(parents=True, exist_ok=True)
         table = format_summary_table(summary)
-        atomic_write_bytes(out / "summary.md", (table + "\n").encode())
-        atomic_write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
         from mirrorla.engine.lra_figures import plot_accuracy_vs_length
 
-        plot_accuracy_vs_length(out / "accuracy_vs_length.png", summary)
+        with _cmp.results_lock(out):
+            atomic_write_bytes(out / "summary.md", (table + "\n").encode())
+            write_result_json(out / "summary.json", summary)
+            plot_accuracy_vs_length(out / "accuracy_vs_length.png", summary)
         print("\n" + table + "\n", flush=True)
     return summary
 

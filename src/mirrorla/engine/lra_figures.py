@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from mirrorla.engine.checkpoint import save_figure
+
 __all__ = ["plot_task", "plot_accuracy_vs_length", "plot_examples"]
 
 
@@ -37,8 +39,7 @@ def plot_task(out: Path, results: dict[str, Any]) -> list[Path]:
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     written.append(out / "accuracy.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, written[-1], dpi=120)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for n in names:
@@ -52,8 +53,7 @@ def plot_task(out: Path, results: dict[str, Any]) -> list[Path]:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     written.append(out / "curves.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, written[-1], dpi=120)
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(names) + 2), 4))
     a1.bar(range(len(names)), [methods[n]["step_s"] for n in names], color="tab:orange")
@@ -67,8 +67,7 @@ def plot_task(out: Path, results: dict[str, Any]) -> list[Path]:
     fig.suptitle(f"{results['task']}: cost of one training step")
     fig.tight_layout()
     written.append(out / "cost.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    save_figure(fig, written[-1], dpi=120)
 
     if any(r["by_length"] for m in methods.values() for r in m["runs"].values()):
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -85,8 +84,7 @@ def plot_task(out: Path, results: dict[str, Any]) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         written.append(out / "accuracy_by_length.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        save_figure(fig, written[-1], dpi=120)
     return written
 
 
@@ -127,8 +125,7 @@ def plot_accuracy_vs_length(path: str | os.PathLike, summary: dict[str, Any]) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_examples(path: str | os.PathLike, dataset: Any, grid: tuple[int, int], count: int = 8) -> None:
@@ -148,5 +145,4 @@ def plot_examples(path: str | os.PathLike, dataset: Any, grid: tuple[int, int], 
             ax.imshow(x[i].reshape(grid).numpy(), cmap="gray", vmin=0, vmax=255, interpolation="nearest")
             ax.set_title(f"label {int(y[i])}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)

@@ -27,13 +27,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mirrorla.engine.checkpoint import resolve_checkpoint
+from mirrorla.engine.checkpoint import TEMP_NAME, explain_write_errors, remove_temp_files, resolve_checkpoint
 
-__all__ = ["LOCK_NAME", "RUN_OUTPUTS", "FolderLock", "FolderLockedError", "claim_run_folder", "resumed_run_folder"]
+__all__ = [
+    "LOCK_NAME",
+    "RUN_OUTPUTS",
+    "FolderLock",
+    "FolderLockedError",
+    "claim_output_folder",
+    "claim_run_folder",
+    "resumed_run_folder",
+]
 
 LOCK_NAME = "run.lock"
-#: What a run writes into its folder (``result.json``: a ``compare`` run); ``--overwrite`` removes these.
-RUN_OUTPUTS = ("config.json", "metrics.jsonl", "final.json", "result.json", "checkpoints")
+#: What a run writes into its folder (``result.json``: a ``compare`` run; ``test_images.json``: ``sr train``;
+#: ``sr_images``: a run of ``sr compare``); ``--overwrite`` removes these.
+RUN_OUTPUTS = (
+    "config.json",
+    "metrics.jsonl",
+    "final.json",
+    "result.json",
+    "test_images.json",
+    "sr_images",
+    "checkpoints",
+)
 
 
 class FolderLockedError(ValueError):
@@ -93,7 +110,8 @@ class FolderLock:
         self._token: str | None = None
 
     def acquire(self, timeout: float = 0.0, poll: float = 0.1) -> FolderLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        with explain_write_errors(self.folder):
+            self.folder.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         while True:
             holder = self._try_create()
@@ -128,13 +146,18 @@ class FolderLock:
             "token": token,
         }
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with explain_write_errors(self.path):
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return self._read_holder()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(record))
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with explain_write_errors(self.path), os.fdopen(fd, "w") as fh:
+                fh.write(json.dumps(record))
+                fh.flush()
+                os.fsync(fh.fileno())
+        except BaseException:  # a full disk: no empty lock file is left to refuse the next run
+            self.path.unlink(missing_ok=True)
+            raise
         self._token = token
         return None
 
@@ -208,7 +231,12 @@ def resumed_run_folder(resume: str | os.PathLike) -> Path | None:
 
 
 def _contents(folder: Path, ignore: tuple[str, ...]) -> list[str]:
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name not in ignore)
+    """What ``folder`` holds, less ``ignore`` and the temporary files a killed writer left (removed at start)."""
+    return sorted(
+        p.name + ("/" if p.is_dir() else "")
+        for p in folder.iterdir()
+        if p.name not in ignore and not TEMP_NAME.fullmatch(p.name)
+    )
 
 
 @contextlib.contextmanager
@@ -236,8 +264,29 @@ def claim_run_folder(folder: str | os.PathLike, *, resume: bool, overwrite: bool
                         shutil.rmtree(path)
                     else:
                         path.unlink(missing_ok=True)
+            remove_temp_files(folder)
             yield folder
     finally:
         if created:  # a run that failed before writing anything (bad data, say) leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+@contextlib.contextmanager
+def claim_output_folder(folder: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """Hold ``folder``'s lock while a command writes its outputs there (``analyze --out``, ``sr eval
+    --save-images``): a second process is refused with :class:`FolderLockedError` naming the holder.
+
+    Temporary files a killed writer left are removed once the lock is held. A folder this call created
+    is removed again if the command leaves it empty (it failed before writing).
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    try:
+        with FolderLock(folder, purpose=purpose):
+            remove_temp_files(folder)
+            yield folder
+    finally:
+        if created:
             with contextlib.suppress(OSError):
                 folder.rmdir()

@@ -117,29 +117,38 @@ def mean_scores(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr", "ssim")}
 
 
-def save_image(img: Tensor, dst: str | os.PathLike) -> None:
-    """Write a uint8 (3, H, W) image; the format comes from the extension. Written to a temporary name and
-    renamed, so a crash never leaves a half-written file under the user's name."""
+def save_image(img: Tensor, dst: str | os.PathLike, *, replace: bool = True) -> None:
+    """Write a uint8 (3, H, W) image; the format comes from the extension. Encoded in memory and written
+    with :func:`~mirrorla.engine.checkpoint.atomic_write_bytes`, so a crash or a full disk never leaves a
+    half-written file under the user's name nor a temporary file; ``replace=False``: never replace an
+    existing ``dst`` (``FileExistsError``), also not one another process writes at the same moment."""
+    import io
+
     from PIL import Image
 
+    from mirrorla.engine.checkpoint import atomic_write_bytes
+
     dst = Path(dst)
-    if dst.suffix.lower() not in Image.registered_extensions():
+    image_format = Image.registered_extensions().get(dst.suffix.lower())
+    if image_format is None:
         raise ValueError(f"cannot tell the image format of {dst}: give it an extension such as .png")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.stem}.tmp{dst.suffix}")
-    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(tmp)
-    os.replace(tmp, dst)
+    buf = io.BytesIO()
+    Image.fromarray(img.permute(1, 2, 0).contiguous().numpy()).save(buf, format=image_format)
+    atomic_write_bytes(dst, buf.getvalue(), replace=replace)
 
 
-def upscale_file(model: nn.Module, scale: int, src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, Any]:
-    """Read image ``src``, upscale it in one pass, write ``dst`` (format from its extension, e.g. .png)."""
+def upscale_file(
+    model: nn.Module, scale: int, src: str | os.PathLike, dst: str | os.PathLike, *, replace: bool = True
+) -> dict[str, Any]:
+    """Read image ``src``, upscale it in one pass, write ``dst`` (format from its extension, e.g. .png; an
+    existing ``dst`` is replaced only with ``replace``, see :func:`save_image`)."""
     from mirrorla.data.sr import load_image
 
     lr = load_image(src)
     t0 = time.perf_counter()
     sr = upscale(model, lr)
     seconds = time.perf_counter() - t0
-    save_image(sr, dst)
+    save_image(sr, dst, replace=replace)
     return {
         "input": str(src),
         "output": str(dst),

@@ -18,7 +18,6 @@ attentions take turns over rounds, median), then its peak memory, then the figur
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from mirrorla.engine import compare as _cmp
-from mirrorla.engine.checkpoint import atomic_write_bytes
+from mirrorla.engine.checkpoint import write_result_json
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.model import count_macs, count_params
 from mirrorla.engine.sr import evaluate_images, load_trained_sr, mean_scores, upscale
@@ -62,14 +61,14 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "test_images": rows,
         "final_crop_psnr": history[-1]["eval_psnr"],
         "curve_crop_psnr": [h["eval_psnr"] for h in history],
-        "curve_train_loss": [h["train_loss"] for h in history],
-        "train_img_s": statistics.median(h["train_img_s"] for h in history),
+        "curve_train_loss": [h.get("train_loss") for h in history],
+        "train_img_s": _cmp.median_known(h.get("train_img_s") for h in history),
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
         "summary": f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}",
     }
-    atomic_write_bytes(Path(cfg.out_dir) / "result.json", json.dumps(result, indent=2).encode())
+    write_result_json(Path(cfg.out_dir) / "result.json", result)
     return result
 
 
@@ -118,7 +117,7 @@ def _summarise(method: dict[str, Any]) -> None:
     method["psnr_per_image"] = {
         n: statistics.fmean(r["test_images"][i]["psnr"] for r in runs) for i, n in enumerate(names)
     }
-    method["train_img_s"] = statistics.median(r["train_img_s"] for r in runs)
+    method["train_img_s"] = _cmp.median_known(r["train_img_s"] for r in runs)
 
 
 def _seed0_folder(cc: CompareConfig, out: Path, name: str) -> Path:
@@ -206,13 +205,14 @@ def _write(out: Path, results: dict[str, Any], pairs) -> None:
         f"(BT.601), 8-bit output, {cfg['scale']} border pixels cropped; per-image columns: PSNR, mean over seeds. "
         f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}. Efficiency: {results['efficiency_protocol']}"
     )
-    _cmp.write_results(out, header, format_sr_table(results), results)
     from mirrorla.engine.sr_figures import plot_crops, plot_psnr_latency
 
-    plot_psnr_latency(out / "psnr_vs_latency.png", results)
     seed = results["seeds"][0]
     outputs = {
         name: [out / "runs" / name / f"seed{seed}" / SR_IMAGES / f"{p.name}.png" for p in pairs]
         for name in results["methods"]
     }
-    plot_crops(out / "crops.png", pairs, cfg["scale"], outputs)
+    with _cmp.results_lock(out):  # one writer of the folder's results files at a time
+        _cmp.write_results(out, header, format_sr_table(results), results)
+        plot_psnr_latency(out / "psnr_vs_latency.png", results)
+        plot_crops(out / "crops.png", pairs, cfg["scale"], outputs)

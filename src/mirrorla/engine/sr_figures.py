@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from mirrorla.engine.checkpoint import save_figure
+
 __all__ = ["plot_crops", "plot_psnr_latency", "detail_crop", "CROP"]
 
 #: HR side of the crops shown.
@@ -61,8 +63,7 @@ def plot_crops(path: str | os.PathLike, pairs, scale: int, outputs: dict[str, li
         axes[row][0].set_ylabel(pair.name, fontsize=7)
     fig.suptitle(f"×{scale}: crops where bicubic errs most (PSNR-Y of the whole image)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(Path(path), dpi=150)
-    plt.close(fig)
+    save_figure(fig, Path(path), dpi=150)
 
 
 def plot_psnr_latency(path: str | os.PathLike, results: dict[str, Any]) -> None:
@@ -86,5 +87,4 @@ def plot_psnr_latency(path: str | os.PathLike, results: dict[str, Any]) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(Path(path), dpi=120)
-    plt.close(fig)
+    save_figure(fig, Path(path), dpi=120)

@@ -40,6 +40,7 @@ from mirrorla.engine.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
     save_checkpoint,
+    write_result_json,
 )
 from mirrorla.engine.config import RESULT_FIELDS, TrainConfig, saved_field
 from mirrorla.engine.distributed import (
@@ -162,15 +163,18 @@ def _param_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
 
-def _read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, record) for each record of ``metrics.jsonl``.
+def parse_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str], bool]:
+    """(records, problems, torn_last) of ``metrics.jsonl``: every line that is a JSON object with an integer
+    ``epoch``, in file order; what is wrong with the others; whether the only bad line is the last one.
 
-    A crash in the middle of an append leaves the last line incomplete and without its newline; that
-    line is dropped with a warning. Any other line that is not a record is an error: no interrupted
-    write leaves it, so it needs a look before the run goes on.
+    A crash in the middle of an append leaves the last line incomplete and without its newline (and a
+    power loss can leave any line not yet on disk missing). Problems: lines that are not records,
+    duplicated epochs, epochs out of order.
     """
     lines = path.read_text().split("\n")  # the last item is "" when the file ends with a newline
-    records = []
+    records: list[dict[str, Any]] = []
+    problems: list[str] = []
+    bad_lines: list[int] = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -179,39 +183,72 @@ def _read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
             if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
                 raise ValueError("not a JSON object with an integer 'epoch'")
         except ValueError as err:
-            if number == len(lines):
-                warnings.warn(
-                    f"{path}: dropping its last line, cut short by an interrupted write: {line[:60]!r}", stacklevel=3
-                )
-                break
-            raise ValueError(
-                f"{path}, line {number}: expected one JSON record per line, got {line[:60]!r} ({err}); only the "
-                "last line can be cut short by a crash, so repair or delete this one and resume again"
-            ) from err
-        records.append((line, record))
-    return records
+            problems.append(f"line {number} is not a record ({err}): {line[:60]!r}")
+            bad_lines.append(number)
+            continue
+        if records and record["epoch"] == records[-1]["epoch"]:
+            same = "the same record" if record == records[-1] else "a different record"
+            problems.append(f"line {number} repeats epoch {record['epoch']} ({same})")
+        elif records and record["epoch"] < records[-1]["epoch"]:
+            problems.append(f"line {number} (epoch {record['epoch']}) follows epoch {records[-1]['epoch']}")
+        records.append(record)
+    return records, problems, bad_lines == [len(lines)]
+
+
+def _history_from_metrics(path: Path, resume_epoch: int) -> tuple[list[dict[str, Any]], bool]:
+    """(records of epochs 0 .. ``resume_epoch``, whether the record of ``resume_epoch`` is missing) from
+    ``metrics.jsonl``, for a checkpoint that does not carry its run's history (written before it did).
+
+    Dropped with a warning: a last line cut short by a crash, an exact repeat of the line before.
+    Anything else (a bad line before the last, two different records of one epoch, epochs out of
+    order or missing before ``resume_epoch``) is an error: no interrupted append leaves it, and the
+    run's curves would be wrong.
+    """
+    records, problems, torn_last = parse_metrics(path) if path.is_file() else ([], [], False)
+    if torn_last:
+        warnings.warn(f"{path}: dropping its last line, cut short by an interrupted write", stacklevel=3)
+        problems = problems[:-1]
+    kept: list[dict[str, Any]] = []
+    for record in records:
+        if kept and record == kept[-1]:
+            warnings.warn(f"{path}: dropping a repeated line of epoch {record['epoch']}", stacklevel=3)
+        else:
+            kept.append(record)
+    problems = [p for p in problems if "(the same record)" not in p]
+    kept = [r for r in kept if r["epoch"] <= resume_epoch]
+    epochs = [r["epoch"] for r in kept]
+    if problems or epochs != list(range(len(epochs))) or len(epochs) < resume_epoch:
+        detail = "; ".join(problems) or f"it holds the epochs {epochs}, expected 0 to {resume_epoch}"
+        raise ValueError(
+            f"{path} is damaged: {detail}. The checkpoint of epoch {resume_epoch} does not carry the run's "
+            "history (it was written by an older mirrorla), so the lost records cannot be restored: repair the "
+            "file, or start the run again with --overwrite"
+        )
+    return kept, len(epochs) == resume_epoch
 
 
 class _MetricsLog:
-    """``metrics.jsonl`` written by rank 0; on resume, lines after the resumed epoch are dropped, and a
-    last line cut short by a crash (see :func:`_read_metrics`)."""
+    """``metrics.jsonl`` written by rank 0: ``history`` (the records a resumed run starts from) first, then one
+    line per epoch, flushed to disk before the epoch's checkpoint is written."""
 
-    def __init__(self, path: Path | None, resume_epoch: int | None) -> None:
+    def __init__(self, path: Path | None, history: list[dict[str, Any]] | None) -> None:
         self.path = path
         if path is None:
             return
-        if resume_epoch is None or not path.is_file():
+        if history is None:
             with explain_write_errors(path):
                 path.write_text("")
         else:
-            kept = [line for line, record in _read_metrics(path) if record["epoch"] <= resume_epoch]
-            atomic_write_bytes(path, "".join(ln + "\n" for ln in kept).encode())
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
     def write(self, record: dict[str, Any]) -> None:
         if self.path is not None:
-            # A disk that fills up in the middle of the line leaves it torn; resume drops it.
+            # A disk that fills up in the middle of the line leaves it torn; resume restores the line from
+            # the checkpoint, which carries the run's history.
             with explain_write_errors(self.path), open(self.path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
 
 
 def train(
@@ -324,12 +361,16 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
         # Leftovers of an interrupted write or prune (temporary files, orphan checkpoints). Only here, after
         # the run directory is set up and locked against a second writer, and never the checkpoint resumed.
         clean_run_dir(run_dir, keep=cfg.keep_checkpoints, protect=[resume["path"]] if resume else [])
-    log = _MetricsLog(
-        run_dir / "metrics.jsonl" if (env.is_main and run_dir) else None, start_epoch - 1 if resume else None
-    )
     history: list[dict[str, Any]] = []
-    if resume is not None and run_dir is not None and (run_dir / "metrics.jsonl").is_file():
-        history = [h for _, h in _read_metrics(run_dir / "metrics.jsonl") if h["epoch"] < start_epoch]
+    if resume is not None:
+        history = _resumed_history(
+            resume,
+            run_dir,
+            lambda: _evaluate_record(
+                model, ema, eval_set, cfg, env, task, optimizer, start_epoch - 1, global_step, best
+            ),
+        )
+    log = _MetricsLog(run_dir / "metrics.jsonl" if (env.is_main and run_dir) else None, history if resume else None)
 
     for epoch in range(start_epoch, cfg.epochs):
         seed = _epoch_seed(cfg.seed, epoch, env.rank)
@@ -425,6 +466,9 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
                     f"best_{metric}": best,
                     "config": cfg.to_dict(),
                     "torch_rng": torch.get_rng_state(),
+                    # The records of every epoch so far: metrics.jsonl is appended without the checkpoint's
+                    # guarantees, so a resume restores from here what a crash cut or lost there.
+                    "history": history,
                 }
                 save_checkpoint(
                     run_dir / "checkpoints",
@@ -441,7 +485,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
         **({k: history[-1][k] for k in history[-1] if k.startswith(("eval_", "ema_eval_", "best"))} if history else {}),
     }
     if env.is_main and run_dir is not None:
-        atomic_write_bytes(run_dir / "final.json", json.dumps(final, indent=2).encode())
+        write_result_json(run_dir / "final.json", final)
     return {
         "history": history,
         "final": final,
@@ -449,6 +493,62 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
         "model": model,
         "optimizer": optimizer,
     }
+
+
+def _resumed_history(resume: dict[str, Any], run_dir: Path | None, evaluate_last) -> list[dict[str, Any]]:
+    """The per-epoch records of a resumed run up to its checkpoint's epoch E, and ``metrics.jsonl`` checked
+    against them (the caller rewrites the file from them).
+
+    The checkpoint carries the history (checkpoints since the state has a ``history``): it is the
+    record, and a metrics file that differs from it (a line torn or lost by a crash, repeated, out of
+    order, edited) is restored with a warning. Older checkpoints: the records come from the file
+    (:func:`_history_from_metrics`); if the last one, epoch E's, is missing, E's evaluation metrics are
+    recomputed from the checkpoint (``evaluate_last()``), never taken from the epoch before.
+    """
+    st = resume["state"]
+    epoch = st["epoch"]
+    path = run_dir / "metrics.jsonl" if run_dir is not None else None
+    saved = st.get("history")
+    if isinstance(saved, list) and [r.get("epoch") for r in saved] == list(range(epoch + 1)):
+        if path is not None:
+            records, problems, _ = parse_metrics(path) if path.is_file() else ([], ["it is missing"], False)
+            if [r for r in records if r["epoch"] <= epoch] != saved or problems:
+                why = "; ".join(problems) or "its records differ from those the checkpoint carries"
+                warnings.warn(
+                    f"{path}: restored the records of epochs 0 to {epoch} from the checkpoint {resume['state_path']} "
+                    f"({why})",
+                    stacklevel=3,
+                )
+        return list(saved)
+    if path is None:
+        return []
+    history, last_missing = _history_from_metrics(path, epoch)
+    if last_missing:
+        warnings.warn(
+            f"{path} has no record of epoch {epoch}, the epoch of the checkpoint {resume['state_path']} (a crash "
+            "before the line reached the disk): its evaluation metrics are recomputed from the checkpoint",
+            stacklevel=3,
+        )
+        history.append(evaluate_last())
+    return history
+
+
+def _evaluate_record(
+    model, ema, eval_set, cfg: TrainConfig, env: DistEnv, task: Task, optimizer, epoch: int, step: int, best: float
+) -> dict[str, Any]:
+    """The evaluation part of an epoch's record, recomputed from the weights just loaded from its checkpoint
+    (the training part, measured while it trained, is lost); marked ``recomputed_from_checkpoint``."""
+    metric = task.metric
+    ev = evaluate(model, eval_set, cfg, env, task=task)
+    record: dict[str, Any] = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"]}
+    record.update({f"eval_{k}": v for k, v in ev.items() if k != "count"})
+    record["eval_images"] = int(ev["count"])
+    if ema is not None:
+        ev_ema = evaluate(ema.module, eval_set, cfg, env, task=task)
+        record.update({f"ema_eval_{k}": v for k, v in ev_ema.items() if k != "count"})
+    record[f"best_{metric}"] = best
+    record["recomputed_from_checkpoint"] = True
+    return record
 
 
 def _check_checkpoint_run(resume: dict[str, Any]) -> None:
