@@ -297,6 +297,33 @@ class StillAttention(nn.Module):
         phi_k = self.feature_map_k(k) if cfg.use_linear else None
         kw = dict(chunk_size=cfg.chunk_size, topk=cfg.topk, eps=cfg.eps, saliency_eps=cfg.saliency_eps)
 
+        if not cfg.use_softmax:
+            out = self._plain_linear(phi_q, phi_k, v, gate, attention_mask, cache, N, kwargs)
+        else:
+            out = self._hybrid(q, k, v, phi_q, phi_k, gate, attention_mask, cache, N, kw)
+        if self.attention_transfer:
+            with torch.no_grad():
+                teacher = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+            self.transfer_loss = nn.functional.mse_loss(out.float(), teacher.float())
+            out = teacher
+        out = out.transpose(1, 2).reshape(B, N, -1).to(hidden_states.dtype)
+        return self.o_proj(out), None
+
+    def _plain_linear(self, phi_q, phi_k, v, gate, attention_mask, cache, N, kwargs) -> Tensor:
+        """The ``use_softmax=False`` ablation: causal linear attention only (prefill, no padding, no cache)."""
+        if cache is not None or kwargs.get("use_cache"):
+            raise NotImplementedError(
+                "use_softmax=False (plain linear attention) is an evaluation ablation without a decoding path; "
+                "call the model with use_cache=False"
+            )
+        if _key_padding_mask(attention_mask, 0, N) is not None:
+            raise NotImplementedError("use_softmax=False does not support padded batches")
+        from mirrorla.ops.linear_attention.chunk import causal_linear_attention
+
+        linear = causal_linear_attention(phi_q, phi_k, v.float(), eps=self.still_config.eps)
+        return gate.float() * linear
+
+    def _hybrid(self, q, k, v, phi_q, phi_k, gate, attention_mask, cache, N, kw) -> Tensor:
         cache_layer = None if cache is None else _still_cache_layer(cache, self.layer_idx)
         n_past = 0 if cache_layer is None else cache_layer.get_seq_length()
         keep = _key_padding_mask(attention_mask, n_past, N)
@@ -327,14 +354,7 @@ class StillAttention(nn.Module):
                 outs.append(o)
             cache_layer.state = state
             out = torch.stack(outs, dim=2)
-
-        if self.attention_transfer:
-            with torch.no_grad():
-                teacher = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
-            self.transfer_loss = nn.functional.mse_loss(out.float(), teacher.float())
-            out = teacher
-        out = out.transpose(1, 2).reshape(B, N, -1).to(hidden_states.dtype)
-        return self.o_proj(out), None
+        return out
 
 
 def still_layers(model: nn.Module) -> list[StillAttention]:
