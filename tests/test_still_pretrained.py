@@ -238,3 +238,13 @@ def test_cache_dir_respects_environment(tmp_path, monkeypatch):
     monkeypatch.delenv("MIRRORLA_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert pretrained.cache_dir() == tmp_path / "xdg" / "mirrorla"
+
+
+def test_cli_rejects_an_unknown_model_in_one_line(tmp_path, capsys):
+    from mirrorla.cli import main
+
+    data = tmp_path / "t.txt"
+    data.write_text("some text " * 50)
+    assert main(["lm-eval", "--model", str(tmp_path / "nope"), "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "neither a known name (smollm2-135m" in err[0], err

@@ -92,8 +92,9 @@ def meta(args) -> dict:
 def perplexity_entry(model, blocks, label: str) -> dict:
     from mirrorla.still.train import perplexity
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = perplexity(model, blocks, progress=False)
+    result["cpu_seconds"] = time.process_time() - c0
     cfg = getattr(model, "still_config", None)
     result["still"] = None if cfg is None else cfg.to_dict()
     log(f"  {label}: ppl {result['ppl']:.3f} (nll {result['nll']:.4f}, {time.perf_counter() - t0:.0f} s)")
@@ -176,20 +177,25 @@ def decode_cost(model, ids: torch.Tensor, n_decode: int) -> dict:
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    t0 = time.perf_counter()
+    # CPU time of this (one-thread) process as well as wall time: on a shared machine the wall time
+    # includes waiting for a core, the CPU time does not.
+    t0, c0 = time.perf_counter(), time.process_time()
     out = model(input_ids=ids, **cache_kwarg(model, cache), use_cache=True, logits_to_keep=1)
-    prefill = time.perf_counter() - t0
+    prefill, prefill_cpu = time.perf_counter() - t0, time.process_time() - c0
     token = out.logits[:, -1:].argmax(-1)
-    times = []
+    times, cpu_times = [], []
     for _ in range(n_decode):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = model(input_ids=token, **cache_kwarg(model, cache), use_cache=True)
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         token = out.logits[:, -1:].argmax(-1)
     return {
         "length": ids.shape[1],
         "prefill_s": prefill,
+        "prefill_cpu_s": prefill_cpu,
         "decode_ms_per_token": 1e3 * statistics.median(times),
+        "decode_cpu_ms_per_token": 1e3 * statistics.median(cpu_times),
         "cache_mib": cache_bytes(cache) / 2**20,
     }
 
@@ -257,14 +263,18 @@ def main(argv=None) -> int:
     results = json.loads(path.read_text()) if path.is_file() else {}
     only = None if args.only is None else set(args.only.split(","))
 
-    section_start = [time.perf_counter()]
+    section_start = [time.perf_counter(), time.process_time()]
+
+    def start_section() -> None:
+        section_start[:] = [time.perf_counter(), time.process_time()]
 
     def todo(stage: str) -> bool:
-        section_start[0] = time.perf_counter()
+        start_section()
         return stage not in results and (only is None or stage in only)
 
     def done(stage: str, value: dict) -> None:
-        results[stage] = value | {"section_seconds": time.perf_counter() - section_start[0]}
+        wall, cpu = time.perf_counter() - section_start[0], time.process_time() - section_start[1]
+        results[stage] = value | {"section_seconds": wall, "section_cpu_seconds": cpu}
         save_results(path, results)
 
     t_start = time.perf_counter()
@@ -313,7 +323,8 @@ def main(argv=None) -> int:
                 row = decode_cost(model, text[:, :n], args.decode) | {"model": name}
                 rows.append(row)
                 log(
-                    f"  {name} {n}: prefill {row['prefill_s']:.1f} s, {row['decode_ms_per_token']:.1f} ms/token, "
+                    f"  {name} {n}: prefill {row['prefill_s']:.1f} s, {row['decode_ms_per_token']:.1f} ms/token "
+                    f"(CPU {row['prefill_cpu_s']:.1f} s, {row['decode_cpu_ms_per_token']:.1f} ms), "
                     f"cache {row['cache_mib']:.2f} MiB"
                 )
         done(
@@ -322,6 +333,7 @@ def main(argv=None) -> int:
                 "rows": rows,
                 "decode_tokens": args.decode,
                 "crossover_time": crossover(rows, "decode_ms_per_token"),
+                "crossover_cpu_time": crossover(rows, "decode_cpu_ms_per_token"),
                 "crossover_memory": crossover(rows, "cache_mib"),
             },
         )
@@ -337,7 +349,7 @@ def main(argv=None) -> int:
         f"elapsed {info['elapsed_s']:.0f} s, ETA {info['eta_s']:.0f} s"
     )
     if not (still_dir / "still_config.json").is_file() and (only is None or "stage1" in only or "stage2" in only):
-        section_start[0] = time.perf_counter()
+        start_section()
         model = linearize(copy.deepcopy(original), topk=ratios[0])
         t0 = time.perf_counter()
         log(f"stage 1: {config.stage1_steps} steps x {config.grad_accum} block(s) of {args.block_size} tokens")
@@ -348,7 +360,7 @@ def main(argv=None) -> int:
         if "stage1" not in results:
             done("stage1", {"steps": len(losses1), "losses": losses1, "seconds_this_run": t1 - t0})
         log(f"stage 2: {config.stage2_steps} steps")
-        section_start[0] = time.perf_counter()
+        start_section()
         model, losses2 = lora_finetune(
             model, train, config, progress=False, checkpoint=out / "stage2.pt", on_step=progress
         )
