@@ -16,7 +16,7 @@ from helpers import tiny_llama  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from mirrorla.still import linearize, pretrained  # noqa: E402
-from mirrorla.still.hf import load_linearized, save_linearized, still_layers  # noqa: E402
+from mirrorla.still.hf import cache_kwargs, load_linearized, save_linearized, still_layers  # noqa: E402
 from mirrorla.still.train import LinearizeConfig, attention_transfer, lora_finetune  # noqa: E402
 
 VOCAB = 89
@@ -36,7 +36,7 @@ def ids(n: int, batch: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 def cache_kwarg(model, cache) -> dict:
-    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
+    return cache_kwargs(model, cache)
 
 
 def test_gqa_tied_exact_config_equals_original(tied_gqa):
@@ -248,3 +248,24 @@ def test_cli_rejects_an_unknown_model_in_one_line(tmp_path, capsys):
     assert main(["lm-eval", "--model", str(tmp_path / "nope"), "--data", str(data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "neither a known name (smollm2-135m" in err[0], err
+
+
+def test_no_deprecated_cache_keyword(tied_gqa):
+    """transformers 5.25 deprecates `past_key_values` (removal in 5.40): STILL's calls (generate, the cached
+    forward of scripts/still) pass the cache under the name the installed release reads, without the warning."""
+    import warnings
+
+    model = linearize(copy.deepcopy(tied_gqa), **STILL)
+    x = ids(20, batch=1)
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        cache = DynamicCache(config=model.config)
+        model(x, **cache_kwarg(model, cache), use_cache=True)
+    deprecated = [str(w.message) for w in caught if "past_key_values" in str(w.message)]
+    assert deprecated == []
+    if "cache" in inspect.signature(tied_gqa.forward).parameters:  # 5.24 on: the old name does warn
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            model(x, past_key_values=DynamicCache(config=model.config), use_cache=True)
+        assert any("past_key_values" in str(w.message) for w in caught)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import inspect
 
 import pytest
 import torch
@@ -30,6 +29,7 @@ if _missing:
 from transformers import DynamicCache  # noqa: E402
 
 from mirrorla.still import linearize  # noqa: E402
+from mirrorla.still.hf import cache_kwargs  # noqa: E402
 from mirrorla.still.pretrained import load_pretrained  # noqa: E402
 
 
@@ -38,10 +38,6 @@ def smollm2():
     torch.manual_seed(0)
     model, tokenizer = load_pretrained("smollm2-135m", progress=False)
     return model.eval(), tokenizer
-
-
-def _cache_kwarg(model, cache) -> dict:
-    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
 
 
 def _text_ids(tokenizer, n: int) -> torch.Tensor:
@@ -90,9 +86,9 @@ def test_cached_decoding_equals_full_recomputation(smollm2):
     with torch.no_grad():
         full = still(ids, use_cache=False).logits
         cache = DynamicCache(config=still.config)
-        parts = [still(ids[:, :150], **_cache_kwarg(still, cache), use_cache=True).logits]
+        parts = [still(ids[:, :150], **cache_kwargs(still, cache), use_cache=True).logits]
         for t in range(150, 200):
-            parts.append(still(ids[:, t : t + 1], **_cache_kwarg(still, cache), use_cache=True).logits)
+            parts.append(still(ids[:, t : t + 1], **cache_kwargs(still, cache), use_cache=True).logits)
     cached = torch.cat(parts, 1)
     assert (cached - full).abs().max() <= 1e-4 * full.abs().max()
     assert torch.equal(cached.argmax(-1), full.argmax(-1))

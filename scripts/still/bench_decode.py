@@ -48,11 +48,9 @@ def cache_bytes(cache) -> int:
 
 
 def cache_kwarg(model, cache) -> dict:
-    """The cache under the keyword ``model.forward`` takes: ``cache`` from transformers 5.24 (where
-    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
-    import inspect
+    from mirrorla.still.hf import cache_kwargs
 
-    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
+    return cache_kwargs(model, cache)
 
 
 def measure(model_path: str, length: int, n_decode: int, threads: int, seed: int) -> dict:

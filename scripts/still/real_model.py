@@ -6,13 +6,14 @@ training stages also resume step by step from ``OUT/stage1.pt`` / ``OUT/stage2.p
     meta        machine, versions, commit, settings
     ppl_base    perplexity of the untouched model, of STILL untrained, of sliding-window softmax only
     equivalence cached decoding vs full recomputation on the real model (max |logit difference|)
-    decode      time per decoded token and cache bytes vs context length (KV cache vs STILL state)
     stage1      attention transfer (NP-Maps + g_proj against the teacher's softmax attention)
     stage2      LoRA fine-tuning; the merged STILL model is saved to OUT/still
     ppl_still   perplexity of trained STILL: default ratio (top-4 of 64), two other ratios, plain linear
     generation  greedy generation agreement with the untouched model over a fixed prompt set
+    decode      time per decoded token and cache bytes vs context length (KV cache vs STILL state);
+                ``decode_partial`` holds the lengths measured so far while it runs
 
-equivalence and decode run on the freshly linearized model: what they measure does not depend on the
+equivalence and decode run on a freshly linearized model: what they measure does not depend on the
 values the NP-Maps learn.
 
     python scripts/still/real_model.py --out runs/still-real --train runs/still-real/pydoc/train.txt \\
@@ -166,10 +167,9 @@ def cache_bytes(cache) -> int:
 
 
 def cache_kwarg(model, cache) -> dict:
-    """The cache under the keyword ``model.forward`` takes: ``cache`` (transformers >= 5.24) or ``past_key_values``."""
-    import inspect
+    from mirrorla.still.hf import cache_kwargs
 
-    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
+    return cache_kwargs(model, cache)
 
 
 @torch.no_grad()
@@ -291,6 +291,9 @@ def main(argv=None) -> int:
             "meta",
             meta(args) | {"train_blocks": len(train), "eval_blocks": len(val), "eval_tokens": val[:, 1:].numel()},
         )
+    else:  # a resumed run: record the code it ran with
+        results["meta"].setdefault("resumed", []).append({"commit": git_commit(), "date": meta(args)["date"]})
+        save_results(path, results)
     ratios = [int(r) for r in args.ratios.split(",")]
 
     if todo("ppl_base"):
@@ -307,36 +310,12 @@ def main(argv=None) -> int:
         )
         del untrained, window
 
-    # Decoding correctness and cost do not depend on what the NP-Maps learned (the same operations run on
-    # other values), so they are measured on the freshly linearized model, before the training stages.
+    # Decoding correctness does not depend on what the NP-Maps learned (the same operations run on other
+    # values), so it is checked on the freshly linearized model, before the training stages.
     untrained = linearize(copy.deepcopy(original), topk=ratios[0])
     if todo("equivalence"):
         log("cached decoding vs full recomputation on the real model (STILL, untrained maps)")
         done("equivalence", equivalence(untrained, val[:1, :200], 180))
-
-    if todo("decode"):
-        lengths = [int(n) for n in args.lengths.split(",")]
-        text = token_blocks(read_texts(args.val), tokenizer, max(lengths), 1)
-        rows = []
-        for n in lengths:
-            for name, model in (("softmax", original), ("still", untrained)):
-                row = decode_cost(model, text[:, :n], args.decode) | {"model": name}
-                rows.append(row)
-                log(
-                    f"  {name} {n}: prefill {row['prefill_s']:.1f} s, {row['decode_ms_per_token']:.1f} ms/token "
-                    f"(CPU {row['prefill_cpu_s']:.1f} s, {row['decode_cpu_ms_per_token']:.1f} ms), "
-                    f"cache {row['cache_mib']:.2f} MiB"
-                )
-        done(
-            "decode",
-            {
-                "rows": rows,
-                "decode_tokens": args.decode,
-                "crossover_time": crossover(rows, "decode_ms_per_token"),
-                "crossover_cpu_time": crossover(rows, "decode_cpu_ms_per_token"),
-                "crossover_memory": crossover(rows, "cache_mib"),
-            },
-        )
 
     del untrained
 
@@ -374,13 +353,52 @@ def main(argv=None) -> int:
 
     if todo("ppl_still"):
         log("perplexity: trained STILL at each ratio, plain linear attention")
-        entries = {f"topk{k}": perplexity_entry(with_still(still, topk=k), val, f"STILL top-{k}/64") for k in ratios}
-        entries["plain_linear"] = perplexity_entry(with_still(still, use_softmax=False), val, "plain linear")
+        variants = [(f"topk{k}", dict(topk=k), f"STILL top-{k}/64") for k in ratios]
+        variants.append(("plain_linear", dict(use_softmax=False), "plain linear"))
+        entries = results.get("ppl_still_partial", {})  # variants finished by an earlier, stopped run
+        for key, options, label in variants:
+            if key not in entries:
+                entries[key] = perplexity_entry(with_still(still, **options), val, label)
+                results["ppl_still_partial"] = entries
+                save_results(path, results)
+        results.pop("ppl_still_partial", None)
         done("ppl_still", entries)
 
     if todo("generation"):
         log(f"greedy generation, {args.gen_tokens} new tokens per prompt")
         done("generation", generation(original, still, tokenizer, val, args.gen_tokens))
+
+    # Decoding cost does not depend on what the NP-Maps learned (the same operations run on other values);
+    # it is measured last, on a freshly linearized model, as the longest stage.
+    fresh = linearize(copy.deepcopy(original), topk=ratios[0])
+    if todo("decode"):
+        lengths = [int(n) for n in args.lengths.split(",")]
+        text = token_blocks(read_texts(args.val), tokenizer, max(lengths), 1)
+        rows = []
+        for n in lengths:
+            for name, model in (("softmax", original), ("still", fresh)):
+                row = decode_cost(model, text[:, :n], args.decode) | {"model": name}
+                rows.append(row)
+                partial = {"rows": rows, "decode_tokens": args.decode, "complete": False}
+                results["decode_partial"] = partial  # kept if the run stops before the last length
+                save_results(path, results)
+                log(
+                    f"  {name} {n}: prefill {row['prefill_s']:.1f} s, {row['decode_ms_per_token']:.1f} ms/token "
+                    f"(CPU {row['prefill_cpu_s']:.1f} s, {row['decode_cpu_ms_per_token']:.1f} ms), "
+                    f"cache {row['cache_mib']:.2f} MiB"
+                )
+        done(
+            "decode",
+            {
+                "rows": rows,
+                "decode_tokens": args.decode,
+                "crossover_time": crossover(rows, "decode_ms_per_token"),
+                "crossover_cpu_time": crossover(rows, "decode_cpu_ms_per_token"),
+                "crossover_memory": crossover(rows, "cache_mib"),
+            },
+        )
+        results.pop("decode_partial", None)
+        save_results(path, results)
 
     results["meta"]["seconds_last_run"] = time.perf_counter() - t_start
     save_results(path, results)

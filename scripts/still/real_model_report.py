@@ -37,7 +37,32 @@ def _quote(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def crossover(rows: list[dict], key: str) -> int | None:
+    """The shortest measured length from which STILL's ``key`` stays below softmax's, or None."""
+    by_length: dict[int, dict] = {}
+    for row in rows:
+        by_length.setdefault(row["length"], {})[row["model"]] = row[key]
+    lengths = sorted(n for n, models in by_length.items() if len(models) == 2)
+    for i, n in enumerate(lengths):
+        if all(by_length[m]["still"] < by_length[m]["softmax"] for m in lengths[i:]):
+            return n
+    return None
+
+
 def section(results: dict) -> str:
+    results = dict(results)
+    partial_notes = []
+    if "ppl_still" not in results and "ppl_still_partial" in results:
+        results["ppl_still"] = results["ppl_still_partial"]
+        partial_notes.append("trained-STILL perplexities: only the variants listed finished")
+    if "decode" not in results and "decode_partial" in results:
+        rows = results["decode_partial"]["rows"]
+        results["decode"] = results["decode_partial"] | {
+            "crossover_time": crossover(rows, "decode_ms_per_token"),
+            "crossover_cpu_time": crossover(rows, "decode_cpu_ms_per_token"),
+            "crossover_memory": crossover(rows, "cache_mib"),
+        }
+        partial_notes.append("decoding cost: only the lengths listed finished")
     meta = results["meta"]
     args = meta["args"]
     out = [BEGIN, "", "## Real pretrained model: SmolLM2-135M-Instruct", ""]
@@ -47,7 +72,9 @@ def section(results: dict) -> str:
         "",
         f"Machine: {meta['machine']}, CPU capability {meta['cpu_capability']}; Python {meta['python']}, torch "
         f"{meta['torch']}, transformers {meta['transformers']}. Run started {meta['date']} at commit "
-        f"`{meta['commit']}`.",
+        f"`{meta['commit']}`"
+        + "".join(f"; resumed {r['date']} at `{r['commit']}`" for r in meta.get("resumed", []))
+        + ".",
         "",
         "### Reproduce",
         "",
@@ -88,13 +115,18 @@ def section(results: dict) -> str:
         "",
         "Planned before the run: one torch thread on the shared 2-core machine, the whole program within about "
         "60 CPU-minutes; the sizes above were chosen after timing one optimiser step of each stage. Wall-clock "
-        "time of each stage in this run (the machine was shared with other jobs, so CPU time was lower):",
+        "and CPU time of each stage in this run (the machine was shared with other jobs: the wall time includes "
+        "waiting for a core):",
         "",
-        "| stage | wall time |",
-        "|---|---:|",
+        "| stage | wall time | CPU time |",
+        "|---|---:|---:|",
     ]
-    out += [f"| {k} | {_minutes(results[k]['section_seconds'])} |" for k in sections]
-    out += [f"| **all stages** | **{_minutes(total)}** |", ""]
+    cpu = sum(results[k].get("section_cpu_seconds", 0.0) for k in sections)
+    out += [
+        f"| {k} | {_minutes(results[k]['section_seconds'])} | {_minutes(results[k].get('section_cpu_seconds', 0.0))} |"
+        for k in sections
+    ]
+    out += [f"| **all stages** | **{_minutes(total)}** | **{_minutes(cpu)}** |", ""]
     missing = [
         k
         for k in ("ppl_base", "equivalence", "decode", "stage1", "stage2", "ppl_still", "generation")
@@ -195,14 +227,14 @@ def section(results: dict) -> str:
             "and values stored per query head, 9 heads) for STILL. Measured on the freshly linearized model: the "
             "cost does not depend on the values the maps hold.",
             "",
-            "| tokens | model | prefill s | decode ms/token | cache MiB |",
+            "| tokens | model | prefill s (CPU s) | decode ms/token (CPU ms) | cache MiB |",
             "|---:|---|---:|---:|---:|",
         ]
         for row in d["rows"]:
             model = "softmax + KV cache" if row["model"] == "softmax" else "STILL"
             out.append(
-                f"| {row['length']} | {model} | {row['prefill_s']:.1f} | {row['decode_ms_per_token']:.1f} | "
-                f"{row['cache_mib']:.1f} |"
+                f"| {row['length']} | {model} | {row['prefill_s']:.1f} ({row['prefill_cpu_s']:.1f}) | "
+                f"{row['decode_ms_per_token']:.1f} ({row['decode_cpu_ms_per_token']:.1f}) | {row['cache_mib']:.1f} |"
             )
         lengths = sorted({row["length"] for row in d["rows"]})
         span = f"{lengths[0]}–{lengths[-1]}"
@@ -215,7 +247,8 @@ def section(results: dict) -> str:
             below = max(n for n in lengths if n < value)
             return f"STILL's {what} falls below softmax's between {below} and {value} tokens and stays below."
 
-        out += ["", f"- Time per token: {cross(d['crossover_time'], 'time per token')}"]
+        out += ["", f"- Time per token (wall): {cross(d['crossover_time'], 'time per token')}"]
+        out += [f"- Time per token (CPU): {cross(d['crossover_cpu_time'], 'CPU time per token')}"]
         out += [f"- Memory: {cross(d['crossover_memory'], 'cache')}", ""]
     out.append(END)
     return "\n".join(out) + "\n"

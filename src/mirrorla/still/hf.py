@@ -29,6 +29,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "StillAttention",
     "StillCacheLayer",
+    "cache_kwargs",
     "linearize",
     "still_layers",
     "save_linearized",
@@ -38,7 +39,7 @@ __all__ = [
 # The transformers releases STILL is tested with (pyproject's `llm` extra, docs/still.md). 4.56 is the
 # first whose decoder layers pass the cache as `past_key_values` into a list of per-layer objects
 # (`Cache.layers`), which is where a STILL layer keeps its state.
-TRANSFORMERS_TESTED = ("4.56", "5.24")
+TRANSFORMERS_TESTED = ("4.56", "5.25")
 if Version(transformers.__version__).release < Version(TRANSFORMERS_TESTED[0]).release:
     raise ImportError(
         f"mirrorla.still.hf needs transformers>={TRANSFORMERS_TESTED[0]}, found {transformers.__version__}; "
@@ -48,14 +49,24 @@ if Version(transformers.__version__).release < Version(TRANSFORMERS_TESTED[0]).r
 from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402  (after the version check)
 
 # The keyword under which a decoder layer hands its attention the cache: `past_key_value` up to
-# transformers 4.55, `past_key_values` from 4.56, `cache` from 5.24 (callers may still use the older
-# name). StillAttention reads all three and refuses a Cache under any other name.
+# transformers 4.55, `past_key_values` from 4.56, `cache` from 5.24 (5.25 still accepts
+# `past_key_values` with a deprecation warning and plans to remove it in 5.40, so mirrorla's own calls
+# pass `cache` wherever the model's forward has it). StillAttention reads all three and refuses a Cache
+# under any other name.
 CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value")
 
 # Decoders whose attention is Llama's: q/k/v/o projections, RoPE from ``position_embeddings``, GQA, no
 # extra q/k norm and full (not sliding-window) causal attention. Others raise in ``linearize``.
 SUPPORTED_MODEL_TYPES = ("llama",)
 STILL_CONFIG_FILE = "still_config.json"
+
+
+def cache_kwargs(model: nn.Module, cache: Cache) -> dict:
+    """``{name: cache}`` under the keyword ``model.forward`` reads: ``cache`` from transformers 5.24 (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
 
 
 def _rotate_half(x: Tensor) -> Tensor:
