@@ -121,9 +121,31 @@ def greedy(model, ids: torch.Tensor, n: int) -> list[int]:
     return out[0, ids.shape[1] :].tolist()
 
 
-def generation(original, still, tokenizer, val_blocks, n_new: int, n_val_prompts: int = 2) -> dict:
+def _agreement(rows: list[dict]) -> dict:
+    total = sum(r["tokens"] for r in rows)
+    return {
+        "prompts": len(rows),
+        "token_agreement": sum(r["agree"] for r in rows) / total if total else None,
+        "identical": sum(r["first_divergence"] is None for r in rows),
+        "mean_first_divergence": statistics.mean(
+            r["tokens"] if r["first_divergence"] is None else r["first_divergence"] for r in rows
+        )
+        if rows
+        else None,
+    }
+
+
+def generation(
+    original, still, tokenizer, val_blocks, n_new: int, n_long: int = 4, long_tokens: int = 320, window: int = 128
+) -> dict:
+    """Greedy continuations of the short fixed prompts and of ``n_long`` held-out prompts of ``long_tokens``.
+
+    While prompt + continuation fit in two chunks (``window`` tokens), STILL attends to every token
+    exactly and must reproduce the original (a sanity check); the long prompts are where it differs.
+    """
     prompts = [tokenizer(p, return_tensors="pt").input_ids for p in PROMPTS]
-    prompts += [val_blocks[i : i + 1, :48] for i in range(max(0, len(val_blocks) - n_val_prompts), len(val_blocks))]
+    first_long = max(0, len(val_blocks) - n_long)
+    prompts += [val_blocks[i : i + 1, :long_tokens] for i in range(first_long, len(val_blocks))]
     rows = []
     for ids in prompts:
         a = greedy(original, ids, n_new)
@@ -134,6 +156,8 @@ def generation(original, still, tokenizer, val_blocks, n_new: int, n_val_prompts
         rows.append(
             {
                 "prompt": tokenizer.decode(ids[0]),
+                "prompt_tokens": ids.shape[1],
+                "beyond_window": ids.shape[1] + n_new > window,
                 "original": tokenizer.decode(a),
                 "still": tokenizer.decode(b),
                 "tokens": n,
@@ -141,16 +165,13 @@ def generation(original, still, tokenizer, val_blocks, n_new: int, n_val_prompts
                 "first_divergence": first,
             }
         )
-        log(f"  prompt {len(rows)}: {agree}/{n} tokens agree, first divergence {first}")
-    total = sum(r["tokens"] for r in rows)
+        log(f"  prompt {len(rows)} ({ids.shape[1]} tokens): {agree}/{n} tokens agree, first divergence {first}")
     return {
         "new_tokens": n_new,
+        "window": window,
         "rows": rows,
-        "token_agreement": sum(r["agree"] for r in rows) / total,
-        "identical": sum(r["first_divergence"] is None for r in rows),
-        "mean_first_divergence": statistics.mean(
-            r["tokens"] if r["first_divergence"] is None else r["first_divergence"] for r in rows
-        ),
+        "long": _agreement([r for r in rows if r["beyond_window"]]),
+        "short": _agreement([r for r in rows if not r["beyond_window"]]),
     }
 
 
@@ -366,7 +387,8 @@ def main(argv=None) -> int:
 
     if todo("generation"):
         log(f"greedy generation, {args.gen_tokens} new tokens per prompt")
-        done("generation", generation(original, still, tokenizer, val, args.gen_tokens))
+        window = 2 * still.still_config.chunk_size
+        done("generation", generation(original, still, tokenizer, val, args.gen_tokens, window=window))
 
     # Decoding cost does not depend on what the NP-Maps learned (the same operations run on other values);
     # it is measured last, on a freshly linearized model, as the longest stage.
