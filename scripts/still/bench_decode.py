@@ -47,6 +47,12 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def cache_kwarg(model, cache) -> dict:
+    from mirrorla.still.hf import cache_kwargs
+
+    return cache_kwargs(model, cache)
+
+
 def measure(model_path: str, length: int, n_decode: int, threads: int, seed: int) -> dict:
     import torch
     from transformers import DynamicCache
@@ -61,13 +67,13 @@ def measure(model_path: str, length: int, n_decode: int, threads: int, seed: int
     with torch.no_grad():
         cache = DynamicCache(config=model.config)
         t0 = time.perf_counter()
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=ids, **cache_kwarg(model, cache), use_cache=True, logits_to_keep=1)
         prefill = time.perf_counter() - t0
         token = out.logits[:, -1:].argmax(-1)
         step_times = []
         for _ in range(n_decode):
             t0 = time.perf_counter()
-            out = model(input_ids=token, past_key_values=cache, use_cache=True)
+            out = model(input_ids=token, **cache_kwarg(model, cache), use_cache=True)
             step_times.append(time.perf_counter() - t0)
             token = out.logits[:, -1:].argmax(-1)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

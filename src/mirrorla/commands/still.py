@@ -60,8 +60,22 @@ def _blocks(args, tokenizer):
     return token_blocks(read_texts(args.data), tokenizer, args.block_size, args.max_blocks)
 
 
+def _resolve(model: str) -> str:
+    """A local checkpoint folder for ``--model`` (a GGUF file or known name is dequantised once into the cache)."""
+    from mirrorla.still.pretrained import resolve_model
+
+    try:
+        return str(resolve_model(model))
+    except ValueError as err:
+        raise UsageError(f"--model: {err}") from None
+
+
 def _add_linearize_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="HF checkpoint folder of a Llama-family causal LM")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="Llama-family causal LM: a HF checkpoint folder, a .gguf file, or a known name (smollm2-135m)",
+    )
     p.add_argument("--out", required=True, help="output folder for the STILL checkpoint")
     _add_data_args(p)
     p.add_argument("--chunk-size", type=positive_int, default=64, help="STILL chunk length (tokens)")
@@ -107,8 +121,9 @@ def run_linearize(args: argparse.Namespace) -> int:
         lora_alpha=2 * args.lora_rank,
         seed=args.seed,
     )
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = load_model(args.model, args.dtype)
+    folder = _resolve(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = load_model(folder, args.dtype)
     linearize(model, chunk_size=args.chunk_size, topk=args.topk, feature_dim=args.feature_dim, use_linear=args.linear)
     blocks = _blocks(args, tokenizer)
     print(f"data: {len(blocks)} blocks of {args.block_size} tokens; STILL {model.still_config}")
@@ -136,7 +151,11 @@ def run_linearize(args: argparse.Namespace) -> int:
 
 
 def _add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="HF checkpoint folder (plain or STILL)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="HF checkpoint folder (plain or STILL), a .gguf file, or a known name (smollm2-135m)",
+    )
     _add_data_args(p)
     p.add_argument("--batch-size", type=positive_int, default=1, help="blocks per forward")
     p.add_argument(
@@ -158,8 +177,9 @@ def run_lm_eval(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = load_model(args.model, args.dtype, parse_overrides(args.still))
+    folder = _resolve(args.model)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = load_model(folder, args.dtype, parse_overrides(args.still))
     blocks = _blocks(args, tokenizer)
     result = perplexity(model, blocks, args.batch_size, progress=args.progress)
     cfg = getattr(model, "still_config", None)

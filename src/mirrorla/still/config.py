@@ -21,6 +21,9 @@ class StillConfig:
         feature_dim: D_f, output width of the NP-Map's per-head linear map; features have 2·D_f entries.
         use_linear: ``False`` drops the linear branch (window + selected tokens only; with
             ``topk == chunk_size`` this is exact causal softmax attention).
+        use_softmax: ``False`` drops every exact token (window and selected): plain causal linear
+            attention with the same NP-Map features and gate, ``g ⊙ φq·S / (φq·z + eps)``. An ablation
+            for prefill/perplexity (``topk`` and ``chunk_size`` are then unused); it has no decoding path.
         eps: added to the shared denominator (§7.5; Q4 of §7.8).
         saliency_eps: ε of the self-saliency smoothing (§7.3).
         compat: ``"clean"`` (the project's consistent form, §7.8). The official code's quirks are not
@@ -31,6 +34,7 @@ class StillConfig:
     topk: int = 4
     feature_dim: int = 128
     use_linear: bool = True
+    use_softmax: bool = True
     eps: float = 1e-6
     saliency_eps: float = 1e-8
     compat: str = "clean"
@@ -51,6 +55,10 @@ class StillConfig:
             raise ValueError(f"StillConfig.feature_dim must be > 0, got {self.feature_dim}")
         if not isinstance(self.use_linear, bool):
             raise TypeError(f"StillConfig.use_linear must be a bool, got {self.use_linear!r}")
+        if not isinstance(self.use_softmax, bool):
+            raise TypeError(f"StillConfig.use_softmax must be a bool, got {self.use_softmax!r}")
+        if not (self.use_softmax or self.use_linear):
+            raise ValueError("StillConfig needs use_softmax or use_linear (with neither there is no attention)")
         if not (self.eps >= 0 and self.saliency_eps > 0):
             raise ValueError(f"eps must be >= 0 and saliency_eps > 0, got {self.eps}, {self.saliency_eps}")
         if self.compat == "official":

@@ -29,6 +29,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "StillAttention",
     "StillCacheLayer",
+    "cache_kwargs",
     "linearize",
     "still_layers",
     "save_linearized",
@@ -38,7 +39,7 @@ __all__ = [
 # The transformers releases STILL is tested with (pyproject's `llm` extra, docs/still.md). 4.56 is the
 # first whose decoder layers pass the cache as `past_key_values` into a list of per-layer objects
 # (`Cache.layers`), which is where a STILL layer keeps its state.
-TRANSFORMERS_TESTED = ("4.56", "5.24")
+TRANSFORMERS_TESTED = ("4.56", "5.25")
 if Version(transformers.__version__).release < Version(TRANSFORMERS_TESTED[0]).release:
     raise ImportError(
         f"mirrorla.still.hf needs transformers>={TRANSFORMERS_TESTED[0]}, found {transformers.__version__}; "
@@ -48,14 +49,24 @@ if Version(transformers.__version__).release < Version(TRANSFORMERS_TESTED[0]).r
 from transformers.cache_utils import Cache, CacheLayerMixin  # noqa: E402  (after the version check)
 
 # The keyword under which a decoder layer hands its attention the cache: `past_key_value` up to
-# transformers 4.55, `past_key_values` from 4.56, `cache` from 5.24 (callers may still use the older
-# name). StillAttention reads all three and refuses a Cache under any other name.
+# transformers 4.55, `past_key_values` from 4.56, `cache` from 5.24 (5.25 still accepts
+# `past_key_values` with a deprecation warning and plans to remove it in 5.40, so mirrorla's own calls
+# pass `cache` wherever the model's forward has it). StillAttention reads all three and refuses a Cache
+# under any other name.
 CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value")
 
 # Decoders whose attention is Llama's: q/k/v/o projections, RoPE from ``position_embeddings``, GQA, no
 # extra q/k norm and full (not sliding-window) causal attention. Others raise in ``linearize``.
 SUPPORTED_MODEL_TYPES = ("llama",)
 STILL_CONFIG_FILE = "still_config.json"
+
+
+def cache_kwargs(model: nn.Module, cache: Cache) -> dict:
+    """``{name: cache}`` under the keyword ``model.forward`` reads: ``cache`` from transformers 5.24 (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    return {"cache": cache} if "cache" in inspect.signature(model.forward).parameters else {"past_key_values": cache}
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -297,6 +308,33 @@ class StillAttention(nn.Module):
         phi_k = self.feature_map_k(k) if cfg.use_linear else None
         kw = dict(chunk_size=cfg.chunk_size, topk=cfg.topk, eps=cfg.eps, saliency_eps=cfg.saliency_eps)
 
+        if not cfg.use_softmax:
+            out = self._plain_linear(phi_q, phi_k, v, gate, attention_mask, cache, N, kwargs)
+        else:
+            out = self._hybrid(q, k, v, phi_q, phi_k, gate, attention_mask, cache, N, kw)
+        if self.attention_transfer:
+            with torch.no_grad():
+                teacher = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
+            self.transfer_loss = nn.functional.mse_loss(out.float(), teacher.float())
+            out = teacher
+        out = out.transpose(1, 2).reshape(B, N, -1).to(hidden_states.dtype)
+        return self.o_proj(out), None
+
+    def _plain_linear(self, phi_q, phi_k, v, gate, attention_mask, cache, N, kwargs) -> Tensor:
+        """The ``use_softmax=False`` ablation: causal linear attention only (prefill, no padding, no cache)."""
+        if cache is not None or kwargs.get("use_cache"):
+            raise NotImplementedError(
+                "use_softmax=False (plain linear attention) is an evaluation ablation without a decoding path; "
+                "call the model with use_cache=False"
+            )
+        if _key_padding_mask(attention_mask, 0, N) is not None:
+            raise NotImplementedError("use_softmax=False does not support padded batches")
+        from mirrorla.ops.linear_attention.chunk import causal_linear_attention
+
+        linear = causal_linear_attention(phi_q, phi_k, v.float(), eps=self.still_config.eps)
+        return gate.float() * linear
+
+    def _hybrid(self, q, k, v, phi_q, phi_k, gate, attention_mask, cache, N, kw) -> Tensor:
         cache_layer = None if cache is None else _still_cache_layer(cache, self.layer_idx)
         n_past = 0 if cache_layer is None else cache_layer.get_seq_length()
         keep = _key_padding_mask(attention_mask, n_past, N)
@@ -327,14 +365,7 @@ class StillAttention(nn.Module):
                 outs.append(o)
             cache_layer.state = state
             out = torch.stack(outs, dim=2)
-
-        if self.attention_transfer:
-            with torch.no_grad():
-                teacher = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling)
-            self.transfer_loss = nn.functional.mse_loss(out.float(), teacher.float())
-            out = teacher
-        out = out.transpose(1, 2).reshape(B, N, -1).to(hidden_states.dtype)
-        return self.o_proj(out), None
+        return out
 
 
 def still_layers(model: nn.Module) -> list[StillAttention]:

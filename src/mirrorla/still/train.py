@@ -15,9 +15,11 @@ plain linearized model.
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -85,8 +87,123 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def attention_transfer(model: nn.Module, blocks: Tensor, config: LinearizeConfig, progress: bool = True) -> list[float]:
-    """Stage 1. Trains NP-Maps and g_proj in place; returns the loss of every optimiser step."""
+class _Resumable:
+    """Step-level checkpoints of one stage: the trainable tensors, the optimiser, the step and the losses.
+
+    The batch order is a function of the seed alone (``_batches``), so a resumed run skips the batches
+    the finished steps consumed and continues with the same ones an uninterrupted run would see: kill
+    and resume ends with the same weights (on the same machine and thread count). The file is written
+    through the atomic writer (temporary file, fsync, rename), so a kill never leaves a torn checkpoint.
+    """
+
+    def __init__(self, path, every: int, stage: str, steps: int):
+        self.path = None if path is None else Path(path)
+        self.every = every
+        self.stage = stage
+        self.steps = steps
+
+    def load(self, params: dict[str, Tensor], optimizer) -> tuple[int, list[float]]:
+        if self.path is None or not self.path.is_file():
+            return 0, []
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a checkpoint written by something else, or damaged outside the writer
+            raise ValueError(
+                f"{self.path} is not a readable STILL training checkpoint ({err}); delete it to restart"
+            ) from None
+        if state.get("stage") != self.stage or state.get("steps") != self.steps or set(state["params"]) != set(params):
+            raise ValueError(
+                f"{self.path} belongs to another run (stage {state.get('stage')!r}, {state.get('steps')} steps; this "
+                f"run: {self.stage!r}, {self.steps} steps); delete it or use another checkpoint path"
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state["params"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"]), list(state["losses"])
+
+    def save(self, step: int, losses: list[float], params: dict[str, Tensor], optimizer) -> None:
+        if self.path is None or (step % self.every and step != self.steps):
+            return
+        from mirrorla.engine.checkpoint import atomic_write_bytes
+
+        state = {
+            "stage": self.stage,
+            "steps": self.steps,
+            "step": step,
+            "losses": losses,
+            "params": {name: p.detach().cpu().clone() for name, p in params.items()},
+            "optimizer": optimizer.state_dict(),
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+
+def _train_loop(
+    stage: str,
+    steps: int,
+    named_params: dict[str, Tensor],
+    optimizer,
+    batches,
+    micro_loss,
+    config: LinearizeConfig,
+    progress: bool,
+    checkpoint,
+    checkpoint_every: int,
+    on_step,
+) -> list[float]:
+    """Run ``steps`` optimiser steps of ``micro_loss(batch) -> (loss to backprop, loss to log)``, resumably."""
+    saver = _Resumable(checkpoint, checkpoint_every, stage, steps)
+    done, losses = saver.load(named_params, optimizer)
+    for _ in range(done * config.grad_accum):  # the batches the finished steps used
+        next(batches)
+    start = time.perf_counter()
+    with _progress(steps, stage, progress) as bar:
+        bar.update(done)
+        for step in range(done, steps):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(config.grad_accum):
+                loss, logged = micro_loss(next(batches))
+                (loss / config.grad_accum).backward()
+                total += logged / config.grad_accum
+            optimizer.step()
+            losses.append(total)
+            saver.save(step + 1, losses, named_params, optimizer)
+            bar.set_postfix(loss=f"{total:.4g}")
+            bar.update()
+            if on_step is not None:
+                elapsed = time.perf_counter() - start
+                eta = elapsed / (step + 1 - done) * (steps - step - 1)
+                on_step(
+                    {
+                        "stage": stage,
+                        "step": step + 1,
+                        "steps": steps,
+                        "loss": total,
+                        "elapsed_s": elapsed,
+                        "eta_s": eta,
+                    }
+                )
+    return losses
+
+
+def attention_transfer(
+    model: nn.Module,
+    blocks: Tensor,
+    config: LinearizeConfig,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 1,
+    on_step=None,
+) -> list[float]:
+    """Stage 1. Trains NP-Maps and g_proj in place; returns the loss of every optimiser step.
+
+    ``checkpoint``: a file written every ``checkpoint_every`` steps and at the end; when it exists the
+    stage resumes from it (same result as an uninterrupted run). ``on_step(info)`` is called after every
+    optimiser step with the stage, step, steps, loss, elapsed seconds and an ETA in seconds.
+    """
     layers = still_layers(model)
     if not layers:
         raise ValueError("the model has no STILL layers; call mirrorla.still.linearize(model) first")
@@ -95,43 +212,57 @@ def attention_transfer(model: nn.Module, blocks: Tensor, config: LinearizeConfig
         return []
     for p in model.parameters():
         p.requires_grad_(False)
-    params = []
-    for layer in layers:
-        for module in (layer.feature_map_q, layer.feature_map_k, layer.g_proj):
-            for p in module.parameters():
+    named = {}
+    for i, layer in enumerate(layers):
+        for part in ("feature_map_q", "feature_map_k", "g_proj"):
+            for name, p in getattr(layer, part).named_parameters():
                 p.requires_grad_(True)
-                params.append(p)
-    optimizer = torch.optim.AdamW(params, lr=config.stage1_lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed)
-    batches = _batches(blocks, config.batch_size, generator)
+                named[f"{i}.{part}.{name}"] = p
+    optimizer = torch.optim.AdamW(list(named.values()), lr=config.stage1_lr, weight_decay=0.0)
+    batches = _batches(blocks, config.batch_size, torch.Generator().manual_seed(config.seed))
     backbone = getattr(model, "model", model)  # the decoder without lm_head: stage 1 needs no logits
     device = _device(model)
-    losses = []
+
+    def micro_loss(batch):
+        backbone(input_ids=batch.to(device), use_cache=False)
+        loss = torch.stack([layer.transfer_loss for layer in layers]).mean()
+        return loss * config.transfer_loss_scale, loss.item()
+
     was_training = model.training
     model.train()
     set_attention_transfer(model, True)
     try:
-        with _progress(steps, "stage 1: attention transfer", progress) as bar:
-            for _ in range(steps):
-                optimizer.zero_grad(set_to_none=True)
-                total = 0.0
-                for _ in range(config.grad_accum):
-                    backbone(input_ids=next(batches).to(device), use_cache=False)
-                    loss = torch.stack([layer.transfer_loss for layer in layers]).mean()
-                    (loss * config.transfer_loss_scale / config.grad_accum).backward()
-                    total += loss.item() / config.grad_accum
-                optimizer.step()
-                losses.append(total)
-                bar.set_postfix(mse=f"{total:.3e}")
-                bar.update()
+        return _train_loop(
+            "stage 1: attention transfer",
+            steps,
+            named,
+            optimizer,
+            batches,
+            micro_loss,
+            config,
+            progress,
+            checkpoint,
+            checkpoint_every,
+            on_step,
+        )
     finally:
         set_attention_transfer(model, False)
         model.train(was_training)
-    return losses
 
 
-def lora_finetune(model: nn.Module, blocks: Tensor, config: LinearizeConfig, progress: bool = True):
-    """Stage 2. Returns ``(model with LoRA merged, per-step losses)``; NP-Maps stay frozen."""
+def lora_finetune(
+    model: nn.Module,
+    blocks: Tensor,
+    config: LinearizeConfig,
+    progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 1,
+    on_step=None,
+):
+    """Stage 2. Returns ``(model with LoRA merged, per-step losses)``; NP-Maps stay frozen.
+
+    ``checkpoint``, ``checkpoint_every`` and ``on_step`` as in :func:`attention_transfer`.
+    """
     from peft import LoraConfig, get_peft_model
 
     still_config = getattr(model, "still_config", None)
@@ -147,27 +278,31 @@ def lora_finetune(model: nn.Module, blocks: Tensor, config: LinearizeConfig, pro
         target_modules=list(config.lora_targets),
         bias="none",
     )
-    peft_model = get_peft_model(model, lora)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.stage2_lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    batches = _batches(blocks, config.batch_size, generator)
+    peft_model = get_peft_model(model, lora)  # a resumed run overwrites the new adapters from its checkpoint
+    named = {name: p for name, p in peft_model.named_parameters() if p.requires_grad}
+    optimizer = torch.optim.AdamW(list(named.values()), lr=config.stage2_lr, weight_decay=0.0)
+    batches = _batches(blocks, config.batch_size, torch.Generator().manual_seed(config.seed + 1))
     device = _device(model)
-    losses = []
+
+    def micro_loss(batch):
+        ids = batch.to(device)
+        loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
+        return loss, loss.item()
+
     peft_model.train()
-    with _progress(steps, "stage 2: LoRA", progress) as bar:
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            total = 0.0
-            for _ in range(config.grad_accum):
-                ids = next(batches).to(device)
-                loss = peft_model(input_ids=ids, labels=ids, use_cache=False).loss
-                (loss / config.grad_accum).backward()
-                total += loss.item() / config.grad_accum
-            optimizer.step()
-            losses.append(total)
-            bar.set_postfix(loss=f"{total:.3f}")
-            bar.update()
+    losses = _train_loop(
+        "stage 2: LoRA",
+        steps,
+        named,
+        optimizer,
+        batches,
+        micro_loss,
+        config,
+        progress,
+        checkpoint,
+        checkpoint_every,
+        on_step,
+    )
     merged = peft_model.merge_and_unload()
     merged.still_config = still_config
     merged.eval()
