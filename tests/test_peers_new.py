@@ -223,3 +223,75 @@ def test_construction_errors():
         from mirrorla.layers import RotaryLinearAttention
 
         RotaryLinearAttention(64, 2, value_path="median")
+
+
+# -- parameter counts vs the official modules, and the comparison entry points ------------------------------
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, expected",
+    [
+        # MLLA block mixer (C = 64): in_proj, act_proj, out_proj 3·4160; dwc and attn.lepe 3×3 2·640; attn.qk 8320.
+        ("mlla", {}, 22080),
+        # RAVLT GateLinearAttentionNoSilu(64, 2): qkvo 1×1 conv 16640; lepe 5×5 1664; proj 1×1 conv 4160.
+        ("rala", {}, 22464),
+        ("mala", {}, 22464),  # MAViT AddLinearAttention: the same parts
+        # Agent-DeiT AgentAttention(64, 2, agent_num=49, window=14): qkv 12480; proj 4160; dwc 640;
+        # an/na 2·2·49·49 = 9604; ah/aw/ha/wa 4·2·49·14 = 5488; ac/ca 2·2·49 = 196 (the cls token's).
+        ("agent", dict(num_prefix_tokens=1), 32568),
+    ],
+)
+def test_parameter_count_matches_official(name, kwargs, expected):
+    assert n_params(create_attention(name, 64, num_heads=2, **kwargs)) == expected
+
+
+def test_agent_deit_tiny_parameter_count_matches_official():
+    # The official agent_deit_tiny (VisionTransformer of agent_deit.py, patch 16, C 192, depth 12, 3 heads,
+    # 49 agents in every block, window 14) has 6,015,640 parameters (counted from the official class; the
+    # command is in docs/peers.md): DeiT-T's 5,717,416 plus 12 × 24,852 for the DWC and the bias tables.
+    timm = pytest.importorskip("timm")
+    assert n_params(timm.create_model("deit_tiny_agent")) == 6_015_640
+
+
+@pytest.mark.parametrize("command", [["compare"], ["sr", "compare"], ["lra", "compare"], ["bench", "ops"]])
+def test_every_comparison_command_accepts_the_new_names(command, tmp_path, capsys):
+    # The names are checked in order before any run starts: with an unknown name last, the error names only
+    # it, so every new name passed the check.
+    from mirrorla.cli import main
+
+    names = ",".join([*NAMES, "nope"])
+    option = ["--methods", names] if command[0] == "bench" else ["--attentions", names]
+    assert main([*command, *option, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and not any(f"'{n}'" in err.split("valid names")[0] for n in NAMES)
+
+
+@pytest.mark.slow
+def test_fashion_mnist_comparison_runs_the_new_attentions(tmp_path):
+    # `mirrorla compare --attentions mlla,rala,mala,agent` end to end on a tiny synthetic set: training, the MAC
+    # count and the throughput of each. (sr/lra compare build their models through the same registry; their
+    # registry-driven model tests cover the new names.)
+    from test_compare import TINY, _synthetic
+
+    from mirrorla.engine.compare import BASE, CompareConfig, run_compare
+
+    cc = CompareConfig(
+        attentions=tuple(NAMES),
+        seeds=(0,),
+        base=BASE.replace(**TINY),
+        out_dir=str(tmp_path),
+        throughput_batch=4,
+        throughput_warmup=1,
+        throughput_iters=1,
+        throughput_rounds=1,
+    )
+    results = run_compare(cc, _synthetic(n_train=32, n_eval=16))
+    assert results["attentions"] == NAMES
+    for name in NAMES:
+        m = results["methods"][name]
+        assert m["params"] > 0 and m["macs"] > 0 and m["eval_img_s"] > 0 and m["train_img_s"] > 0
+        assert math.isfinite(m["runs"]["0"]["final_top1"])
