@@ -9,8 +9,8 @@ F feature dim.
     "magnitude" value path (MALA):        O_i = s·num_i·(1 + 1/(s·den_i + ε)) − s·den_i·mean_j v_j,  s = D^−½
 
 A configuration of :class:`LinearAttention` (feature map × this value path × the shared DWC branch
-and gate); docs/methods.md §10–12. RALA and MALA are registry entries of subclasses here; MLLA
-(:mod:`mirrorla.layers.mlla`) adds its input branch on top.
+and gate); docs/methods.md §5 and §10–12. RALA and MALA are registry entries of subclasses here;
+NaLaFormer (:mod:`mirrorla.layers.nala`) and MLLA (:mod:`mirrorla.layers.mlla`) subclass it too.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import torch
 from torch import Tensor, nn
 
 from mirrorla.layers.linear import LinearAttention, reject_fixed, reject_renamed
-from mirrorla.layers.nala import AxialRoPE
 from mirrorla.ops.linear_attention import linear_attention
 from mirrorla.registry import register_attention
 
 __all__ = [
+    "AxialRoPE",
     "ChannelRoPE",
     "RotaryLinearAttention",
     "RankAugmentedLinearAttention",
@@ -34,6 +34,65 @@ __all__ = [
 ]
 
 VALUE_PATHS = ("mean", "magnitude")
+
+
+class AxialRoPE(nn.Module):
+    """2-D rotary position embedding over the token grid, NaLaFormer's ``RoPE`` + ``theta_shift``.
+
+    Frequencies ω_i = base^{−i/(D/4 − 1)}, i = 0 … D/4 − 1 (``linspace(0, 1, D/4)`` exponents). Pair j
+    (channels 2j, 2j+1) of a token at row r, column c rotates by β = r·ω_j for j < D/4 and by
+    β = c·ω_{j−D/4} otherwise: (a, b) ↦ (a cos β − b sin β, b cos β + a sin β). A last dim that is a
+    multiple of D (e.g. the 2D-wide feature maps) is rotated chunk by chunk. Prefix tokens: β = 0.
+
+    Args: head_dim: D (a multiple of 4). base: 10000.
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(
+                f"2-D RoPE rotates D/4 row pairs and D/4 column pairs and needs head_dim % 4 == 0, got "
+                f"head_dim={head_dim}; change dim/num_heads or pass rope=False"
+            )
+        self.head_dim = head_dim
+        # [Code] NALA.py ``RoPE.__init__``: ``1.0 / (10000 ** torch.linspace(0, 1, D // 4))`` in float32.
+        # The same float32 arithmetic gives the same bits (a float64 evaluation rounds differently
+        # in the last bit for most D); a float64 layer uses these float32 values.
+        freqs = 1.0 / (base ** torch.linspace(0, 1, head_dim // 4, dtype=torch.float32))
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def angles(self, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
+        """β (P + Hg·Wg, D/2), row-major tokens; prefix rows 0."""
+        Hg, Wg = grid
+        f = self.freqs
+        rows = torch.arange(Hg, device=f.device, dtype=f.dtype).repeat_interleave(Wg)
+        cols = torch.arange(Wg, device=f.device, dtype=f.dtype).repeat(Hg)
+        beta = torch.cat([rows[:, None] * f, cols[:, None] * f], dim=-1)
+        if num_prefix_tokens:
+            beta = torch.cat([beta.new_zeros(num_prefix_tokens, beta.shape[-1]), beta])
+        return beta
+
+    def tables(self, grid: tuple[int, int], num_prefix_tokens: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos β and sin β, each (N, 1, D/2) in ``dtype``: built once per call and shared by q and k."""
+        beta = self.angles(grid, num_prefix_tokens).to(dtype)
+        return beta.cos()[:, None, :], beta.sin()[:, None, :]
+
+    def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """x (B, H, N, m·D) rotated by the tables of :meth:`tables`; same shape and dtype."""
+        *lead, N, F = x.shape
+        D = self.head_dim
+        if F % D:
+            raise ValueError(f"AxialRoPE(head_dim={D}) needs a last dim that is a multiple of {D}, got {F}")
+        if cos.shape[0] != N:
+            raise ValueError(f"the RoPE tables cover {cos.shape[0]} tokens (grid + prefix), but N={N}")
+        pairs = x.reshape(*lead, N, F // D, D // 2, 2)
+        a, b = pairs[..., 0], pairs[..., 1]
+        out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
+        return out.reshape(x.shape)
+
+    def forward(self, x: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
+        """x (B, H, N, m·D) → rotated, same shape and dtype."""
+        return self.rotate(x, *self.tables(grid, num_prefix_tokens, x.dtype))
 
 
 class ChannelRoPE(nn.Module):
