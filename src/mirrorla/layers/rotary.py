@@ -25,6 +25,7 @@ from mirrorla.ops.linear_attention import linear_attention
 from mirrorla.registry import register_attention
 
 __all__ = [
+    "rotate_pairs",
     "AxialRoPE",
     "ChannelRoPE",
     "RotaryLinearAttention",
@@ -34,6 +35,23 @@ __all__ = [
 ]
 
 VALUE_PATHS = ("mean", "magnitude")
+
+
+def rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Channel pairs (2j, 2j+1) of x (…, D) turned by β_j: (a, b) ↦ (a cos β − b sin β, b cos β + a sin β).
+
+    cos, sin broadcast against (…, D/2). fp32/fp64 inputs take one complex multiplication (z·e^{iβ}:
+    a view of x, made contiguous, as complex numbers), whose forward and backward
+    are one kernel each; interleaving the two halves with ``torch.stack`` (kept for the other dtypes) was
+    the slower form on CPU (docs/peers.md, "Parity with the official modules and speed").
+    """
+    if x.dtype in (torch.float32, torch.float64):
+        z = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))  # the view needs even strides
+        turn = torch.complex(cos.to(x.dtype), sin.to(x.dtype))
+        return torch.view_as_real(z * turn).flatten(-2)
+    pairs = x.unflatten(-1, (-1, 2))
+    a, b = pairs[..., 0], pairs[..., 1]
+    return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(-2)
 
 
 class AxialRoPE(nn.Module):
@@ -85,10 +103,7 @@ class AxialRoPE(nn.Module):
             raise ValueError(f"AxialRoPE(head_dim={D}) needs a last dim that is a multiple of {D}, got {F}")
         if cos.shape[0] != N:
             raise ValueError(f"the RoPE tables cover {cos.shape[0]} tokens (grid + prefix), but N={N}")
-        pairs = x.reshape(*lead, N, F // D, D // 2, 2)
-        a, b = pairs[..., 0], pairs[..., 1]
-        out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
-        return out.reshape(x.shape)
+        return rotate_pairs(x.reshape(*lead, N, F // D, D), cos, sin).reshape(x.shape)
 
     def forward(self, x: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
         """x (B, H, N, m·D) → rotated, same shape and dtype."""
@@ -141,10 +156,7 @@ class ChannelRoPE(nn.Module):
             raise ValueError(f"ChannelRoPE(head_dim={D}) needs features of width {D}, got {F}")
         if cos.shape[1] != N:
             raise ValueError(f"the RoPE tables cover {cos.shape[1]} tokens (grid + prefix), but N={N}")
-        pairs = x.reshape(*lead, N, 1, D // 2, 2)
-        a, b = pairs[..., 0], pairs[..., 1]
-        out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
-        return out.reshape(x.shape)
+        return rotate_pairs(x.reshape(*lead, N, 1, D), cos, sin).reshape(x.shape)
 
     def forward(self, x: Tensor, grid: tuple[int, int], num_prefix_tokens: int = 0) -> Tensor:
         return self.rotate(x, *self.tables(grid, num_prefix_tokens, x.dtype))
