@@ -1,6 +1,7 @@
-"""Independent quadratic references for the peer-method tests (FLatten, PolaFormer, NaLaFormer).
+"""Independent quadratic references for the peer-method tests (FLatten, PolaFormer, NaLaFormer, MLLA, RALA,
+MALA, Agent attention).
 
-Everything is written from docs/methods.md §3–5 directly in float64 from the module's parameters: the
+Everything is written from docs/methods.md §3–5 and §10–13 directly in float64 from the module's parameters: the
 N×N score matrix is built explicitly and normalised explicitly; depthwise convolutions are sums of
 shifted images; RoPE uses complex numbers (relative-phase form), not the library's rotation code.
 """
@@ -210,3 +211,166 @@ def naive_nala(m, x, hw, kpm=None):
     o = F.layer_norm(o, (C,), ln.weight.double(), ln.bias.double(), ln.eps)
     o = o * (g * torch.sigmoid(g))
     return F.linear(o, m.proj.weight.double(), m.proj.bias.double())
+
+
+# -- MLLA, RALA, MALA, Agent attention (docs/methods.md §10–13) ---------------------------------------
+
+
+def elu1(t):
+    # ELU(t) + 1 written out, as the sources evaluate it (expm1, then + 1: for t ≪ 0 this rounds differently
+    # from exp(t) at the 1e-11 level in float64, which the fp64 gradient comparisons would see).
+    return torch.where(t > 0, t, torch.expm1(t)) + 1
+
+
+def phase_scores(fq, fk, phase):
+    """Σ over channel pairs of ⟨R_i a_i, R_j b_j⟩ = Re(Σ z_i conj(w_j) e^{i(β_i − β_j)}); phase (H, N, d/2) complex."""
+    zq = torch.complex(fq[..., 0::2], fq[..., 1::2]) * phase
+    zk = torch.complex(fk[..., 0::2], fk[..., 1::2]) * phase
+    return (zq @ zk.conj().transpose(-1, -2)).real
+
+
+def mlla_phases(hw, h, d, prefix=0):
+    """e^{iβ} (h, N, d/2) of MLLA's RoPE over C = h·d channels (docs/methods.md §10.1): pair p < C/4 turns by
+    row·θ_p, pair p ≥ C/4 by col·θ_{p−C/4}, θ_k = 10000^(−k/(C/4)). The official table (angles, cos and
+    sin) is float32; the reference evaluates it in float32 too, from the formula."""
+    H, W = hw
+    c4 = h * d // 4
+    # [Code] ``1 / (base ** (torch.arange(k_max) / k_max))`` in float32 arithmetic; it is the formula, rounded.
+    theta = 1.0 / (10000 ** (torch.arange(c4, dtype=torch.float32) / c4))
+    exact = torch.tensor([10000.0 ** (-(i / c4)) for i in range(c4)], dtype=torch.float64)
+    assert torch.allclose(theta.double(), exact, rtol=1e-6, atol=0)
+    rows = torch.tensor([r for r in range(H) for _ in range(W)], dtype=torch.float32)
+    cols = torch.tensor([c for _ in range(H) for c in range(W)], dtype=torch.float32)
+    beta = torch.cat([rows[:, None] * theta, cols[:, None] * theta], dim=-1)  # (HW, C/2) float32
+    beta = torch.cat([torch.zeros(prefix, 2 * c4), beta])
+    phase = torch.complex(beta.cos().double(), beta.sin().double())
+    return phase.reshape(-1, h, d // 2).transpose(0, 1)
+
+
+def axial_phases(hw, d, prefix=0):
+    """e^{iβ} (1, N, d/2) of the per-head axial RoPE (NaLaFormer, RALA, MALA: docs/methods.md §5.1)."""
+    return torch.exp(1j * rope_phases(hw, d, prefix).to(torch.complex128))[None]
+
+
+def rotary_outputs(fq, fk, vh, phase, kpm, n, eps, path, d):
+    """The rotated-numerator value paths of docs/methods.md §10–12 as explicit N×N matrices."""
+    a_num = fq @ fk.transpose(-1, -2) if phase is None else phase_scores(fq, fk, phase)
+    a_num = mask_columns(a_num, kpm)
+    den = mask_columns(fq @ fk.transpose(-1, -2), kpm).sum(-1, keepdim=True) / n  # φq·mean φk
+    num = (a_num @ vh) / n
+    if path == "mean":
+        return num / (den + eps)
+    s = d**-0.5
+    v_mean = vh.sum(-2, keepdim=True) / n
+    return s * num * (1 + 1 / (s * den + eps)) - s * den * v_mean
+
+
+def naive_rala(m, x, hw, kpm=None, path="mean"):
+    x = x.double()
+    B, N, C = x.shape
+    h, P, d = m.num_heads, m.num_prefix_tokens, m.head_dim
+    q, k, v, o = F.linear(x, m.qkv.weight.double(), m.qkv.bias.double()).chunk(4, dim=-1)
+    if kpm is not None:
+        v = v * kpm[..., None].double()
+    fq, fk, vh = elu1(heads(q, h)), elu1(heads(k, h)), heads(v, h)
+    n = key_count(kpm, N)
+    if path == "mean" and m.feature_map.rank_augment:
+        keep = torch.ones(B, N, dtype=torch.float64) if kpm is None else kpm.double()
+        q_mean = (fq * keep[:, None, :, None]).sum(-2, keepdim=True) / n
+        logits = (q_mean @ fk.transpose(-1, -2)) / math.sqrt(d)  # (B, h, 1, N)
+        weights = torch.exp(logits) * keep[:, None, None, :]
+        weights = weights / weights.sum(-1, keepdim=True) * n
+        fk = fk * weights.transpose(-1, -2)
+    phase = axial_phases(hw, d, P) if m.rope is not None else None
+    out = merge(rotary_outputs(fq, fk, vh, phase, kpm, n, 1e-6, path, d))
+    if m.dwc is not None:
+        out = out + dwc_per_channel(v, m.dwc.conv, hw, P)
+    return F.linear(out * o, m.proj.weight.double(), m.proj.bias.double())
+
+
+def naive_mala(m, x, hw, kpm=None):
+    return naive_rala(m, x, hw, kpm, path="magnitude")
+
+
+def naive_mlla(m, x, hw, kpm=None):
+    x = x.double()
+    B, N, C = x.shape
+    h, P, d = m.num_heads, m.num_prefix_tokens, m.head_dim
+    g = F.linear(x, m.act_proj.weight.double(), m.act_proj.bias.double())
+    u = F.linear(x, m.in_proj.weight.double(), m.in_proj.bias.double())
+    if kpm is not None:
+        u = u * kpm[..., None].double()
+    conv = dwc_per_channel(u, m.in_conv.conv, hw, P)
+    u = torch.cat([u[:, :P], conv[:, P:]], dim=1)  # prefix tokens skip the input conv
+    u = u * torch.sigmoid(u)
+    q, k = F.linear(u, m.qkv.weight.double(), m.qkv.bias.double()).chunk(2, dim=-1)
+    v = u if kpm is None else u * kpm[..., None].double()
+    fq, fk, vh = elu1(heads(q, h)), elu1(heads(k, h)), heads(v, h)
+    phase = mlla_phases(hw, h, d, P) if m.rope is not None else None
+    out = merge(rotary_outputs(fq, fk, vh, phase, kpm, key_count(kpm, N), 1e-6, "mean", d))
+    if m.dwc is not None:
+        out = out + dwc_per_channel(v, m.dwc.conv, hw, P)
+    out = out * (g * torch.sigmoid(g))
+    return F.linear(out, m.proj.weight.double(), m.proj.bias.double())
+
+
+def resize_matrix(n_in, n_out):
+    """(n_out, n_in) weights of a linear resize with align_corners=False (source index clamped at 0)."""
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for o in range(n_out):
+        src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        i0 = min(int(math.floor(src)), n_in - 1)
+        i1 = min(i0 + 1, n_in - 1)
+        lam = src - i0
+        w[o, i0] += 1 - lam
+        w[o, i1] += lam
+    return w
+
+
+def pool_matrix(n_in, n_out):
+    """(n_out, n_in) averaging weights of adaptive average pooling: bin i covers [⌊i·n/s⌋, ⌈(i+1)·n/s⌉)."""
+    w = torch.zeros(n_out, n_in, dtype=torch.float64)
+    for i in range(n_out):
+        a, b = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        w[i, a:b] = 1.0
+    return w
+
+
+def naive_agent(m, x, hw, kpm=None):
+    x = x.double()
+    B, N, C = x.shape
+    h, P, d, n = m.num_heads, m.num_prefix_tokens, m.head_dim, m.agent_num
+    H, W = hw
+    s = math.isqrt(n)
+    q, k, v = F.linear(x, m.qkv.weight.double(), m.qkv.bias.double()).chunk(3, dim=-1)
+    if kpm is not None:
+        v = v * kpm[..., None].double()
+    qh, kh, vh = heads(q, h), heads(k, h), heads(v, h)
+    # Agents: the mean of the (kept) grid queries in each of the s×s bins.
+    bins = torch.kron(pool_matrix(H, s), pool_matrix(W, s))  # (n, HW): bin membership
+    keep = torch.ones(B, H * W, dtype=torch.float64) if kpm is None else kpm[:, P:].double()
+    weights = bins[None] * keep[:, None, :]  # (B, n, HW)
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-300)
+    agents = weights[:, None] @ qh[:, :, P:]  # (B, h, n, d)
+    # Position biases from the tables, resized by explicit interpolation matrices.
+    rh, rw = resize_matrix(7, H), resize_matrix(7, W)
+    an = torch.einsum("yi,xj,hnij->hnyx", rh, rw, m.an_bias.double()).reshape(h, n, H * W)
+    na = torch.einsum("yi,xj,hnij->hnyx", rh, rw, m.na_bias.double()).reshape(h, n, H * W)
+    Hb, Wb = m.bias_grid
+    ah = torch.einsum("yi,hni->hny", resize_matrix(Hb, H), m.ah_bias.double()[0, :, :, :, 0])
+    aw = torch.einsum("xj,hnj->hnx", resize_matrix(Wb, W), m.aw_bias.double()[0, :, :, 0, :])
+    ha = torch.einsum("yi,hin->hyn", resize_matrix(Hb, H), m.ha_bias.double()[0, :, :, 0, :])
+    wa = torch.einsum("xj,hjn->hxn", resize_matrix(Wb, W), m.wa_bias.double()[0, :, 0, :, :])
+    kn = an + (ah[:, :, :, None] + aw[:, :, None, :]).reshape(h, n, H * W)
+    nk = na.transpose(1, 2) + (ha[:, :, None, :] + wa[:, None, :, :]).reshape(h, H * W, n)
+    if P:
+        kn = torch.cat([m.ac_bias.double()[0].expand(h, n, P), kn], dim=2)
+        nk = torch.cat([m.ca_bias.double()[0].expand(h, P, n), nk], dim=1)
+    logits = agents @ kh.transpose(-1, -2) / math.sqrt(d) + kn
+    if kpm is not None:
+        logits = logits.masked_fill(~kpm[:, None, None, :], float("-inf"))
+    agent_v = torch.softmax(logits, -1) @ vh
+    out = merge(torch.softmax(qh @ agents.transpose(-1, -2) / math.sqrt(d) + nk, -1) @ agent_v)
+    if m.dwc is not None:
+        out = out + dwc_per_channel(v, m.dwc.conv, hw, P)
+    return F.linear(out, m.proj.weight.double(), m.proj.bias.double())

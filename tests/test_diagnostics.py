@@ -213,7 +213,7 @@ def _vit(attention, **kw):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("attention", [a for a in mirrorla.list_attentions() if a != "window_softmax"])
+@pytest.mark.parametrize("attention", [a for a in mirrorla.list_attentions() if a not in ("window_softmax", "agent")])
 def test_every_registered_global_attention_is_measured(attention):
     result = analyze_model(_vit(attention), [torch.randn(3, 1, 28, 28)], AnalyzeConfig(queries=8))
     assert [layer["layer"] for layer in result["layers"]] == ["blocks.0.attn", "blocks.1.attn"]
@@ -227,10 +227,20 @@ def test_every_registered_global_attention_is_measured(attention):
     else:
         assert layer["kind"] == "linear" and -1 <= mean["rank_correlation"] <= 1
         assert 0 <= mean["dead_dims_q"] <= 1
-        keeps_both_signs = attention in ("pola", "nala", "nala_cos", "linear_elu")
+        keeps_both_signs = attention in ("pola", "nala", "nala_cos", "linear_elu", "mlla", "rala", "mala")
         assert layer["truncation"] == ("none" if keeps_both_signs else "negative half")
         assert (mean["discarded_energy_q"] == 0) == keeps_both_signs
     assert set(layer["pca"]["maps"]) == {"identity", "relu", "own"}
+
+
+def test_agent_attention_is_reported_as_not_measured():
+    from mirrorla.diagnostics.capture import skipped_layers
+
+    skipped = skipped_layers(_vit("agent"))
+    assert [name for name, _ in skipped] == ["blocks.0.attn", "blocks.1.attn"]
+    assert all("AgentAttention" in why and "agent tokens" in why for _, why in skipped)
+    with pytest.raises(ValueError, match="no attention layer that analyze can measure"):
+        analyze_model(_vit("agent"), [torch.randn(1, 1, 28, 28)], AnalyzeConfig(queries=8))
 
 
 def test_window_attention_is_reported_as_not_measured():

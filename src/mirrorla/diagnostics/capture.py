@@ -83,6 +83,8 @@ def attention_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 _NOT_MEASURED = {
     "LocalWindowAttention": "attention within local windows has no global map to measure",
     "SpatialReductionAttention": "its keys are pooled tokens (spatial reduction), not the query grid; not measured yet",
+    "AgentAttention": "it attends through pooled agent tokens (two N×n softmaxes), not a token-to-token map; "
+    "not measured yet",
 }
 
 
@@ -90,10 +92,18 @@ def skipped_layers(model: nn.Module) -> list[tuple[str, str]]:
     """Attention layers of the library that are not measured, with the reason."""
     measured = {id(m) for _, m in attention_layers(model)}
     return [
-        (name, f"{type(m).__name__}: {_NOT_MEASURED.get(type(m).__name__, 'no capture for this layer type')}")
+        (name, f"{type(m).__name__}: {_not_measured_reason(type(m))}")
         for name, m in model.named_modules()
         if isinstance(m, AttentionBase) and id(m) not in measured
     ]
+
+
+def _not_measured_reason(cls: type) -> str:
+    # By the class or a base: models build registry entries as subclasses (``AgentAttention_agent``).
+    return next(
+        (_NOT_MEASURED[c.__name__] for c in cls.__mro__ if c.__name__ in _NOT_MEASURED),
+        "no capture for this layer type",
+    )
 
 
 def _call_arguments(

@@ -8,6 +8,7 @@ from mirrorla.feature_maps.focused import FocusedFeatureMap
 from mirrorla.feature_maps.mirror import MirrorFeatureMap
 from mirrorla.feature_maps.norm_aware import NormAwareFeatureMap
 from mirrorla.feature_maps.polarity import PolarityFeatureMap
+from mirrorla.feature_maps.rank_augmented import RankAugmentedFeatureMap
 from mirrorla.feature_maps.registry import (
     create_feature_map,
     feature_map_options,
@@ -24,6 +25,7 @@ __all__ = [
     "FocusedFeatureMap",
     "PolarityFeatureMap",
     "NormAwareFeatureMap",
+    "RankAugmentedFeatureMap",
     "create_feature_map",
     "feature_map_options",
     "list_feature_maps",

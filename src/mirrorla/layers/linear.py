@@ -164,11 +164,15 @@ class LinearAttention(AttentionBase):
         fm = getattr(self.feature_map, "no_weight_decay", None)
         return {f"feature_map.{n}" for n in fm()} if fm else set()
 
-    def project(self, x: Tensor, grid: tuple[int, int] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    def project(
+        self, x: Tensor, grid: tuple[int, int] | None = None, key_padding_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """x (B, N, C) → q, k, v (B, H, N, D) and the gate g (B, N, C) or None.
 
         With the key position table, ``grid`` is the (Hg, Wg) of the N − P spatial tokens (default:
-        a square of N − P, which raises for a non-square count).
+        a square of N − P, which raises for a non-square count). ``key_padding_mask`` is unused here
+        (``forward`` zeroes the padded values afterwards); a projection that mixes tokens before the
+        values exist (MLLA's input convolution) zeroes the padded rows with it.
         """
         q, k, v, g = self._split_qkv(self.qkv(x))
         if self.pos_embed is not None:
@@ -257,7 +261,7 @@ class LinearAttention(AttentionBase):
         if folded is not None:
             q, k, v, g = self._split_qkv(F.linear(x, *folded))
         else:
-            q, k, v, g = self.project(x, grid)
+            q, k, v, g = self.project(x, grid, key_padding_mask)
         if key_padding_mask is not None:
             v = v * key_padding_mask[:, None, :, None].to(v.dtype)
         if folded is not None:
