@@ -280,6 +280,23 @@ PINNED: dict = {
 }
 
 
+# The same seeded initialisation on another machine: MKL picks its vectorised kernels by CPU (on the Intel
+# AVX-512 machines CI now runs on, the DeiT models' patch-embedding and cls-token initialisers round the last
+# bits differently than on the AMD machine the pins above were captured on; `MKL_ENABLE_INSTRUCTIONS=SSE4_2
+# ATEN_CPU_CAPABILITY=avx2` on the Intel machine reproduces the pins above exactly, all 53 cases). Parameters
+# with one of these hashes are a known rounding of the same init, and their outputs are pinned for them, as
+# captured with the code of 2026-12-08 (its float64 outputs agree with the pins above to ~3e-9 relative, the
+# float32 rounding of the parameters). Any change of the math still changes the hash and fails.
+PINNED_OTHER_ROUNDING: dict = {
+    ("deit:softmax", 0): ("f28fadb292081d96", (3.216184814231232, 1.1025203371375052, 3.904557464512667)),
+    ("deit:mirror", 0): ("7aaa3d243d6ee491", (0.37161173152230775, 0.7369489674494367, 2.521028975598965)),
+    ("deit:mirror_dwc", 0): ("046fc78d25332ac4", (-2.308682797173073, -0.8817486140767063, 4.472338114947313)),
+    ("deit:flatten", 0): ("bafd3d672163e1e3", (0.07817206085818706, -0.5106148534386081, 1.9879743641699559)),
+    ("deit:pola", 0): ("9f0cd16b748c1a69", (-1.6527923672495983, -0.7085763059136483, 1.6527923672495983)),
+    ("deit:nala", 0): ("f529a4285fb416ec", (-1.1969904639630768, -1.3841636235834769, 3.036455842684652)),
+}
+
+
 def check(expected, got, what: str) -> None:
     if expected is None:
         assert got is None, what
@@ -306,7 +323,10 @@ def test_layer_options_are_pinned(case):
 @pytest.mark.parametrize("kind_name", [f"{k}:{n}" for k, names in MODEL_CASES.items() for n in names])
 def test_model_is_pinned(kind_name):
     kind, name = kind_name.split(":")
-    check(PINNED[(kind_name, 0)], model_fingerprint(kind, name), kind_name)
+    got = model_fingerprint(kind, name)
+    other = PINNED_OTHER_ROUNDING.get((kind_name, 0))
+    expected = other if other is not None and got[0] == other[0] else PINNED[(kind_name, 0)]
+    check(expected, got, kind_name)
 
 
 def test_every_attention_is_pinned():
