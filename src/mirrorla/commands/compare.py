@@ -13,6 +13,7 @@ from mirrorla.commands import Command, Interrupted
 from mirrorla.commands.options import (
     add_comparison_options,
     add_train_config_options,
+    check_comparison_out,
     check_out_folder,
     given_config_fields,
     positive_int,
@@ -102,6 +103,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     from mirrorla.engine.compare import run_compare
 
     check_out_folder(args.out)
+    check_comparison_out(args.out, args.resume, args.overwrite)
     cc = compare_config_from_args(
         args, throughput_iters=args.throughput_iters, throughput_rounds=args.throughput_rounds
     )

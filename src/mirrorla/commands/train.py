@@ -19,6 +19,7 @@ from mirrorla.commands.options import (
     GivenOnly,
     add_train_config_options,
     check_out_folder,
+    device_name,
     given_config_fields,
     positive_int,
 )
@@ -228,7 +229,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         help="evaluate on a fixed random subset of this size (default: the run's)",
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--throughput", action="store_true", help="also report MACs and inference images/s")
 
 
@@ -264,7 +265,9 @@ def run_eval(args: argparse.Namespace) -> int:
     weights = ckpt["ema"] if args.ema else ckpt["model"]
     if weights is None:
         raise ValueError(f"{ckpt['path']} holds no EMA weights (the run had --ema-decay 0)")
-    model.load_state_dict(weights)
+    from mirrorla.engine.weights import describe_settings, load_checked_weights
+
+    load_checked_weights(model, weights, ckpt["path"], describe_settings(cfg))
     model.to(env.device)
     result: dict[str, Any] = {
         "checkpoint": str(ckpt["path"]),
