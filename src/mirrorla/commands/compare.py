@@ -18,7 +18,7 @@ from mirrorla.commands.options import (
     given_config_fields,
     positive_int,
 )
-from mirrorla.commands.train import check_attention_options, user_errors
+from mirrorla.commands.train import check_attention_options, check_device, user_errors
 from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, TrainConfig, describe_preset
 
 __all__ = ["COMMANDS", "compare_config_from_args"]
@@ -109,6 +109,7 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     )
     for name in cc.attentions:
         check_attention_options(name, cc.base.attention_kwargs, cc.base.embed_dim, cc.base.num_heads)
+    check_device(cc.base.device)
     try:
         results = run_compare(cc)
     except KeyboardInterrupt:

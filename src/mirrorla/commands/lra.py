@@ -29,6 +29,7 @@ from mirrorla.commands.train import (
     _interrupted_train,
     add_run_output_options,
     check_attention_options,
+    check_device,
     config_from_args,
     user_errors,
 )
@@ -108,6 +109,7 @@ def _check_options(cfg: TrainConfig) -> None:
     if cfg.dataset not in TASK_NAMES:
         raise UsageError(f"--dataset must be a long-range task ({', '.join(TASK_NAMES)}), got {cfg.dataset!r}")
     check_attention_options(cfg.attention, cfg.attention_kwargs, size.embed_dim, size.num_heads)
+    check_device(cfg.device)
 
 
 def task_budget(preset: str, task: str) -> dict:

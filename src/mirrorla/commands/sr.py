@@ -33,6 +33,7 @@ from mirrorla.commands.train import (
     _interrupted_train,
     add_run_output_options,
     check_attention_options,
+    check_device,
     config_from_args,
     user_errors,
 )
@@ -61,6 +62,7 @@ def _check_options(cfg) -> None:
     if cfg.attention is None:
         raise UsageError("the SR network needs an --attention (`mirrorla list`)")
     check_attention_options(cfg.attention, cfg.attention_kwargs, size.embed_dim, size.num_heads)
+    check_device(cfg.device)
     if cfg.dataset == "photos" and cfg.data_dir:
         raise UsageError(
             f"--data-dir {cfg.data_dir} is read only with --dataset folder; the default --dataset photos trains on "
@@ -170,7 +172,7 @@ def _tile_settings(args: argparse.Namespace) -> tuple[int | None, int | None]:
 @user_errors
 def _run_sr_eval(args: argparse.Namespace) -> int:
     from mirrorla.data.sr import load_pairs
-    from mirrorla.engine.sr import evaluate_images, load_trained_sr
+    from mirrorla.engine.sr import check_pairs_memory, evaluate_images, load_trained_sr
 
     tile, overlap = _tile_settings(args)
     check_out_file(args.json, "--json")
@@ -183,11 +185,12 @@ def _run_sr_eval(args: argparse.Namespace) -> int:
         )
     model, cfg = load_trained_sr(args.checkpoint, args.device, ema=args.ema)
     pairs = load_pairs(args.data, "test", cfg.scale, args.degradation or cfg.degradation, args.lr_dir)
+    check_pairs_memory(model, pairs, tile)  # before the progress bar: a refusal is the only output
     from tqdm.auto import tqdm
 
     with tqdm(total=len(pairs), desc="sr eval", unit="image", leave=False) as bar:
         rows = evaluate_images(
-            model, pairs, cfg.scale, progress=bar, save_dir=args.save_images, tile=tile, overlap=overlap
+            model, pairs, cfg.scale, bar, args.save_images, tile=tile, overlap=overlap, check_memory=False
         )
     bicubic = evaluate_images(None, pairs, cfg.scale)
     tiled = f", in {tile}×{tile} tiles" if tile else ""

@@ -25,7 +25,7 @@ from mirrorla.commands.options import (
 )
 from mirrorla.engine.config import TrainConfig
 
-__all__ = ["COMMANDS", "config_from_args", "check_attention_options", "user_errors", "load_datasets"]
+__all__ = ["COMMANDS", "config_from_args", "check_attention_options", "check_device", "user_errors", "load_datasets"]
 
 
 def user_errors(run):
@@ -100,6 +100,16 @@ def check_attention_options(attention: str | None, options: dict[str, Any], dim:
         create_attention(attention, dim, num_heads=num_heads, **options)
     except (TypeError, ValueError) as err:
         raise UsageError(f"--attn-opt {', '.join(f'{k}={v!r}' for k, v in options.items())}: {err}") from err
+
+
+def check_device(name: str) -> None:
+    """``UsageError`` now, before any data is read, for a ``--device`` this machine lacks."""
+    from mirrorla.engine.distributed import resolve_device
+
+    try:
+        resolve_device(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def load_datasets(cfg: TrainConfig):
@@ -207,6 +217,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_out_folder(cfg.out_dir)
     check_attention_options(cfg.attention, cfg.attention_kwargs, cfg.embed_dim, cfg.num_heads)
+    check_device(cfg.device)
     datasets = load_datasets(cfg)
     try:
         out = train(cfg, datasets)

@@ -39,6 +39,7 @@ __all__ = [
     "default_overlap",
     "estimate_upscale_bytes",
     "check_upscale_memory",
+    "check_pairs_memory",
     "bicubic_upscale",
     "evaluate_images",
     "upscale_file",
@@ -255,21 +256,23 @@ def evaluate_images(
     save_dir: str | os.PathLike | None = None,
     tile: int | None = None,
     overlap: int | None = None,
+    check_memory: bool = True,
 ) -> list[dict[str, Any]]:
     """PSNR/SSIM (Y, border ``scale``) of each :class:`~mirrorla.data.sr.SRPair`, and the forward time.
 
     ``model=None`` scores bicubic upsampling. Returns one row per image: name, LR and HR size, psnr, ssim,
     seconds (one forward pass, the network only; None for bicubic). ``progress``: a tqdm bar to advance.
     ``save_dir``: also write each output there as ``<name>.png``. ``tile``: :func:`upscale_tiled` with that
-    tile and ``overlap`` instead of one pass. An image that would not fit in memory raises
-    :class:`~mirrorla.memory.InsufficientMemoryError` before its pass.
+    tile and ``overlap`` instead of one pass. ``check_memory``: first :func:`check_pairs_memory` (an image that
+    would not fit is refused before any is scored).
     """
+    if model is not None and check_memory:
+        check_pairs_memory(model, pairs, tile)
     rows = []
     for pair in pairs:
         if model is None:
             sr, seconds = bicubic_upscale(pair.lr, scale), None
         else:
-            check_upscale_memory(model, pair.lr, f"image {pair.name}", tile)
             t0 = time.perf_counter()
             sr = _upscale_or_explain(model, pair.lr, f"image {pair.name}", tile, overlap)
             seconds = time.perf_counter() - t0
@@ -284,6 +287,12 @@ def evaluate_images(
         if progress is not None:
             progress.update(1)
     return rows
+
+
+def check_pairs_memory(model: nn.Module, pairs, tile: int | None = None) -> None:
+    """:func:`check_upscale_memory` of every :class:`~mirrorla.data.sr.SRPair`'s LR image."""
+    for pair in pairs:
+        check_upscale_memory(model, pair.lr, f"image {pair.name}", tile)
 
 
 def _upscale_or_explain(model: nn.Module, lr: Tensor, name: str, tile: int | None, overlap: int | None) -> Tensor:
