@@ -55,9 +55,9 @@ def memory() -> None:
                 continue
             est = estimate_upscale_bytes(model, hw, tile)
             if tile is None:
-                peak = measure_peak_memory(lambda: (upscale(model, lr), None)[1], "cpu")
+                peak = measure_peak_memory(lambda m=model, x=lr: (upscale(m, x), None)[1], "cpu")
             else:
-                peak = measure_peak_memory(lambda t=tile: (upscale_tiled(model, lr, t), None)[1], "cpu")
+                peak = measure_peak_memory(lambda m=model, x=lr, t=tile: (upscale_tiled(m, x, t), None)[1], "cpu")
             print(
                 f"| {attention} | {hw[0]}×{hw[1]} | {tile or 'whole'} | {est / 2**20:.1f} | {peak / 2**20:.1f} | "
                 f"{peak / est:.2f} |",

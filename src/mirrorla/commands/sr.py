@@ -73,7 +73,7 @@ def _check_options(cfg) -> None:
         raise UsageError(
             f"--image-size {cfg.image_size}: a training patch needs at least {MIN_PATCH} LR pixels a side (PSNR "
             f"leaves out {cfg.scale} pixels at each edge of the ×{cfg.scale} output); pass --image-size {MIN_PATCH} "
-            "or more (default 48)"
+            f"or more (default {SR_BASE.image_size})"
         )
 
 
