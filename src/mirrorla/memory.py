@@ -7,9 +7,9 @@ aten op dispatches exactly as on the real device (the fused CPU softmax kernel i
 O(N) memory is not mistaken for an N×N matrix). A dispatch mode above it adds the bytes of each new
 output storage and subtracts them when the tensor is freed; the peak of that sum is what the
 computation itself allocates. Kernel workspaces and the allocator's fragmentation are not seen:
-on the SR network (sr_tiny; mirror, softmax, nala, pola; 128² to 800² LR pixels, whole and tiled) the
-measured peak RSS was 1.07–1.19× this trace at 256² and above, and the trace plus 10–13 MiB below;
-:func:`check_fits` adds 30 % and 64 MiB (``tests/test_memory.py`` checks this, marked slow).
+on the SR network (sr_tiny with mirror, softmax, nala, pola; 128² to 800² LR pixels, whole and tiled;
+``scripts/sr_tiling_check.py memory``) the measured peak RSS was 1.03–1.23× this trace from 256² up, and
+the trace plus 2–17 MiB below; :func:`check_fits` adds 30 % and 64 MiB.
 
 The limit (:func:`available_memory_bytes`) is the smallest of ``MemAvailable`` (``/proc/meminfo``),
 the cgroup's ``memory.max − memory.current`` (v2; ``limit_in_bytes − usage_in_bytes`` for v1) and the
