@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import needs_fashion_mnist
 from PIL import Image
 from torch import nn
 
@@ -206,6 +207,23 @@ def test_weights_that_do_not_fit_their_config(tmp_path, command, capsys):
     assert main([*command.split(), str(weights), *extra]) == 2
     err = _one_line_error(capsys)
     assert "do not fit" in err and "scale 3" in err and "upsample.0.weight: 12×32×3×3 in the file" in err
+
+
+@needs_fashion_mnist
+def test_eval_weights_that_do_not_fit_their_config(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from mirrorla.engine.config import TrainConfig
+    from mirrorla.tasks.classification import create_classifier
+
+    cfg = TrainConfig(eval_subset=8)
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    weights = tmp_path / "run" / "checkpoints" / "epoch0000.safetensors"
+    save_file({k: v.contiguous() for k, v in create_classifier(cfg, 10, 1, 28).state_dict().items()}, str(weights))
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg.replace(embed_dim=48).to_dict()))
+    assert main(["eval", str(weights), "--device", "cpu"]) == 2
+    err = _one_line_error(capsys)
+    assert "do not fit" in err and "differ in shape" in err
 
 
 def test_weights_mismatch_names_shapes_missing_and_unexpected():
