@@ -17,13 +17,10 @@ __all__ = ["describe_machine", "measure_gemm_peak", "resolve_device", "synchroni
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to :class:`torch.device`."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch.cuda.is_available() is False; use --device cpu")
-    return dev
+    """``"auto"`` → CUDA when available, else CPU; checked by :func:`mirrorla.engine.distributed.resolve_device`."""
+    from mirrorla.engine.distributed import resolve_device as checked
+
+    return checked(device)
 
 
 def synchronize(device: torch.device) -> None:

@@ -127,16 +127,8 @@ def measure_peak_memory(fn: Callable[[], object], device: torch.device | str) ->
 
 
 def available_memory_bytes(device: torch.device | str) -> int | None:
-    """Free memory a case may use: CUDA free memory, or ``MemAvailable`` of ``/proc/meminfo``."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    """Free memory a case may use: :func:`mirrorla.memory.available_memory_bytes` (CUDA free memory; on CPU
+    the least of MemAvailable, the cgroup's room and the address-space limit)."""
+    from mirrorla.memory import available_memory_bytes as available
+
+    return available(device)

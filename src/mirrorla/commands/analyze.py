@@ -153,6 +153,15 @@ def run_analyze(args: argparse.Namespace) -> int:
         result = analyze_model(source.model, source.batches, cfg, source.forward)
     except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from err
+    except (RuntimeError, MemoryError) as err:  # the allocator's own error, when an estimate missed
+        from mirrorla.memory import is_allocation_error
+
+        if not is_allocation_error(err):
+            raise
+        raise UsageError(
+            f"out of memory ({str(err).splitlines()[0][:160]}); analyse fewer or smaller inputs (--num-images, "
+            "--batch-size, a smaller image for --images)"
+        ) from None
     written = write_report(result, args.out, source.header, source.display, figures=args.figures)
     seconds = time.perf_counter() - t0
     print(f"{len(result['layers'])} layers analysed in {seconds:.1f} s; mean {_mean_line(result['mean'])}")

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from mirrorla.commands import Command, UsageError
-from mirrorla.commands.options import check_out_folder, positive_float, positive_int
+from mirrorla.commands.options import check_out_folder, device_name, positive_float, positive_int
 
 __all__ = ["COMMANDS"]
 
@@ -70,7 +70,7 @@ def _output_sizes(text: str) -> list[tuple[int, int]]:
 def _shared(p: argparse.ArgumentParser, quick: str, repeats: str) -> None:
     """Options of every bench kind, ``bench targets`` included (``quick``, ``repeats``: their help)."""
     p.add_argument("--quick", action="store_true", help=quick)
-    p.add_argument("--device", default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
+    p.add_argument("--device", type=device_name, default="auto", help="'auto' (CUDA if available), 'cpu' or 'cuda[:i]'")
     p.add_argument("--dtype", default="float32", choices=_DTYPES, help="tensor and parameter dtype")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeats", type=positive_int, default=5, help=repeats)

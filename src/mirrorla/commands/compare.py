@@ -13,11 +13,12 @@ from mirrorla.commands import Command, Interrupted
 from mirrorla.commands.options import (
     add_comparison_options,
     add_train_config_options,
+    check_comparison_out,
     check_out_folder,
     given_config_fields,
     positive_int,
 )
-from mirrorla.commands.train import check_attention_options, user_errors
+from mirrorla.commands.train import check_attention_options, check_device, user_errors
 from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, TrainConfig, describe_preset
 
 __all__ = ["COMMANDS", "compare_config_from_args"]
@@ -102,11 +103,13 @@ def run_compare_cmd(args: argparse.Namespace) -> int:
     from mirrorla.engine.compare import run_compare
 
     check_out_folder(args.out)
+    check_comparison_out(args.out, args.resume, args.overwrite)
     cc = compare_config_from_args(
         args, throughput_iters=args.throughput_iters, throughput_rounds=args.throughput_rounds
     )
     for name in cc.attentions:
         check_attention_options(name, cc.base.attention_kwargs, cc.base.embed_dim, cc.base.num_heads)
+    check_device(cc.base.device)
     try:
         results = run_compare(cc)
     except KeyboardInterrupt:

@@ -19,13 +19,17 @@ from mirrorla.commands.options import (
     GivenOnly,
     add_comparison_options,
     add_train_config_options,
+    check_comparison_out,
+    check_out_file,
     check_out_folder,
+    device_name,
     positive_int,
 )
 from mirrorla.commands.train import (
     _interrupted_train,
     add_run_output_options,
     check_attention_options,
+    check_device,
     config_from_args,
     user_errors,
 )
@@ -53,8 +57,8 @@ _LRA_HELP = {
     "dataset": "the task: listops (generated), pathfinder32/64/128 (generated), image (Fashion-MNIST as a 1,024-pixel "
     "sequence), text or retrieval (your copy of LRA's IMDB/AAN TSV files in --data-dir: they cannot be "
     "obtained offline)",
-    "data_dir": "a folder with LRA TSV files (text, retrieval; listops reads basic_{train,val}.tsv from it instead "
-    "of generating)",
+    "data_dir": "a folder with LRA TSV files (text, retrieval; listops reads basic_train.tsv and basic_test.tsv, "
+    "the names in LRA's release, from it instead of generating)",
     "train_subset": "training sequences (generated tasks generate this many)",
     "eval_subset": "evaluation sequences",
     "model": "seq_tiny (width 32), seq_small (64, LRA's small config) or seq_base (128, 4 layers)",
@@ -105,6 +109,7 @@ def _check_options(cfg: TrainConfig) -> None:
     if cfg.dataset not in TASK_NAMES:
         raise UsageError(f"--dataset must be a long-range task ({', '.join(TASK_NAMES)}), got {cfg.dataset!r}")
     check_attention_options(cfg.attention, cfg.attention_kwargs, size.embed_dim, size.num_heads)
+    check_device(cfg.device)
 
 
 def task_budget(preset: str, task: str) -> dict:
@@ -152,7 +157,7 @@ def _add_lra_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
     p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
     p.add_argument("--batch-size", type=positive_int, default=64, help="sequences per forward")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N")
 
 
 @user_errors
@@ -160,6 +165,7 @@ def _run_lra_eval(args: argparse.Namespace) -> int:
     from mirrorla.engine.lra import accuracy_by_length, load_trained_sequence_model, majority_baseline, predict
     from mirrorla.tasks import create_task
 
+    check_out_file(args.json, "--json")
     model, cfg, _ = load_trained_sequence_model(args.checkpoint, args.device, ema=args.ema)
     if args.data_dir:
         cfg = cfg.replace(data_dir=args.data_dir)
@@ -294,6 +300,7 @@ def _run_lra_compare(args: argparse.Namespace) -> int:
     from mirrorla.engine.lra_compare import run_lra_suite
 
     check_out_folder(args.out)
+    check_comparison_out(args.out, args.resume, args.overwrite)
     tasks = _tasks(args)
     cc = compare_config_from_args(args, LRA_BASE.replace(progress=False, save_checkpoints=False), LRA_PRESETS, ())
     for spec in tasks:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,11 @@ __all__ = [
     "add_sr_options",
     "add_train_config_options",
     "jobs_count",
+    "check_comparison_out",
+    "check_out_file",
     "check_out_folder",
     "config_fields",
+    "device_name",
     "int_list",
     "key_value",
     "positive_float",
@@ -61,6 +65,17 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def device_name(text: str) -> str:
+    """``--device``: auto, cpu, cuda, cuda:N or mps (whether the machine has it is checked when the command
+    runs, by :func:`mirrorla.engine.distributed.resolve_device`)."""
+    if not _DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -104,6 +119,39 @@ def check_out_folder(path: str | None, option: str = "--out") -> None:
 
     if path is not None and Path(path).exists() and not Path(path).is_dir():
         raise UsageError(f"{option} {path} is a file; {option} takes a folder (new, or one of this command's)")
+
+
+def check_comparison_out(out: str, resume: bool, overwrite: bool) -> None:
+    """The --out, --resume and --overwrite of a comparison (``compare``, ``sr compare``, ``lra compare``):
+    ``--resume`` continues a comparison, so an --out that holds a single training run is refused (the
+    comparison would write its files among the run's); ``--resume --overwrite`` says on stderr what the pair
+    does, since it replaces finished runs."""
+    import sys
+
+    from mirrorla.commands import UsageError
+
+    folder = Path(out)
+    run_marks = [name for name in ("config.json", "metrics.jsonl", "checkpoints") if (folder / name).exists()]
+    if resume and run_marks and not (folder / "runs").is_dir() and not (folder / "results.json").is_file():
+        raise UsageError(
+            f"--out {out} holds a training run ({', '.join(run_marks)}), not a comparison; --resume continues a "
+            "comparison in the folder its --out named. Pass that folder, or a new --out"
+        )
+    if resume and overwrite:
+        print(
+            f"note: --resume with --overwrite: finished runs in {out} whose settings differ from this job's are "
+            "retrained and their results replaced; finished runs with the same settings are reused",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def check_out_file(path: str | None, option: str) -> None:
+    """A file option must not name an existing folder (``UsageError``)."""
+    from mirrorla.commands import UsageError
+
+    if path is not None and Path(path).is_dir():
+        raise UsageError(f"{option} {path} is a folder; {option} takes a file name (e.g. {Path(path) / 'out.json'})")
 
 
 class GivenOnly:
@@ -220,7 +268,7 @@ def add_train_config_options(
     add("seed", "--seed", type=int, help="random seed (init, data order, augmentation)")
 
     add = group("run")
-    add("device", "--device", help="auto, cpu, cuda or cuda:N")
+    add("device", "--device", type=device_name, help="auto, cpu, cuda or cuda:N")
     add("threads", "--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     add("progress", "--progress", action=argparse.BooleanOptionalAction, help="a progress bar per epoch")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -22,13 +23,18 @@ from mirrorla.commands.options import (
     add_comparison_options,
     add_sr_options,
     add_train_config_options,
+    check_comparison_out,
+    check_out_file,
     check_out_folder,
+    device_name,
+    non_negative_int,
     positive_int,
 )
 from mirrorla.commands.train import (
     _interrupted_train,
     add_run_output_options,
     check_attention_options,
+    check_device,
     config_from_args,
     user_errors,
 )
@@ -37,6 +43,9 @@ from mirrorla.engine.config import SR_BASE, SR_DEFAULT_ATTENTIONS, SR_PRESETS, d
 __all__ = ["COMMANDS"]
 
 _SR_PRESET_FIELDS = ("epochs", "train_subset")
+
+#: The smallest LR side of a training patch that leaves pixels to score.
+MIN_PATCH = 3
 
 
 def _add_sr_train_args(p: argparse.ArgumentParser) -> None:
@@ -54,6 +63,19 @@ def _check_options(cfg) -> None:
     if cfg.attention is None:
         raise UsageError("the SR network needs an --attention (`mirrorla list`)")
     check_attention_options(cfg.attention, cfg.attention_kwargs, size.embed_dim, size.num_heads)
+    check_device(cfg.device)
+    if cfg.dataset == "photos" and cfg.data_dir:
+        raise UsageError(
+            f"--data-dir {cfg.data_dir} is read only with --dataset folder; the default --dataset photos trains on "
+            "the built-in photos. Add --dataset folder to train on your images, or leave --data-dir out"
+        )
+    # The scores leave out `scale` HR pixels at each border, so a patch needs more than 2 LR pixels a side.
+    if cfg.image_size is not None and cfg.image_size < MIN_PATCH:
+        raise UsageError(
+            f"--image-size {cfg.image_size}: a training patch needs at least {MIN_PATCH} LR pixels a side (PSNR "
+            f"leaves out {cfg.scale} pixels at each edge of the ×{cfg.scale} output); pass --image-size {MIN_PATCH} "
+            f"or more (default {SR_BASE.image_size})"
+        )
 
 
 @user_errors
@@ -118,16 +140,56 @@ def _add_sr_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-images", default=None, metavar="DIR", help="also write each SR output there as PNG")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N")
+    add_tile_options(p)
+
+
+def add_tile_options(p: argparse.ArgumentParser) -> None:
+    """--tile and --tile-overlap of ``sr eval`` and ``sr upscale``."""
+    p.add_argument(
+        "--tile",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="upscale in overlapping N×N LR tiles, blended (as SwinIR/BasicSR's --tile) instead of the whole image "
+        "in one pass: for images too large for memory; each attention then sees one tile, not the whole image",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="LR pixels neighbouring tiles share, blended (default: 32, at most a quarter of --tile)",
+    )
+
+
+def _tile_settings(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    if args.tile is None:
+        if args.tile_overlap is not None:
+            raise UsageError("--tile-overlap applies to tiled inference: give --tile N too")
+        return None, None
+    if args.tile_overlap is not None and args.tile_overlap >= args.tile:
+        raise UsageError(f"--tile-overlap {args.tile_overlap} must be smaller than --tile {args.tile}")
+    return args.tile, args.tile_overlap
 
 
 @user_errors
 def _run_sr_eval(args: argparse.Namespace) -> int:
     from mirrorla.data.sr import load_pairs
-    from mirrorla.engine.sr import evaluate_images, load_trained_sr
+    from mirrorla.engine.sr import check_pairs_memory, evaluate_images, load_trained_sr
 
+    tile, overlap = _tile_settings(args)
+    check_out_file(args.json, "--json")
+    check_out_folder(args.save_images, "--save-images")
+    if args.data == "photos" and Path("photos").is_dir():
+        print(
+            "note: --data photos scores the built-in test photos, not the folder ./photos here; to score that "
+            "folder pass --data ./photos",
+            file=sys.stderr,
+        )
     model, cfg = load_trained_sr(args.checkpoint, args.device, ema=args.ema)
     pairs = load_pairs(args.data, "test", cfg.scale, args.degradation or cfg.degradation, args.lr_dir)
+    check_pairs_memory(model, pairs, tile)  # before the progress bar: a refusal is the only output
     from tqdm.auto import tqdm
 
     from mirrorla.engine.run_folder import claim_output_folder
@@ -135,9 +197,12 @@ def _run_sr_eval(args: argparse.Namespace) -> int:
     # One writer per --save-images folder: two evaluations into it would mix their images.
     saving = claim_output_folder(args.save_images, "sr eval --save-images") if args.save_images else nullcontext()
     with saving, tqdm(total=len(pairs), desc="sr eval", unit="image", leave=False) as bar:
-        rows = evaluate_images(model, pairs, cfg.scale, progress=bar, save_dir=args.save_images)
+        rows = evaluate_images(
+            model, pairs, cfg.scale, bar, args.save_images, tile=tile, overlap=overlap, check_memory=False
+        )
     bicubic = evaluate_images(None, pairs, cfg.scale)
-    print(f"{cfg.model} with {cfg.attention}, ×{cfg.scale}, data {args.data}")
+    tiled = f", in {tile}×{tile} tiles" if tile else ""
+    print(f"{cfg.model} with {cfg.attention}, ×{cfg.scale}, data {args.data}{tiled}")
     _print_rows(rows, bicubic)
     if args.json:
         from mirrorla.engine.checkpoint import atomic_write_bytes
@@ -149,7 +214,7 @@ def _run_sr_eval(args: argparse.Namespace) -> int:
 
 def _add_sr_upscale_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="run folder, checkpoints/ folder or .safetensors file of an SR run")
-    p.add_argument("images", nargs="+", help="image files to upscale, each in one pass (no tiling)")
+    p.add_argument("images", nargs="+", help="image files to upscale, each in one pass unless --tile")
     p.add_argument(
         "--out",
         required=True,
@@ -157,14 +222,22 @@ def _add_sr_upscale_args(p: argparse.ArgumentParser) -> None:
         "unless --overwrite",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda or cuda:N")
+    add_tile_options(p)
 
 
 @user_errors
 def _run_sr_upscale(args: argparse.Namespace) -> int:
     from mirrorla.engine.sr import load_trained_sr, upscale_file
 
+    tile, overlap = _tile_settings(args)
     out = Path(args.out)
+    if len(args.images) > 1 and not out.is_dir() and (out.exists() or _is_image_name(out)):
+        raise UsageError(
+            f"{len(args.images)} input images need a folder for --out, and {out} "
+            f"{'is a file' if out.exists() else 'looks like a file name'}; pass a folder (outputs are named "
+            f"<name>_x<scale>.png), or one image at a time"
+        )
     to_folder = len(args.images) > 1 or out.is_dir() or not out.suffix
     model, cfg = load_trained_sr(args.checkpoint, args.device)
     targets = [out / f"{Path(src).stem}_x{cfg.scale}.png" if to_folder else out for src in args.images]
@@ -175,7 +248,7 @@ def _run_sr_upscale(args: argparse.Namespace) -> int:
             raise UsageError(f"{dst} exists; pass --overwrite to replace it, or choose another --out")
     for src, dst in zip(args.images, targets, strict=True):
         try:  # without --overwrite the file is published only if the name is still free (no check-then-write)
-            r = upscale_file(model, cfg.scale, src, dst, replace=args.overwrite)
+            r = upscale_file(model, cfg.scale, src, dst, tile=tile, overlap=overlap, replace=args.overwrite)
         except FileExistsError:
             raise UsageError(
                 f"{dst} was created while upscaling (by another process?); it is not replaced: pass --overwrite to "
@@ -185,6 +258,12 @@ def _run_sr_upscale(args: argparse.Namespace) -> int:
             f"{src} ({r['lr_hw'][0]}×{r['lr_hw'][1]}) → {dst} ({r['sr_hw'][0]}×{r['sr_hw'][1]}, {r['seconds']:.2f} s)"
         )
     return 0
+
+
+def _is_image_name(path: Path) -> bool:
+    from mirrorla.data.sr import IMAGE_EXTENSIONS
+
+    return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _add_sr_compare_args(p: argparse.ArgumentParser) -> None:
@@ -216,6 +295,7 @@ def _run_sr_compare(args: argparse.Namespace) -> int:
     from mirrorla.engine.sr_compare import run_sr_compare
 
     check_out_folder(args.out)
+    check_comparison_out(args.out, args.resume, args.overwrite)
     cc = compare_config_from_args(args, SR_BASE.replace(progress=False), SR_PRESETS, _SR_PRESET_FIELDS)
     base = cc.base
     for name in cc.attentions:
@@ -249,7 +329,7 @@ _SUBCOMMANDS = {
         _run_sr_compare,
     ),
     "upscale": (
-        "upscale your own image files with a trained SR checkpoint (whole image, one pass)",
+        "upscale your own image files with a trained SR checkpoint (whole image in one pass, or --tile)",
         _add_sr_upscale_args,
         _run_sr_upscale,
     ),

@@ -19,12 +19,13 @@ from mirrorla.commands.options import (
     GivenOnly,
     add_train_config_options,
     check_out_folder,
+    device_name,
     given_config_fields,
     positive_int,
 )
 from mirrorla.engine.config import TrainConfig
 
-__all__ = ["COMMANDS", "config_from_args", "check_attention_options", "user_errors", "load_datasets"]
+__all__ = ["COMMANDS", "config_from_args", "check_attention_options", "check_device", "user_errors", "load_datasets"]
 
 
 def user_errors(run):
@@ -99,6 +100,16 @@ def check_attention_options(attention: str | None, options: dict[str, Any], dim:
         create_attention(attention, dim, num_heads=num_heads, **options)
     except (TypeError, ValueError) as err:
         raise UsageError(f"--attn-opt {', '.join(f'{k}={v!r}' for k, v in options.items())}: {err}") from err
+
+
+def check_device(name: str) -> None:
+    """``UsageError`` now, before any data is read, for a ``--device`` this machine lacks."""
+    from mirrorla.engine.distributed import resolve_device
+
+    try:
+        resolve_device(name)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def load_datasets(cfg: TrainConfig):
@@ -206,6 +217,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_out_folder(cfg.out_dir)
     check_attention_options(cfg.attention, cfg.attention_kwargs, cfg.embed_dim, cfg.num_heads)
+    check_device(cfg.device)
     datasets = load_datasets(cfg)
     try:
         out = train(cfg, datasets)
@@ -228,7 +240,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         help="evaluate on a fixed random subset of this size (default: the run's)",
     )
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--throughput", action="store_true", help="also report MACs and inference images/s")
 
 
@@ -264,7 +276,9 @@ def run_eval(args: argparse.Namespace) -> int:
     weights = ckpt["ema"] if args.ema else ckpt["model"]
     if weights is None:
         raise ValueError(f"{ckpt['path']} holds no EMA weights (the run had --ema-decay 0)")
-    model.load_state_dict(weights)
+    from mirrorla.engine.weights import describe_settings, load_checked_weights
+
+    load_checked_weights(model, weights, ckpt["path"], describe_settings(cfg))
     model.to(env.device)
     result: dict[str, Any] = {
         "checkpoint": str(ckpt["path"]),

@@ -36,6 +36,20 @@ def _score(result: dict[str, Any]) -> tuple[float | None, str]:
     return None, "score"
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object file, or a ValueError that names it (a truncated or hand-edited file)."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"cannot read {path}: not valid JSON ({err}); the file is truncated or corrupt: restore it, or rerun "
+            "the comparison with --resume to write it again"
+        ) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"cannot read {path}: expected a JSON object, got a {type(data).__name__}")
+    return data
+
+
 def comparison_runs(path: str | os.PathLike, seeds: list[int] | None) -> list[dict[str, Any]]:
     """The finished runs with a checkpoint: attention, seed, folder, score. Ordered by attention as in the
     comparison's results.json (else by name), then seed."""
@@ -43,7 +57,7 @@ def comparison_runs(path: str | os.PathLike, seeds: list[int] | None) -> list[di
     order: list[str] = []
     results = root / "results.json"
     if results.is_file():
-        order = list(json.loads(results.read_text()).get("methods", {}))
+        order = list(_read_json(results).get("methods", {}))
     found = []
     for run in sorted((root / "runs").glob("*/seed*")):
         seed = run.name[4:]
@@ -52,7 +66,7 @@ def comparison_runs(path: str | os.PathLike, seeds: list[int] | None) -> list[di
         result_file = run / "result.json"
         if not result_file.is_file() or not (run / "checkpoints").is_dir():
             continue
-        score, label = _score(json.loads(result_file.read_text()))
+        score, label = _score(_read_json(result_file))
         found.append(
             {"attention": run.parent.name, "seed": int(seed), "run": run, "score": score, "score_label": label}
         )

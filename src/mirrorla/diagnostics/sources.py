@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mirrorla.engine.weights import describe_settings, load_checked_weights
+
 __all__ = ["AnalysisSource", "from_run", "from_model_name", "image_files", "load_images"]
 
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -88,19 +90,23 @@ def from_run(
     if weights is None:
         raise ValueError(f"{ckpt['path']} holds no EMA weights (the run had --ema-decay 0)")
     kind = "EMA" if ema else "model"
+
+    def load(model: nn.Module) -> nn.Module:
+        return load_checked_weights(model, weights, ckpt["path"], describe_settings(cfg))
+
     what = f"{ckpt['path']} ({cfg.task}, model {cfg.model}, attention {cfg.attention}, {kind} weights)"
     if cfg.task == "classification":
-        return _classification_run(cfg, weights, what, num_inputs, images, batch)
+        return _classification_run(cfg, load, what, num_inputs, images, batch)
     if cfg.task == "super_resolution":
-        return _sr_run(cfg, weights, what, num_inputs, images)
+        return _sr_run(cfg, load, what, num_inputs, images)
     if cfg.task == "long_range":
         if images is not None:
             raise ValueError("a long-range run reads token sequences, not --images; leave --images out")
-        return _lra_run(cfg, weights, what, num_inputs, batch)
+        return _lra_run(cfg, load, what, num_inputs, batch)
     raise ValueError(f"analyze does not know task {cfg.task!r}")
 
 
-def _classification_run(cfg, weights, what: str, num_inputs: int, images: str | None, batch: int) -> AnalysisSource:
+def _classification_run(cfg, load, what: str, num_inputs: int, images: str | None, batch: int) -> AnalysisSource:
     from mirrorla.data import build_datasets
     from mirrorla.data.datasets import InMemoryImages
     from mirrorla.tasks.classification import create_classifier
@@ -122,18 +128,21 @@ def _classification_run(cfg, weights, what: str, num_inputs: int, images: str | 
             x = torch.stack([eval_set[i][0] for i in range(n)])
         source = f"the first {n} evaluation images of {info.name}"
     model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
-    model.load_state_dict(weights)
+    load(model)
     return AnalysisSource(model.eval(), _chunks(x, batch), f"Model: {what}. Inputs: {source}.", x[0])
 
 
-def _sr_run(cfg, weights, what: str, num_inputs: int, images: str | None) -> AnalysisSource:
+def _sr_run(cfg, load, what: str, num_inputs: int, images: str | None) -> AnalysisSource:
     from mirrorla.data.sr import load_image, load_pairs
     from mirrorla.tasks import create_task
 
     model = create_task(cfg.task, cfg).build_model(cfg, None)
-    model.load_state_dict(weights)
+    load(model)
     if images is not None:
-        lrs = [load_image(f) for f in image_files(images)[:num_inputs]]
+        files = image_files(images)[:num_inputs]
+        lrs = [load_image(f) for f in files]
+        for f, lr in zip(files, lrs, strict=True):
+            _check_sr_memory(model, lr, f)
         source = f"{len(lrs)} LR image(s) from {images}, whole"
     else:
         pairs = load_pairs("photos", "test", cfg.scale, cfg.degradation)[:num_inputs]
@@ -143,13 +152,28 @@ def _sr_run(cfg, weights, what: str, num_inputs: int, images: str | None) -> Ana
     return AnalysisSource(model.eval(), batches, f"Model: {what}. Inputs: {source}.", batches[0][0])
 
 
-def _lra_run(cfg, weights, what: str, num_inputs: int, batch: int) -> AnalysisSource:
+def _check_sr_memory(model: nn.Module, lr: Tensor, path: Path) -> None:
+    """Refuse an --images file whose whole-image analysis would not fit in memory: the forward (estimated as
+    for ``sr upscale``) plus the captured q, k and features of one layer (about 6 (N, C) float tensors)."""
+    from mirrorla.engine.sr import check_upscale_memory
+
+    check_upscale_memory(
+        model,
+        lr,
+        f"analysing {path}",
+        extra_per_pixel=6 * 4 * model.embed_dim,
+        fix="analyse a smaller crop of it (the analysis needs the whole image in one pass; `mirrorla sr upscale "
+        "--tile` upscales large images)",
+    )
+
+
+def _lra_run(cfg, load, what: str, num_inputs: int, batch: int) -> AnalysisSource:
     from mirrorla.tasks import create_task
 
     task = create_task(cfg.task, cfg)
     _, eval_set, info = task.build_datasets(cfg)  # the model is sized by the data's facts (vocabulary, length)
     model = task.build_model(cfg, info)
-    model.load_state_dict(weights)
+    load(model)
     n = min(num_inputs, len(eval_set))
     x, _ = eval_set.get_batch(torch.arange(n))
     display = None
@@ -185,6 +209,7 @@ def from_model_name(
     else:
         described += ", random weights"
     size = image_size or _input_size(model)
+    _check_input_size(model, size)
     # ImageNet statistics (timm's default); a one-channel model gets their gray mean.
     mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if in_chans == 3 else ((0.449,), (0.226,))
     if images is not None:
@@ -200,6 +225,19 @@ def from_model_name(
         x = _fashion_mnist_images(num_inputs, in_chans, size, mean, std)
         source = f"the first {x.shape[0]} Fashion-MNIST evaluation images, resized to {size}"
     return AnalysisSource(model.eval(), _chunks(x, batch), f"Model: {described}. Inputs: {source}.", x[0])
+
+
+def _check_input_size(model: nn.Module, size: int) -> None:
+    """A ViT-style model cuts its input into patches: the input side must hold at least one patch."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch is None:
+        return
+    patch = max(patch) if isinstance(patch, (tuple, list)) else int(patch)
+    if size < patch:
+        raise ValueError(
+            f"--image-size {size} is smaller than the model's {patch}×{patch} patches; pass --image-size {patch} or "
+            "more (a multiple of the patch size)"
+        )
 
 
 def _input_size(model: nn.Module) -> int:
@@ -234,13 +272,37 @@ def _load_weights(model: nn.Module, weights: str) -> None:
         ) from err
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    from mirrorla.engine.weights import weights_mismatch
+
+    problem = weights_mismatch(model, state)
+    if problem is None:
+        model.load_state_dict(state)
+        return
+    run = _run_of_checkpoint(path)
+    if run is not None:
         raise ValueError(
-            f"{path} does not fit the model: {len(missing)} missing keys (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); convert official weights with "
-            "mirrorla.models.convert first"
+            f"--weights {path} is a checkpoint of a mirrorla {run} run, not weights for --model: analyse the run "
+            f"itself with `mirrorla analyze {path}` (it knows its model)"
         )
+    raise ValueError(
+        f"{path} does not fit the model: {problem}; convert official weights with mirrorla.models.convert first"
+    )
+
+
+def _run_of_checkpoint(path: Path) -> str | None:
+    """The task of the mirrorla run whose checkpoint ``path`` is (its state file or run config beside it),
+    else None."""
+    import json
+
+    for settings in (path.parent.parent / "config.json", path.parent / "config.json"):
+        if settings.is_file():
+            try:
+                return str(json.loads(settings.read_text()).get("task", "training"))
+            except (ValueError, OSError, AttributeError):
+                return "training"
+    if path.with_name(path.name.removesuffix(".safetensors") + ".state.pt").is_file():
+        return "training"
+    return None
 
 
 def _fashion_mnist_images(n: int, in_chans: int, size: int, mean, std) -> Tensor:

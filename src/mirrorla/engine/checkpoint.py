@@ -415,6 +415,10 @@ def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
         return path.with_name(path.name[: -len(".state.pt")] + ".safetensors"), path
     if path.suffix == ".safetensors":
         return path, path.with_name(path.name[: -len(".safetensors")] + ".state.pt")
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; give a run folder, its checkpoints/ folder, or a .safetensors / .state.pt file"
+        )
     raise ValueError(f"{path} is neither a directory, a .safetensors file nor a .state.pt file")
 
 
@@ -507,6 +511,14 @@ def checkpoint_config(ckpt: dict[str, Any], checkpoint: str | os.PathLike) -> An
         cfg_path = Path(resolve_checkpoint(checkpoint)[0]).parent.parent / "config.json"
         if not cfg_path.is_file():
             raise FileNotFoundError(f"cannot find the run's settings: neither a .state.pt file nor {cfg_path}")
-        raw = json.loads(cfg_path.read_text())
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"cannot read the run's settings from {cfg_path}: not valid JSON ({err}); restore the file "
+                "written by the run, or pass the checkpoint's .state.pt, which holds the settings too"
+            ) from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"cannot read the run's settings from {cfg_path}: expected a JSON object")
         saved = {k: v for k, v in raw.items() if k in TrainConfig.__dataclass_fields__}
     return TrainConfig.from_dict({**saved, "resume": None, "progress": False})

@@ -12,7 +12,14 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistEnv", "setup_distributed", "cleanup_distributed", "all_reduce_sum", "all_gather_floats"]
+__all__ = [
+    "DistEnv",
+    "resolve_device",
+    "setup_distributed",
+    "cleanup_distributed",
+    "all_reduce_sum",
+    "all_gather_floats",
+]
 
 
 @dataclass(frozen=True)
@@ -31,13 +38,35 @@ class DistEnv:
         return self.world_size > 1
 
 
-def _pick_device(requested: str, local_rank: int) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(requested)
+def resolve_device(requested: str | torch.device) -> torch.device:
+    """The device a ``--device`` names, checked: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``. A ``ValueError`` in one line for a name torch does not know or a device this
+    machine lacks. Every command with ``--device`` goes through here."""
+    if isinstance(requested, torch.device):
+        device = requested
+    elif requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(requested)
+        except RuntimeError:
+            raise ValueError(f"--device {requested!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+            raise ValueError(f"device {str(device)!r} requested but CUDA is not available; use --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"device {str(device)!r} requested but this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError("device 'mps' requested but MPS is not available; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {str(device)!r}: mirrorla runs on auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _pick_device(requested: str, local_rank: int) -> torch.device:
+    device = resolve_device(requested)
+    if device.type == "cuda":
         device = torch.device("cuda", local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
     return device

@@ -130,5 +130,8 @@ def load_trained_sequence_model(
     weights = ckpt["ema"] if ema else ckpt["model"]
     if weights is None:
         raise ValueError(f"{ckpt['path']} holds no EMA weights (the run had --ema-decay 0)")
-    model.load_state_dict(weights)
-    return model.to(device).eval(), cfg, info
+    from mirrorla.engine.distributed import resolve_device
+    from mirrorla.engine.weights import describe_settings, load_checked_weights
+
+    load_checked_weights(model, weights, ckpt["path"], describe_settings(cfg))
+    return model.to(resolve_device(device)).eval(), cfg, info

@@ -56,6 +56,9 @@ _LISTOPS = {"train": 10_000, "eval": 1_000, "min_len": 500, "max_len": 2000, "ma
 _PATHFINDER_SIZES = {"train": 20_000, "eval": 2_000}
 _TEXT_MAX_LEN, _RETRIEVAL_MAX_LEN = 4096, 4000
 _STREAMS = {"train": 0, "eval": 1}
+#: Sequences generated per second on one CPU core (measured, order of magnitude: the estimate is a warning).
+_LISTOPS_PER_SECOND, _PATHFINDER_PER_SECOND = 250.0, 250.0
+_LONGEST_GENERATION_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,37 @@ def _info(task, train, test, *, num_classes, vocab_size, max_len, grid, pad_id, 
     )  # fmt: skip
 
 
+def _check_token_memory(task: str, sequences: int, max_len: int, itemsize: int) -> None:
+    """Refuse, before generating or encoding anything, token arrays that would not fit in memory: the
+    allocation fails only after minutes of generation (or the machine starts swapping)."""
+    from mirrorla.memory import available_memory_bytes, format_bytes
+
+    needed = sequences * max_len * itemsize
+    available = available_memory_bytes("cpu")
+    if available is not None and needed > available // 2:
+        raise ValueError(
+            f"{task}: {sequences:,} sequences of {max_len:,} tokens need {format_bytes(needed)} of memory for the "
+            f"tokens alone, more than half of the {format_bytes(available)} available; lower the number of "
+            "sequences (--train-subset, --eval-subset) or --max-len (LRA: listops 2,000, text 4,096, retrieval 4,000)"
+        )
+
+
+def _check_generation_time(task: str, sequences: int, per_second: float) -> None:
+    """Say how long generating takes when it is long, and refuse what would take more than a day (a
+    ``--train-subset`` typo should not look like a hang)."""
+    import sys
+
+    seconds = sequences / per_second
+    if seconds > _LONGEST_GENERATION_S:
+        raise ValueError(
+            f"{task}: generating {sequences:,} sequences would take about {seconds / 3600:,.0f} hours (about "
+            f"{per_second:,.0f} a second on one CPU core); lower --train-subset / --eval-subset (LRA: 96,000 / 2,000)"
+        )
+    if seconds > 60:
+        print(f"{task}: generating {sequences:,} sequences, about {seconds / 60:.0f} min (cached for the next run)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
 def _generated_listops(cache_dir, train_size, eval_size, seed, max_len):
     params = dict(_LISTOPS, seed=seed)
     params["train"], params["eval"] = train_size or params["train"], eval_size or params["eval"]
@@ -203,6 +237,8 @@ def _generated_listops(cache_dir, train_size, eval_size, seed, max_len):
             f"max_len {params['max_len']} is below the shortest generated ListOps expression ({params['min_len']} "
             f"tokens); pass max_len >= {params['min_len']} (LRA: 2000), or read shorter TSV data with data_dir"
         )
+    _check_token_memory("listops", params["train"] + params["eval"], params["max_len"], 1)
+    _check_generation_time("listops", params["train"] + params["eval"], _LISTOPS_PER_SECOND)
     gen = {k: params[k] for k in ("min_len", "max_len", "max_depth", "max_args")}
 
     def generate(split: str) -> dict[str, np.ndarray]:
@@ -227,6 +263,9 @@ def _fixed_len(task: str, max_len: int | None, fixed: int) -> None:
 def _generated_pathfinder(task, cache_dir, train_size, eval_size, seed, max_len, difficulty):
     preset = pathfinder_preset(int(task.removeprefix("pathfinder")), difficulty)
     _fixed_len(task, max_len, preset.size**2)
+    sequences = (train_size or _PATHFINDER_SIZES["train"]) + (eval_size or _PATHFINDER_SIZES["eval"])
+    _check_token_memory(task, sequences, preset.size**2, 1)
+    _check_generation_time(task, sequences, _PATHFINDER_PER_SECOND * 32 / preset.size)
     params = {
         "difficulty": difficulty, "dashes": preset.dashes,
         "distractors": f"{preset.distractors}x{preset.distractor_dashes}", "dash": preset.dash,
@@ -295,12 +334,15 @@ def _from_tsv(task, data_dir, train_size, eval_size, max_len):
 def _read_tsv(task: str, path: Path, max_len: int) -> dict[str, np.ndarray]:
     if task == "listops":
         tokens, labels = tsv.read_listops_tsv(path)
+        _check_token_memory(f"listops ({path})", len(tokens), max_len, 1)
         ids, lengths = encode_listops(tokens, max_len)
     elif task == "text":
         texts, labels = tsv.read_text_tsv(path)
+        _check_token_memory(f"text ({path})", len(texts), max_len, 2)
         ids, lengths = tsv.encode_bytes(texts, max_len)
     else:
         pairs, labels = tsv.read_retrieval_tsv(path)
+        _check_token_memory(f"retrieval ({path})", 2 * len(pairs), max_len, 2)
         first, len1 = tsv.encode_bytes([a for a, _ in pairs], max_len)
         second, len2 = tsv.encode_bytes([b for _, b in pairs], max_len)
         ids, lengths = np.stack([first, second], axis=1), np.stack([len1, len2], axis=1)
