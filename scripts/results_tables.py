@@ -1,0 +1,254 @@
+"""Regenerate, or check, every table in the docs that comes from a results file or from the code.
+
+A generated table sits between two marker comments in a Markdown file::
+
+    <!-- table: fashion-mnist/results -->
+    | attention | ... |
+    <!-- /table -->
+
+The name after ``table:`` is a generator registered below (``TABLES``); it reads the committed results files
+(``docs/results/...``) or runs the library's code and returns the table. Nothing is typed in by hand: a results
+file that is missing is reported as ``(missing: path)`` in place of the table, never filled in.
+
+    python scripts/results_tables.py --check          # exit 1 and list every table that differs (default)
+    python scripts/results_tables.py --write          # rewrite the tables in place
+    python scripts/results_tables.py --print NAME     # print one table
+    python scripts/results_tables.py --list           # the registered tables and the files that use them
+
+``tests/test_docs_tables.py`` runs the check in the default suite. Tables whose generator is expensive (it builds
+ImageNet-size models to count their MACs) are listed in ``SLOW`` and skipped unless ``--slow`` is given; the
+slow-marked test checks them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path("docs") / "results"
+#: The Markdown files searched for markers.
+DOC_GLOBS = ("README.md", "docs/*.md", "docs/results/*.md")
+MARKER = re.compile(r"(<!-- table: (?P<name>[\w./-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+TABLES: dict[str, Callable[[Path], str]] = {}
+#: Generators that build large models (seconds to minutes each); checked by the slow test.
+SLOW: set[str] = set()
+
+
+def table(name: str, slow: bool = False) -> Callable[[Callable[[Path], str]], Callable[[Path], str]]:
+    def register(fn: Callable[[Path], str]) -> Callable[[Path], str]:
+        if name in TABLES:
+            raise ValueError(f"table {name!r} is registered twice")
+        TABLES[name] = fn
+        if slow:
+            SLOW.add(name)
+        return fn
+
+    return register
+
+
+class Missing(Exception):
+    """A results file a table needs is not in the repository."""
+
+
+def load(root: Path, relative: str | Path) -> dict:
+    path = root / relative
+    if not path.is_file():
+        raise Missing(str(Path(relative)))
+    return json.loads(path.read_text())
+
+
+def _src(root: Path) -> None:
+    """Import the library of this checkout, not an installed one."""
+    src = str(root / "src")
+    if src not in sys.path:
+        sys.path.insert(0, src)
+
+
+def _markdown(head: list[str], align: str, rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _mean_std(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fashion-MNIST (docs/results/fashion-mnist.md, README.md)
+
+FMNIST = RESULTS / "fashion-mnist"
+
+
+@table("fashion-mnist/results")
+def fashion_mnist_results(root: Path) -> str:
+    """The comparison's own table (``results.md`` of ``mirrorla compare``), rendered by the same function."""
+    _src(root)
+    from mirrorla.engine.compare import format_table
+
+    return format_table(load(root, FMNIST / "results.json"))
+
+
+def _seed_rows(results: dict) -> list[list[str]]:
+    rows = []
+    seeds = [str(s) for s in results["seeds"]]
+    for name, m in results["methods"].items():
+        runs = m["runs"]
+        top1 = [f"{runs[s]['final_top1']:.2f}" for s in seeds]
+        speed = " / ".join(f"{runs[s]['train_img_s']:.0f}" for s in seeds)
+        curve = " → ".join(f"{v:.2f}" for v in runs[seeds[0]]["curve_top1"])
+        rows.append([name, *top1, speed, curve])
+    return rows
+
+
+@table("fashion-mnist/per-seed")
+def fashion_mnist_per_seed(root: Path) -> str:
+    results = load(root, FMNIST / "results.json")
+    seeds = [str(s) for s in results["seeds"]]
+    head = ["attention", *(f"seed {s}" for s in seeds), f"train img/s (seeds {' / '.join(seeds)})",
+            f"top-1 per epoch, seed {seeds[0]}"]  # fmt: skip
+    return _markdown(head, "l" + "r" * (len(seeds) + 1) + "l", _seed_rows(results))
+
+
+def _identical(a: dict, b: dict) -> bool:
+    """Every epoch's evaluation accuracy and training loss equal (bit for bit, as stored)."""
+    return a["curve_top1"] == b["curve_top1"] and a["curve_train_loss"] == b["curve_train_loss"]
+
+
+@table("fashion-mnist/weight-decay-fix")
+def fashion_mnist_weight_decay_fix(root: Path) -> str:
+    """After against before the weight-decay fix: both columns and the seeds whose curves are identical."""
+    after = load(root, FMNIST / "results.json")["methods"]
+    before = load(root, FMNIST / "before-weight-decay-fix" / "results.json")["methods"]
+    rows = []
+    for name, m in after.items():
+        if name not in before:
+            rows.append([name, _mean_std([r["final_top1"] for r in m["runs"].values()]), "–", "–", "–"])
+            continue
+        a = [r["final_top1"] for r in m["runs"].values()]
+        b_runs = before[name]["runs"]
+        b = [r["final_top1"] for r in b_runs.values()]
+        same = [s for s, r in m["runs"].items() if s in b_runs and _identical(r, b_runs[s])]
+        change = round(statistics.mean(a) - statistics.mean(b), 2) + 0.0  # + 0.0: no "-0.00"
+        rows.append([name, _mean_std(a), _mean_std(b), f"{change:+.2f}", ", ".join(same) or "none"])
+    head = ["attention", "after the fix", "before the fix (2026-11-23)", "change", "seeds that reproduce bit for bit"]
+    return _markdown(head, "lrrrl", rows)
+
+
+@table("fashion-mnist/mirror_dwc")
+def fashion_mnist_mirror_dwc(root: Path) -> str:
+    _src(root)
+    from mirrorla.engine.compare import _human
+
+    results = load(root, FMNIST / "mirror_dwc" / "results.json")
+    threads = sorted({str(r.get("threads")) for m in results["methods"].values() for r in m["runs"].values()})
+    rows = []
+    for name, m in results["methods"].items():
+        top1 = [r["final_top1"] for r in m["runs"].values()]
+        rows.append([name, _mean_std(top1), " / ".join(f"{v:.2f}" for v in top1), _human(m["params"]),
+                     _human(m["macs"]), f"{m['train_img_s']:.0f}"])  # fmt: skip
+    n = len(results["seeds"])
+    head = ["attention", f"top-1 % (mean ± std, {n} seeds)", "per seed", "params", "MACs",
+            f"train img/s ({', '.join(threads)} thread{'s' if threads != ['1'] else ''})"]  # fmt: skip
+    return _markdown(head, "lrlrrr", rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The markers
+
+
+def docs(root: Path) -> list[Path]:
+    return sorted({p for pattern in DOC_GLOBS for p in root.glob(pattern)})
+
+
+def render(name: str, root: Path = ROOT) -> str:
+    if name not in TABLES:
+        raise KeyError(f"no table named {name!r}; registered: {', '.join(sorted(TABLES))}")
+    try:
+        return TABLES[name](root).rstrip("\n")
+    except Missing as missing:
+        return f"(missing: {missing}; this table is generated from that file and is not filled in by hand)"
+
+
+def regenerate(text: str, root: Path = ROOT, skip: set[str] | frozenset[str] = frozenset()) -> str:
+    """``text`` with every marked table replaced by what its generator prints (the ``skip`` ones kept)."""
+
+    def replace(match: re.Match) -> str:
+        name = match["name"]
+        if name in skip:
+            return match[0]
+        return f"{match[1]}{render(name, root)}\n{match[4]}"
+
+    return MARKER.sub(replace, text)
+
+
+def used(root: Path = ROOT) -> dict[str, list[str]]:
+    """Table name → the files (relative to ``root``) whose markers name it."""
+    found: dict[str, list[str]] = {}
+    for path in docs(root):
+        for match in MARKER.finditer(path.read_text()):
+            found.setdefault(match["name"], []).append(str(path.relative_to(root)))
+    return found
+
+
+def stale(root: Path = ROOT, slow: bool = False) -> list[str]:
+    """``file: table`` for every marked table whose text differs from what its generator prints."""
+    skip = set() if slow else SLOW
+    out = []
+    for path in docs(root):
+        text = path.read_text()
+        for match in MARKER.finditer(text):
+            if match["name"] in skip:
+                continue
+            if match["body"].rstrip("\n") != render(match["name"], root):
+                out.append(f"{path.relative_to(root)}: {match['name']}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="list the tables that differ and exit 1 (default)")
+    mode.add_argument("--write", action="store_true", help="rewrite every marked table in place")
+    mode.add_argument("--print", metavar="NAME", help="print one table")
+    mode.add_argument("--list", action="store_true", help="the registered tables and the files that use them")
+    parser.add_argument("--slow", action="store_true", help="include the tables that build large models")
+    parser.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this checkout)")
+    args = parser.parse_args(argv)
+    root = args.root
+    if args.print:
+        print(render(args.print, root))
+        return 0
+    if args.list:
+        where = used(root)
+        for name in sorted(TABLES):
+            print(f"{name}{' (slow)' if name in SLOW else ''}: {', '.join(where.get(name, ['(unused)']))}")
+        return 0
+    if args.write:
+        skip = set() if args.slow else SLOW
+        for path in docs(root):
+            text = path.read_text()
+            new = regenerate(text, root, skip)
+            if new != text:
+                path.write_text(new)
+                print(f"rewrote {path.relative_to(root)}")
+        return 0
+    differ = stale(root, args.slow)
+    for line in differ:
+        print(f"differs from its generator: {line}")
+    if differ:
+        print("run `python scripts/results_tables.py --write` (and review the diff) to regenerate them")
+    return 1 if differ else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
