@@ -163,6 +163,91 @@ def fashion_mnist_mirror_dwc(root: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Super-resolution (docs/results/super-resolution.md)
+
+SR = RESULTS / "super-resolution"
+
+
+@table("super-resolution/compare-x2")
+def super_resolution_compare(root: Path) -> str:
+    _src(root)
+    from mirrorla.engine.sr_compare import format_sr_table
+
+    return format_sr_table(load(root, SR / "compare-x2" / "results.json"))
+
+
+@table("super-resolution/bench-x4")
+def super_resolution_bench(root: Path) -> str:
+    _src(root)
+    from mirrorla.bench.report import sr_pivot_table
+
+    return sr_pivot_table(load(root, SR / "bench-x4" / "sr.json")["results"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Long-range sequences (docs/results/long-range.md)
+
+LRA = RESULTS / "long-range"
+
+
+@table("long-range/summary")
+def long_range_summary(root: Path) -> str:
+    _src(root)
+    from mirrorla.engine.lra_compare import format_summary_table
+
+    return format_summary_table(load(root, LRA / "compare" / "summary.json"))
+
+
+def _lra_task(folder: str) -> Callable[[Path], str]:
+    def generate(root: Path) -> str:
+        _src(root)
+        from mirrorla.engine.lra_compare import format_lra_table
+
+        return format_lra_table(load(root, LRA / folder / "results.json"))
+
+    return generate
+
+
+for _name, _folder in (("listops", "compare/listops"), ("pathfinder32", "compare/pathfinder32"),
+                       ("pathfinder32-2d", "pathfinder32-easy-2d/pathfinder32-2d"), ("image-3-seeds", "image-3-seeds/image")):  # fmt: skip
+    table(f"long-range/{_name}")(_lra_task(_folder))
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+def _mib(v: float) -> str:
+    return f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+@table("long-range/bench")
+def long_range_bench(root: Path) -> str:
+    """Seconds and peak MiB per training step at the shortest, a middle and the longest length, with the fitted
+    exponents (``mirrorla bench lra``'s ``lra.json``)."""
+    bench = load(root, LRA / "bench" / "lra.json")
+    lengths = sorted({r["N"] for r in bench["results"]})
+    shown = [lengths[0], lengths[len(lengths) // 2], lengths[-1]]
+    cells = {(r["method"], r["N"]): r for r in bench["results"]}
+
+    def step(method: str, n: int) -> str:
+        r = cells.get((method, n))
+        return "–" if r is None or r["status"] != "ok" else _seconds(r["step"]["median_ms"] / 1e3)
+
+    def memory(method: str, n: int) -> str:
+        r = cells.get((method, n))
+        return "–" if r is None or r.get("mem_step_bytes") is None else _mib(r["mem_step_bytes"] / 2**20)
+
+    k = [f"{n // 1024}K" if n % 1024 == 0 else f"{n:,}" for n in shown]
+    head = ["attention", f"s/step {k[0]}", k[1], k[2], "time exponent", f"peak MiB {k[0]}", k[2], "memory exponent"]
+    rows = []
+    for method, fit in bench["scaling"].items():
+        rows.append([method, *(step(method, n) for n in shown), f"{fit['time_exponent']:.2f}",
+                     memory(method, shown[0]), memory(method, shown[-1]), f"{fit['memory_exponent']:.2f}"])  # fmt: skip
+    return _markdown(head, "lrrrrrrr", rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # The markers
 
 
