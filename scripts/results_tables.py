@@ -208,8 +208,13 @@ def _lra_task(folder: str) -> Callable[[Path], str]:
     return generate
 
 
-for _name, _folder in (("listops", "compare/listops"), ("pathfinder32", "compare/pathfinder32"),
-                       ("pathfinder32-2d", "pathfinder32-easy-2d/pathfinder32-2d"), ("image-3-seeds", "image-3-seeds/image")):  # fmt: skip
+LRA_TASKS = {
+    "listops": "compare/listops",
+    "pathfinder32": "compare/pathfinder32",
+    "pathfinder32-2d": "pathfinder32-easy-2d/pathfinder32-2d",
+    "image-3-seeds": "image-3-seeds/image",
+}
+for _name, _folder in LRA_TASKS.items():
     table(f"long-range/{_name}")(_lra_task(_folder))
 
 
