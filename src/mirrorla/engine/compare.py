@@ -464,6 +464,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
+        "provenance": out["provenance"],
     }
     atomic_write_bytes(path, json.dumps(result, indent=2).encode())
     return result

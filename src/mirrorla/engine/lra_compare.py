@@ -61,6 +61,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
+        "provenance": out["provenance"],
         "summary": f"top-1 {top1:.2f}% (best epoch {max(h['eval_top1'] for h in history):.2f}%)",
     }
     atomic_write_bytes(Path(cfg.out_dir) / "result.json", json.dumps(result, indent=2).encode())

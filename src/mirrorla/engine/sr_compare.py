@@ -67,6 +67,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
+        "provenance": out["provenance"],
         "summary": f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}",
     }
     atomic_write_bytes(Path(cfg.out_dir) / "result.json", json.dumps(result, indent=2).encode())
