@@ -60,3 +60,20 @@ def test_the_ema_eval_example_works_on_the_run_of_the_train_example(tmp_path, ca
     printed = capsys.readouterr().out
     result = json.loads(printed[printed.index("{") :])
     assert result["weights"] == "ema" and 0 <= result["top1"] <= 100
+
+
+def test_linearize_topk_help_agrees_with_the_docs_and_the_code(capsys):
+    """``--topk`` counts tokens kept per earlier chunk and head (``select_topk`` over each chunk's positions)."""
+    import pytest
+
+    from mirrorla.cli import main
+    from mirrorla.still.config import StillConfig
+
+    with pytest.raises(SystemExit):
+        main(["linearize", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--topk TOPK tokens per earlier chunk and head kept for exact softmax attention" in help_text, help_text
+    row = "| `topk` | 4 | tokens per old chunk and head kept for exact attention"
+    assert row in (ROOT / "docs/still.md").read_text()
+    config_doc = " ".join(StillConfig.__doc__.split())
+    assert "topk: tokens per chunk and head kept for exact softmax attention" in config_doc
