@@ -77,3 +77,20 @@ def test_linearize_topk_help_agrees_with_the_docs_and_the_code(capsys):
     assert row in (ROOT / "docs/still.md").read_text()
     config_doc = " ".join(StillConfig.__doc__.split())
     assert "topk: tokens per chunk and head kept for exact softmax attention" in config_doc
+
+
+def test_demo_runs_as_documented(capsys):
+    """docs/api.md: ``mirrorla demo``'s defaults and its table."""
+    from mirrorla.cli import build_parser, main
+
+    text = " ".join((ROOT / "docs" / "api.md").read_text().split())
+    assert "`mirrorla demo` builds every registered attention" in text
+    defaults = build_parser().parse_args(["demo"])
+    assert (defaults.dim, defaults.heads, defaults.grid, defaults.batch) == (384, 6, 56, 2)
+    assert "at C = 384, 6 heads, a 56×56 token grid (N = 3,136), batch 2" in text
+    assert main(["demo", "--dim", "16", "--heads", "2", "--grid", "4", "--attentions", "mirror,softmax"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "| attention | params | output shape | fwd+bwd ms | output finite |" in lines
+    for name in ("mirror", "softmax"):
+        row = next(line for line in lines if line.startswith(f"| {name} |"))
+        assert "(2, 16, 16)" in row and row.endswith("| True |")
