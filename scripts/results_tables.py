@@ -162,6 +162,39 @@ def fashion_mnist_mirror_dwc(root: Path) -> str:
     return _markdown(head, "lrlrrr", rows)
 
 
+@table("fashion-mnist/macs-now")
+def fashion_mnist_macs_now(root: Path) -> str:
+    """The MACs and parameters the results file recorded at the producing commit, beside what this checkout's
+    counter gives for the same models (``mirrorla compare``'s own count): a change of the counter or of a model
+    shows here instead of silently disagreeing with the published column."""
+    _src(root)
+    import torch
+
+    from mirrorla.engine import count_macs, count_params, create_classifier
+    from mirrorla.engine.compare import _human
+    from mirrorla.engine.config import TrainConfig
+
+    results = load(root, FMNIST / "results.json")
+    info = results["dataset"]
+    known = set(TrainConfig.__dataclass_fields__)
+    base = TrainConfig.from_dict({k: v for k, v in results["config"].items() if k in known})
+    rows = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, m in results["methods"].items():
+            model = create_classifier(base.replace(attention=name), info["num_classes"], info["in_chans"],
+                                      info["image_size"])  # fmt: skip
+            macs = count_macs(model, info["in_chans"], info["image_size"])[0]
+            params = count_params(model)
+            rows.append([name, _human(m["macs"]), _human(macs), f"{macs - m['macs']:+,}", _human(m["params"]),
+                         _human(params)])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    head = ["attention", "MACs recorded", "MACs counted now", "difference", "params recorded", "params now"]
+    return _markdown(head, "lrrrrr", rows)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Super-resolution (docs/results/super-resolution.md)
 
@@ -250,6 +283,41 @@ def long_range_bench(root: Path) -> str:
         rows.append([method, *(step(method, n) for n in shown), f"{fit['time_exponent']:.2f}",
                      memory(method, shown[0]), memory(method, shown[-1]), f"{fit['memory_exponent']:.2f}"])  # fmt: skip
     return _markdown(head, "lrrrrrrr", rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Numbers from the code: parameters and MACs (README.md, docs/models.md), as `mirrorla flops PATTERNS` prints them
+
+FLOPS_README = ("deit_*_softmax", "deit_*_mirror", "pvt_*[!w]_softmax", "pvt_*_mirror", "l2vit_*")
+FLOPS_ALL = ("deit_*", "pvt_*", "l2vit_*")
+
+
+def flops_names(patterns: tuple[str, ...]) -> list[str]:
+    """The model names ``mirrorla flops PATTERNS`` counts, in its order."""
+    from mirrorla.models import list_models
+
+    names: list[str] = []
+    for pattern in patterns:
+        names += [n for n in list_models(pattern) if n not in names]
+    return names
+
+
+def flops_table(root: Path, patterns: tuple[str, ...], img_size: int = 224) -> str:
+    _src(root)
+    import torch
+
+    from mirrorla.models.flops import cost_table, model_cost
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # MAC counts do not depend on threads; one keeps a shared machine usable
+    try:
+        return cost_table([model_cost(name, img_size=img_size) for name in flops_names(patterns)])
+    finally:
+        torch.set_num_threads(threads)
+
+
+table("models/flops-readme", slow=True)(lambda root: flops_table(root, FLOPS_README))
+table("models/flops-all", slow=True)(lambda root: flops_table(root, FLOPS_ALL))
 
 
 # ---------------------------------------------------------------------------------------------------------------
