@@ -23,6 +23,7 @@ slow-marked test checks them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import statistics
@@ -283,6 +284,55 @@ def long_range_bench(root: Path) -> str:
         rows.append([method, *(step(method, n) for n in shown), f"{fit['time_exponent']:.2f}",
                      memory(method, shown[0]), memory(method, shown[-1]), f"{fit['memory_exponent']:.2f}"])  # fmt: skip
     return _markdown(head, "lrrrrrrr", rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The MirrorLA study (docs/results/mirrorla-study.md): the tables its own tables.py prints, in order
+
+STUDY = RESULTS / "mirrorla-study"
+STUDY_TABLES = ("p4-ablation", "p4-paired", "p4-stability", "p2-ablation", "p2-paired", "p2-stability", "alpha",
+                "design", "sibling", "six-seeds-49", "six-seeds-49-paired", "six-seeds-196", "six-seeds-196-paired",
+                "diagnostics-p4", "diagnostics-p2")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4)
+def _study_output(root: Path) -> tuple[list[str], list[str]]:
+    """(the Markdown tables ``tables.py`` prints, its ``(missing: ...)`` lines)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    spec = importlib.util.spec_from_file_location("study_tables", root / STUDY / "tables.py")
+    if spec is None or not (root / STUDY / "tables.py").is_file():
+        raise Missing(str(STUDY / "tables.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        module.main(root / STUDY)
+    tables, current = [], []
+    for line in printed.getvalue().splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append("\n".join(current))
+            current = []
+    missing = [line for line in printed.getvalue().splitlines() if "(missing:" in line]
+    return tables, missing
+
+
+def _study_table(index: int) -> Callable[[Path], str]:
+    def generate(root: Path) -> str:
+        tables, missing = _study_output(root)
+        if missing or len(tables) != len(STUDY_TABLES):
+            raise Missing("; ".join(missing) or f"{STUDY}: tables.py printed {len(tables)} tables")
+        return tables[index]
+
+    return generate
+
+
+for _index, _name in enumerate(STUDY_TABLES):
+    table(f"mirrorla-study/{_name}")(_study_table(_index))
 
 
 # ---------------------------------------------------------------------------------------------------------------
