@@ -336,6 +336,52 @@ for _index, _name in enumerate(STUDY_TABLES):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Efficiency (docs/results/efficiency.md)
+
+EFFICIENCY = RESULTS / "efficiency"
+
+
+def _ms(v: float) -> str:
+    return f"{v:,.1f}".replace("-", "−")
+
+
+def _official_peers(root: Path, folder: str, budget: bool) -> str:
+    """scripts/bench_official_peers.py's JSON: medians, the ratio (bold when ≥ 1.3×), projections and ceiling;
+    with ``budget`` also what ours spends beyond the projections and what 1.3× would leave for it."""
+    rows = []
+    for r in load(root, EFFICIENCY / folder / "official_peers.json")["results"]:
+        ratio = r["official_ms"] / r["ours_ms"]
+        cells = [r["peer"], f"{r['N']:,}", _ms(r["official_ms"]), _ms(r["ours_ms"]),
+                 f"**{ratio:.2f}**" if ratio >= 1.3 else f"{ratio:.2f}", "yes" if ratio >= 1.3 else "no",
+                 _ms(r["projections_ms"]), f"{r['official_ms'] / r['projections_ms']:.2f}"]  # fmt: skip
+        if budget:
+            cells += [_ms(r["ours_ms"] - r["projections_ms"]), _ms(r["official_ms"] / 1.3 - r["projections_ms"])]
+        rows.append(cells)
+    head = ["peer", "N", "official ms", "ours ms", "official / ours", "≥ 1.3×", "projections ms", "ceiling"]
+    if budget:
+        head += ["ours beyond projections ms", "budget for 1.3× ms"]
+    lines = _markdown(head, "lrrrrcrr" + "rr" * budget, rows).splitlines()
+    lines[1] = lines[1].replace("|---|---:|---:|---:|---:|---|", "|---|---:|---:|---:|---:|:---:|", 1)
+    return "\n".join(lines)
+
+
+table("efficiency/official-peers-2026-12-02b")(lambda root: _official_peers(root, "2026-12-02b", budget=True))
+table("efficiency/official-peers-2026-12-02")(lambda root: _official_peers(root, "2026-12-02", budget=False))
+
+
+@table("efficiency/mixed-precision")
+def efficiency_mixed_precision(root: Path) -> str:
+    """The table of scripts/bench_mixed_precision.py's own Markdown output, as it printed it."""
+    path = EFFICIENCY / "2026-12-02" / "mixed_precision.md"
+    if not (root / path).is_file():
+        raise Missing(str(path))
+    lines = (root / path).read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[first:end])
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Numbers from the code: parameters and MACs (README.md, docs/models.md), as `mirrorla flops PATTERNS` prints them
 
 FLOPS_README = ("deit_*_softmax", "deit_*_mirror", "pvt_*[!w]_softmax", "pvt_*_mirror", "l2vit_*")
