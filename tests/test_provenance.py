@@ -55,3 +55,15 @@ def test_a_run_folder_records_its_provenance_and_a_resume_keeps_the_first(tmp_pa
     train(cfg.replace(resume=str(tmp_path)), data)  # a finished run resumed: nothing left to train
     resumed = json.loads((tmp_path / "config.json").read_text())["provenance"]
     assert resumed["earlier"] == [first] and KEYS <= set(resumed)
+
+
+def test_the_results_headers_name_the_code():
+    from mirrorla.engine.trainer import describe_provenance, environment_summary
+
+    env = environment_summary()
+    assert env["provenance"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    text = describe_provenance(env)
+    assert text.endswith(f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    commit = env["provenance"]["commit"]
+    assert (f"code {commit[:10]}" in text) if commit else ("not a git checkout" in text)
+    assert describe_provenance({"torch": "2.14.1"}) == "code: not recorded"  # results written before provenance

@@ -31,7 +31,7 @@ from mirrorla.engine.checkpoint import atomic_write_bytes
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.lra import accuracy_by_length, majority_baseline, predict, train_step_cost
 from mirrorla.engine.model import count_params
-from mirrorla.engine.trainer import environment_summary, train
+from mirrorla.engine.trainer import describe_provenance, environment_summary, train
 
 __all__ = ["run_lra_compare", "run_lra_suite", "format_lra_table", "format_summary_table"]
 
@@ -182,7 +182,7 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         f"{info['num_classes']} classes, layout: {layout}. Model {cfg['model']}; {cfg['epochs']} epochs, batch "
         f"{cfg['batch_size']}, AdamW lr {cfg['lr']} (weight decay {cfg['weight_decay']}), seeds {results['seeds']}. "
         f"Top-1 = accuracy on the evaluation split after the last epoch. Machine: {env['cpu_count']} CPUs, torch "
-        f"{env['torch']}. Step cost: {results['cost_protocol']}."
+        f"{env['torch']}, {describe_provenance(env)}. Step cost: {results['cost_protocol']}."
     )
     _cmp.write_results(out, header, format_lra_table(results), results)
     from mirrorla.engine.lra_figures import plot_task

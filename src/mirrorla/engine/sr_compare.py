@@ -31,7 +31,7 @@ from mirrorla.engine.checkpoint import atomic_write_bytes
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.model import count_macs, count_params
 from mirrorla.engine.sr import evaluate_images, load_trained_sr, mean_scores, upscale
-from mirrorla.engine.trainer import environment_summary, train
+from mirrorla.engine.trainer import describe_provenance, environment_summary, train
 
 __all__ = ["run_sr_compare", "format_sr_table", "MAC_SIZE"]
 
@@ -205,7 +205,8 @@ def _write(out: Path, results: dict[str, Any], pairs) -> None:
         f"pass). Model {cfg['model']}; {cfg['epochs']} epochs of {info['train_size']} random {info['patch']}² LR "
         f"patches, batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, seeds {results['seeds']}. PSNR/SSIM on Y "
         f"(BT.601), 8-bit output, {cfg['scale']} border pixels cropped; per-image columns: PSNR, mean over seeds. "
-        f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}. Efficiency: {results['efficiency_protocol']}"
+        f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}, {describe_provenance(env)}. "
+        f"Efficiency: {results['efficiency_protocol']}"
     )
     _cmp.write_results(out, header, format_sr_table(results), results)
     from mirrorla.engine.sr_figures import plot_crops, plot_psnr_latency

@@ -638,6 +638,18 @@ def _provenance(run_dir: Path | None, device: torch.device, resumed: bool) -> di
     return record
 
 
+def describe_provenance(environment: dict[str, Any]) -> str:
+    """``code <commit> (uncommitted changes), CPU capability AVX2`` for a results header, from the ``provenance`` of
+    :func:`environment_summary` (``code: not recorded`` for results written before it existed)."""
+    made = environment.get("provenance")
+    if not made:
+        return "code: not recorded"
+    code = f"code {made['commit'][:10]}" if made.get("commit") else "code: not a git checkout"
+    if made.get("dirty"):
+        code += " with uncommitted changes"
+    return f"{code}, CPU capability {made.get('cpu_capability')}"
+
+
 def environment_summary() -> dict[str, Any]:
     """Where a number was measured: versions, threads, device, and what produced it (``provenance``: commit,
     dirty tree, numpy, the CPU capability torch dispatches to; :func:`mirrorla.bench.machine.provenance`)."""
