@@ -381,6 +381,41 @@ def efficiency_mixed_precision(root: Path) -> str:
     return "\n".join(lines[first:end])
 
 
+#: ``mirrorla bench models`` method → (row of the images/s table, row of the memory table).
+MODEL_LABELS = {
+    "vit_small_patch16_224": ("ViT-S/16, softmax (`vit_small_patch16_224`)", "ViT-S softmax"),
+    "vit_small_patch16_224:mirror": ("ViT-S/16, MirrorLA (`vit_small_patch16_224:mirror`)", "ViT-S MirrorLA"),
+    "pvt_small_mirror": ("PVT-Small, MirrorLA in all stages (`pvt_small_mirror`)", "PVT-S MirrorLA"),
+}
+
+
+def _bench_models(root: Path, memory: bool) -> str:
+    results = load(root, EFFICIENCY / "models.json")["results"]
+    sizes = sorted({r["N"] for r in results})
+    cells = {(r["method"], r["N"]): r for r in results}
+    last = sizes[-1]
+    rows = []
+    for method in dict.fromkeys(r["method"] for r in results):
+        label = MODEL_LABELS.get(method, (f"`{method}`", f"`{method}`"))[memory]
+        row = [label]
+        for n in sizes:
+            r = cells.get((method, n))
+            if r is None or r["status"] != "ok":
+                row.append("–")
+            elif memory:
+                row.append(_mib(r["mem_fwd_bytes"] / 2**20))
+            else:
+                seconds = r["fwd"]["median_ms"] / 1e3
+                row.append(f"{1 / seconds:.1f}" + (f" ({seconds:.1f} s)" if n == last else ""))
+        rows.append(row)
+    head = ["peak MiB, forward" if memory else "images/s", *(f"{n}²" for n in sizes)]
+    return _markdown(head, "l" + "r" * len(sizes), rows)
+
+
+table("efficiency/models-images-per-second")(lambda root: _bench_models(root, memory=False))
+table("efficiency/models-peak-memory")(lambda root: _bench_models(root, memory=True))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Numbers from the code: parameters and MACs (README.md, docs/models.md), as `mirrorla flops PATTERNS` prints them
 
