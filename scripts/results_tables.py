@@ -459,6 +459,7 @@ def docs(root: Path) -> list[Path]:
     return sorted({p for pattern in DOC_GLOBS for p in root.glob(pattern)})
 
 
+@functools.cache  # one generation per table and process: the results files do not change under it
 def render(name: str, root: Path = ROOT) -> str:
     if name not in TABLES:
         raise KeyError(f"no table named {name!r}; registered: {', '.join(sorted(TABLES))}")
