@@ -639,8 +639,8 @@ def _provenance(run_dir: Path | None, device: torch.device, resumed: bool) -> di
 
 
 def describe_provenance(environment: dict[str, Any]) -> str:
-    """``code <commit> (uncommitted changes), CPU capability AVX2`` for a results header, from the ``provenance`` of
-    :func:`environment_summary` (``code: not recorded`` for results written before it existed)."""
+    """``code <commit>[ with uncommitted changes], CPU capability AVX2`` for a results header, from the
+    ``provenance`` of :func:`environment_summary` (``code: not recorded`` for results written before it existed)."""
     made = environment.get("provenance")
     if not made:
         return "code: not recorded"
