@@ -21,7 +21,7 @@ Two records per case and dtype (each over the output, the input gradient and eve
   boundary, so one ulp flips the hash on another CPU while a small real change can leave it unchanged.
 
 Everything runs on one thread (results are exact per key only at a fixed thread count) with the library's default
-backend switches, i.e. what training uses.
+backend switches (fast paths and fused attention on, whatever the environment says), i.e. what training uses.
 """
 
 from __future__ import annotations
@@ -169,8 +169,14 @@ def fingerprint(names: list[str] | None = None) -> dict[str, dict[str, dict]]:
     output, input gradient, all parameter gradients as one)."""
     import torch
 
-    threads = torch.get_num_threads()
+    _src()
+    from mirrorla.feature_maps.base import fast_path_default, set_fast_path
+    from mirrorla.layers.fused import set_fused_attn, use_fused_attn
+
+    threads, fast, fused = torch.get_num_threads(), fast_path_default(), use_fused_attn()
     torch.set_num_threads(1)
+    set_fast_path(True)  # the library's defaults, whatever the environment (MIRRORLA_FAST_PATH=0, ...) says
+    set_fused_attn(True)
     try:
         out = {}
         for name, case in cases().items():
@@ -187,6 +193,8 @@ def fingerprint(names: list[str] | None = None) -> dict[str, dict[str, dict]]:
         return out
     finally:
         torch.set_num_threads(threads)
+        set_fast_path(fast)
+        set_fused_attn(fused)
 
 
 def compare(stored: dict, current: dict, key: str) -> tuple[list[str], list[str]]:
