@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from mirrorla.bench import ops, report
 from mirrorla.bench.worker import _extrapolate, _skip_reason
@@ -25,6 +26,8 @@ def test_bench_ops_tiny_sweep_writes_json_md_png(tmp_path):
     assert main(argv + ["--out", str(tmp_path)]) == 0
     payload = json.loads((tmp_path / "ops.json").read_text())
     assert payload["machine"]["torch_threads"] == 1 and payload["machine"]["cpu_model"]
+    made_by = payload["machine"]["provenance"]  # what produced the numbers: code, versions, SIMD level
+    assert made_by["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "commit" in made_by
     assert payload["gemm"]["gflops_best"] > 0
     kinds = {(r["kind"], r["method"]) for r in payload["results"]}
     assert kinds == {

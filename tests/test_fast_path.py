@@ -1,14 +1,16 @@
 """The fast default path equals the reference path (fp32, relative RMS error < 1e-5).
 
-Fast paths: :func:`mirrorla.ops.reflections.mirror_features` (used by MirrorFeatureMap when
-``fast_path`` is on) against the reference composition ``reflect`` + ReLU, and
+Fast paths: :func:`mirrorla.ops.reflections.mirror_features` and the folded projection (used by MirrorFeatureMap
+when ``fast_path`` is on) against the reference composition ``reflect`` + ReLU, and
 :func:`mirrorla.ops.focus.focused_features` (FocusedFeatureMap) against :func:`mirrorla.ops.focus.focus`.
-The test runs over every registered attention, so a new method that adds a switchable fast path is
-covered when it lands; layers without one compare a path with itself, which still checks that toggling is harmless.
+The layer test runs over every registered attention that has a switchable fast path; the attentions without one
+are listed with the reason (``NO_FAST_PATH``), and that list must be exactly the registered attentions whose
+modules have no ``fast_path`` switch, so a new attention, or a new fast path, is noticed.
 """
 
 from __future__ import annotations
 
+import importlib
 import itertools
 
 import pytest
@@ -23,8 +25,27 @@ from mirrorla.ops.reflections import mirror_features
 
 TOL = 1e-5
 
+#: Registered attentions with no ``fast_path`` switch, and why there is nothing to switch.
+NO_FAST_PATH = {
+    "linear_relu": "φ = ReLU is one element-wise op; the value path is the shared linear-attention op for all",
+    "linear_elu": "φ = ELU + 1 is one element-wise op; same shared value path",
+    "l2vit_lga": "L²ViT's linear global attention: φ = ReLU on the shared value path, nothing fused",
+    "nala": "the norm-aware feature map is a composition of torch ops; no fused variant has been written",
+    "nala_cos": "as nala (the paper's cosine-inhibit form)",
+    "pola": "one path only: two_stream_linear_attention, tested against quadratic references in test_two_stream.py",
+    "softmax": "PyTorch's scaled_dot_product_attention; no mirrorla op to switch",
+    "window_softmax": "scaled_dot_product_attention per 7×7 window; no mirrorla op to switch",
+}
+#: Module class with a fast path → (module, attribute) of its reference, which only the reference path calls.
+REFERENCE = {
+    "MirrorFeatureMap": ("mirrorla.feature_maps.mirror", "MirrorFeatureMap.reference_features"),
+    "FocusedFeatureMap": ("mirrorla.feature_maps.focused", "focus"),
+}
+WITH_FAST_PATH = [n for n in list_attentions() if n not in NO_FAST_PATH]
+
 
 def _set_fast(module: torch.nn.Module, fast: bool) -> int:
+    """Switch every ``fast_path`` in ``module``; the number of modules switched."""
     n = 0
     for m in module.modules():
         if hasattr(m, "fast_path"):
@@ -42,29 +63,55 @@ def _run(layer, x, hw, mask):
     return y.detach(), x.grad, grads
 
 
-@pytest.mark.parametrize("name", list_attentions())
-def test_layer_fast_equals_reference(name):
+def _count_reference_calls(monkeypatch, layer) -> list[int]:
+    """Patch the reference of every fast-path module in ``layer`` to count its calls; the counter."""
+    calls = [0]
+    for cls in {type(m).__name__ for m in layer.modules() if hasattr(m, "fast_path")}:
+        assert cls in REFERENCE, f"{cls} has a fast_path switch but no reference listed in REFERENCE"
+        module_name, attribute = REFERENCE[cls]
+        owner = importlib.import_module(module_name)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        real = getattr(owner, name)
+
+        def counted(*args, _real=real, **kwargs):
+            calls[0] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_the_attentions_without_a_fast_path_are_exactly_those_listed():
+    without = {n for n in list_attentions() if _set_fast(create_attention(n, 64, num_heads=4), True) == 0}
+    assert without == set(NO_FAST_PATH)
+    assert WITH_FAST_PATH, "no attention with a fast path: the layer test below would check nothing"
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
+@pytest.mark.parametrize("name", WITH_FAST_PATH)
+def test_layer_fast_equals_reference(name, masked, monkeypatch):
     torch.manual_seed(0)
     layer = create_attention(name, 64, num_heads=4)
     hw, B = (7, 7), 2
     x = torch.randn(B, 49, 64) * 2
     mask = None
-    if getattr(layer, "is_linear", False) and name not in ("window_softmax",):
+    if masked:
         mask = torch.ones(B, 49, dtype=torch.bool)
         mask[1, 40:] = False
-    for m in (None, mask) if mask is not None else (None,):
-        try:
-            _set_fast(layer, True)
-            fast = _run(layer, x, hw, m)
-        except (ValueError, NotImplementedError):
-            continue  # this layer does not take a key-padding mask at all
-        _set_fast(layer, False)
-        ref = _run(layer, x, hw, m)
-        assert rel_err(fast[0], ref[0]) < TOL
-        assert rel_err(fast[1], ref[1]) < TOL
-        assert fast[2].keys() == ref[2].keys()
-        for n in ref[2]:
-            assert rel_err(fast[2][n], ref[2][n]) < TOL, n
+    calls = _count_reference_calls(monkeypatch, layer)
+    assert _set_fast(layer, True) > 0
+    fast = _run(layer, x, hw, mask)
+    assert calls[0] == 0, "the fast path called the reference"
+    assert _set_fast(layer, False) > 0
+    ref = _run(layer, x, hw, mask)
+    assert calls[0] > 0, "switching fast_path off did not reach the reference"
+    assert rel_err(fast[0], ref[0]) < TOL
+    assert rel_err(fast[1], ref[1]) < TOL
+    assert fast[2].keys() == ref[2].keys()
+    for n in ref[2]:
+        assert rel_err(fast[2][n], ref[2][n]) < TOL, n
 
 
 SWITCHES = [

@@ -129,7 +129,10 @@ def main() -> None:
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": platform.platform(), "threads": args.threads, "rows": rows}, f, indent=1)
+            from mirrorla.bench.machine import provenance
+
+            record = {"machine": platform.platform(), "threads": args.threads, "provenance": provenance("cpu")}
+            json.dump({**record, "rows": rows}, f, indent=1)
     report(rows, platform.platform(), args.threads, args.png)
 
 

@@ -7,13 +7,20 @@ so "share of peak" compares two numbers taken under the same load, threads and c
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
+import subprocess
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["describe_machine", "measure_gemm_peak", "resolve_device", "synchronize"]
+__all__ = ["code_version", "describe_machine", "measure_gemm_peak", "provenance", "resolve_device", "synchronize"]
+
+#: The checkout this module was imported from (``src/mirrorla/bench`` → the repository root).
+_CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -39,6 +46,58 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git(*args: str) -> str | None:
+    try:
+        done = subprocess.run(["git", "-C", str(_CHECKOUT), *args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The code this process runs: ``{"commit", "dirty", "changed_files"}`` of the git checkout mirrorla was
+    imported from, or ``{"commit": None, "note": ...}`` for an installed copy without git.
+
+    Cached for the process: the modules were imported when it started, so that is the code that produced its
+    numbers even if the checkout changes while it runs. ``dirty``: a tracked file differs from the commit
+    (``git status --porcelain --untracked-files=no``; run outputs and data are untracked and do not count).
+    """
+    commit = _git("rev-parse", "HEAD") if (_CHECKOUT / "src" / "mirrorla").is_dir() else None
+    if commit is None:
+        import mirrorla
+
+        return {"commit": None, "note": f"not a git checkout (mirrorla {mirrorla.__version__} from {_CHECKOUT})"}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    changed = [line[3:] for line in (status or "").splitlines()]
+    return {"commit": commit, "dirty": bool(changed) if status is not None else None, "changed_files": changed[:20]}
+
+
+def provenance(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What produced a number: the code (:func:`code_version`), the library versions, the SIMD level torch's CPU
+    kernels dispatch to (``torch.backends.cpu.get_cpu_capability()``: AVX2 and AVX-512 kernels sum in different
+    orders, so the same commit trains different last bits on the two), the threads and the CUDA device when used.
+    """
+    import numpy
+
+    device = torch.device(device) if device is not None else None
+    cuda = None
+    if device is not None and device.type == "cuda":
+        cuda = {"name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+                "cudnn": torch.backends.cudnn.version()}  # fmt: skip
+    return {
+        **code_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "device": str(device) if device is not None else None,
+        "cuda_device": cuda,
+    }
+
+
 def describe_machine(device: torch.device | str = "cpu") -> dict:
     """CPU model, core and thread counts, load, library versions and the accelerator, as a dict."""
     device = torch.device(device)
@@ -54,6 +113,7 @@ def describe_machine(device: torch.device | str = "cpu") -> dict:
         "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "device": str(device),
         "device_name": _cpu_model(),
+        "provenance": provenance(device),
     }
     try:
         import mirrorla

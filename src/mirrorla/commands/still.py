@@ -79,7 +79,13 @@ def _add_linearize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for the STILL checkpoint")
     _add_data_args(p)
     p.add_argument("--chunk-size", type=positive_int, default=64, help="STILL chunk length (tokens)")
-    p.add_argument("--topk", type=int, default=4, help="chunks selected per query chunk for exact softmax")
+    p.add_argument(
+        "--topk",
+        type=int,
+        default=4,
+        help="tokens per earlier chunk and head kept for exact softmax attention (0 to --chunk-size; 0: window and "
+        "linear branch only)",
+    )
     p.add_argument("--feature-dim", type=positive_int, default=128, help="feature map width of the linear branch")
     p.add_argument(
         "--linear",

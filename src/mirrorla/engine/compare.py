@@ -68,6 +68,7 @@ from mirrorla.engine.trainer import (
     TrainingDivergedError,
     check_resume_config,
     check_resume_data,
+    describe_provenance,
     environment_summary,
     parse_metrics,
     train,
@@ -526,6 +527,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
+        "provenance": out["provenance"],
     }
     write_result_json(path, result)
     return result
@@ -627,7 +629,8 @@ def _write_files(out: Path, results: dict[str, Any], figures: bool) -> None:
         f"Dataset {info['name']} ({info['train_size']} train / {info['eval_size']} eval images, "
         f"{info['image_size']}×{info['image_size']}); ViT embed {cfg['embed_dim']}, depth {cfg['depth']}, "
         f"heads {cfg['num_heads']}, patch {cfg['patch_size']}; {cfg['epochs']} epochs, batch {cfg['batch_size']}, "
-        f"AdamW lr {cfg['lr']}, seeds {results['seeds']}. Machine: {env['cpu_count']} CPUs, torch {env['torch']}; "
+        f"AdamW lr {cfg['lr']}, seeds {results['seeds']}. Machine: {env['cpu_count']} CPUs, torch {env['torch']}, "
+        f"{describe_provenance(env)}; "
         f"training threads per run: {_train_threads(results)}. Top-1 = final-epoch accuracy on the evaluation "
         f"split. Train img/s: median over epochs, then over seeds. MACs per image: "
         f"{next(iter(results['methods'].values()))['mac_counter'] if results['methods'] else ''}. "

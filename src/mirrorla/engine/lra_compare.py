@@ -30,7 +30,7 @@ from mirrorla.engine.checkpoint import atomic_write_bytes, write_result_json
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.lra import accuracy_by_length, majority_baseline, predict, train_step_cost
 from mirrorla.engine.model import count_params
-from mirrorla.engine.trainer import environment_summary, train
+from mirrorla.engine.trainer import describe_provenance, environment_summary, train
 
 __all__ = ["run_lra_compare", "run_lra_suite", "format_lra_table", "format_summary_table"]
 
@@ -60,6 +60,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
+        "provenance": out["provenance"],
         "summary": f"top-1 {top1:.2f}% (best epoch {max(h['eval_top1'] for h in history):.2f}%)",
     }
     write_result_json(Path(cfg.out_dir) / "result.json", result)
@@ -180,7 +181,7 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         f"{info['num_classes']} classes, layout: {layout}. Model {cfg['model']}; {cfg['epochs']} epochs, batch "
         f"{cfg['batch_size']}, AdamW lr {cfg['lr']} (weight decay {cfg['weight_decay']}), seeds {results['seeds']}. "
         f"Top-1 = accuracy on the evaluation split after the last epoch. Machine: {env['cpu_count']} CPUs, torch "
-        f"{env['torch']}. Step cost: {results['cost_protocol']}."
+        f"{env['torch']}, {describe_provenance(env)}. Step cost: {results['cost_protocol']}."
     )
     from mirrorla.engine.lra_figures import plot_task
 

@@ -30,7 +30,7 @@ from mirrorla.engine.checkpoint import write_result_json
 from mirrorla.engine.config import CompareConfig, TrainConfig
 from mirrorla.engine.model import count_macs, count_params
 from mirrorla.engine.sr import evaluate_images, load_trained_sr, mean_scores, upscale
-from mirrorla.engine.trainer import environment_summary, train
+from mirrorla.engine.trainer import describe_provenance, environment_summary, train
 
 __all__ = ["run_sr_compare", "format_sr_table", "MAC_SIZE"]
 
@@ -66,6 +66,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
         "wall_s": time.perf_counter() - t0,
         "threads": torch.get_num_threads(),
         "data_files": list(datasets[2].files),
+        "provenance": out["provenance"],
         "summary": f"test PSNR {test['psnr']:.2f} dB, SSIM {test['ssim']:.4f}",
     }
     write_result_json(Path(cfg.out_dir) / "result.json", result)
@@ -203,7 +204,8 @@ def _write(out: Path, results: dict[str, Any], pairs) -> None:
         f"pass). Model {cfg['model']}; {cfg['epochs']} epochs of {info['train_size']} random {info['patch']}² LR "
         f"patches, batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, seeds {results['seeds']}. PSNR/SSIM on Y "
         f"(BT.601), 8-bit output, {cfg['scale']} border pixels cropped; per-image columns: PSNR, mean over seeds. "
-        f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}. Efficiency: {results['efficiency_protocol']}"
+        f"Machine: {env['cpu_count']} CPUs, torch {env['torch']}, {describe_provenance(env)}. "
+        f"Efficiency: {results['efficiency_protocol']}"
     )
     from mirrorla.engine.sr_figures import plot_crops, plot_psnr_latency
 

@@ -353,9 +353,11 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None
         )
     params = count_params(model)
+    made_by = _provenance(run_dir, env.device, resume is not None)
     if env.is_main and run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_record = {**cfg.to_dict(), "dataset_info": info.__dict__, "params": params, "world_size": env.world_size}
+        cfg_record = {**cfg.to_dict(), "dataset_info": info.__dict__, "params": params, "world_size": env.world_size,
+                      "provenance": made_by}  # fmt: skip
         atomic_write_bytes(run_dir / "config.json", json.dumps(cfg_record, indent=2, default=str).encode())
     if env.is_main and run_dir is not None:
         # Leftovers of an interrupted write or prune (temporary files, orphan checkpoints). Only here, after
@@ -489,6 +491,7 @@ def _train(cfg: TrainConfig, env: DistEnv, datasets, label: str | None, task: Ta
     return {
         "history": history,
         "final": final,
+        "provenance": made_by,
         "run_dir": str(run_dir) if run_dir else None,
         "model": model,
         "optimizer": optimizer,
@@ -719,13 +722,45 @@ def _print_epoch(r: dict[str, Any], cfg: TrainConfig, label: str | None = None, 
     sys.stdout.flush()
 
 
+def _provenance(run_dir: Path | None, device: torch.device, resumed: bool) -> dict[str, Any]:
+    """What produced this run (:func:`mirrorla.bench.machine.provenance`); a resumed run keeps the records of the
+    processes that trained it before under ``earlier``, oldest first, so a run continued by other code says so."""
+    from mirrorla.bench.machine import provenance
+
+    record = provenance(device)
+    if resumed and run_dir is not None:
+        try:
+            before = json.loads((run_dir / "config.json").read_text()).get("provenance")
+        except (OSError, ValueError, AttributeError):
+            before = None
+        if isinstance(before, dict):
+            record["earlier"] = [*before.pop("earlier", []), before]
+    return record
+
+
+def describe_provenance(environment: dict[str, Any]) -> str:
+    """``code <commit>[ with uncommitted changes], CPU capability AVX2`` for a results header, from the
+    ``provenance`` of :func:`environment_summary` (``code: not recorded`` for results written before it existed)."""
+    made = environment.get("provenance")
+    if not made:
+        return "code: not recorded"
+    code = f"code {made['commit'][:10]}" if made.get("commit") else "code: not a git checkout"
+    if made.get("dirty"):
+        code += " with uncommitted changes"
+    return f"{code}, CPU capability {made.get('cpu_capability')}"
+
+
 def environment_summary() -> dict[str, Any]:
-    """Where a number was measured: versions, threads, device."""
+    """Where a number was measured: versions, threads, device, and what produced it (``provenance``: commit,
+    dirty tree, numpy, the CPU capability torch dispatches to; :func:`mirrorla.bench.machine.provenance`)."""
     import platform
 
     import timm
 
+    from mirrorla.bench.machine import provenance
+
     return {
+        "provenance": provenance("cuda" if torch.cuda.is_available() else "cpu"),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "timm": timm.__version__,
