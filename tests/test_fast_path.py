@@ -35,6 +35,10 @@ NO_FAST_PATH = {
     "pola": "one path only: two_stream_linear_attention, tested against quadratic references in test_two_stream.py",
     "softmax": "PyTorch's scaled_dot_product_attention; no mirrorla op to switch",
     "window_softmax": "scaled_dot_product_attention per 7×7 window; no mirrorla op to switch",
+    "mlla": "φ = ELU + 1 with RoPE on the numerator: torch ops on the shared RoPE-numerator value path, nothing fused",
+    "rala": "the rank-augmented map is a composition of torch ops on the shared RoPE-numerator value path",
+    "mala": "magnitude-aware scaling as torch ops on the shared RoPE-numerator value path; no fused variant",
+    "agent": "agent tokens as two scaled_dot_product_attention-style softmax steps; no mirrorla op to switch",
 }
 #: Module class with a fast path → (module, attribute) of its reference, which only the reference path calls.
 REFERENCE = {
