@@ -372,13 +372,27 @@ table("efficiency/official-peers-2026-12-02")(lambda root: _official_peers(root,
 @table("efficiency/mixed-precision")
 def efficiency_mixed_precision(root: Path) -> str:
     """The table of scripts/bench_mixed_precision.py's own Markdown output, as it printed it."""
-    path = EFFICIENCY / "2026-12-02" / "mixed_precision.md"
+    return _report_table(root, EFFICIENCY / "2026-12-02" / "mixed_precision.md")
+
+
+def _report_table(root: Path, path: Path, index: int = 0) -> str:
+    """Table number ``index`` (0: the first) of a committed Markdown report, as the command printed it."""
     if not (root / path).is_file():
         raise Missing(str(path))
     lines = (root / path).read_text().splitlines()
-    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    starts = [
+        i for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))
+    ]
+    first = starts[index]
     end = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
     return "\n".join(lines[first:end])
+
+
+NEW_PEERS = EFFICIENCY / "official-peers-2026-12-08"
+# scripts/bench_official_peers.py's reports for MLLA, RALA, MALA and Agent attention (docs/peers.md): the parity
+# table of the first full run and the speed table of the final run.
+table("peers/new-peers-parity")(lambda root: _report_table(root, NEW_PEERS / "official_new_peers.md", 1))
+table("peers/new-peers-speed")(lambda root: _report_table(root, NEW_PEERS / "official_new_peers_final.md", 0))
 
 
 #: ``mirrorla bench models`` method → (row of the images/s table, row of the memory table).

@@ -94,3 +94,16 @@ def test_a_small_model_row_of_the_macs_tables_is_what_the_code_counts(tables, na
     for doc in ("README.md", "docs/models.md"):
         assert row in (ROOT / doc).read_text(), (doc, row)
     assert name in tables.flops_names(tables.FLOPS_README)
+
+
+def test_the_still_real_model_section_is_what_its_report_script_writes():
+    """docs/results/still.md's real-model section is scripts/still/real_model_report.py's output for the committed
+    docs/results/still_real_model.json (its own markers, since the section is prose and tables together)."""
+    spec = importlib.util.spec_from_file_location("real_model_report", ROOT / "scripts/still/real_model_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    doc = (ROOT / "docs/results/still.md").read_text()
+    assert report.BEGIN in doc and report.END in doc, "the real-model section's markers are missing"
+    committed = report.BEGIN + doc.split(report.BEGIN, 1)[1].split(report.END, 1)[0] + report.END
+    results = json.loads((ROOT / "docs/results/still_real_model.json").read_text())
+    assert committed == report.section(results).rstrip("\n"), "regenerate with scripts/still/real_model_report.py"
