@@ -16,6 +16,7 @@ from mirrorla.commands.options import (
     check_out_folder,
     given_config_fields,
     positive_int,
+    preset_out,
 )
 from mirrorla.commands.train import check_attention_options, user_errors
 from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, TrainConfig, describe_preset
@@ -101,6 +102,7 @@ def _interrupted(cc: CompareConfig, argv: list[str]) -> Interrupted:
 def run_compare_cmd(args: argparse.Namespace) -> int:
     from mirrorla.engine.compare import run_compare
 
+    args.out = preset_out(args)
     check_out_folder(args.out)
     cc = compare_config_from_args(
         args, throughput_iters=args.throughput_iters, throughput_rounds=args.throughput_rounds

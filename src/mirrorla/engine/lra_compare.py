@@ -28,7 +28,7 @@ import torch
 
 from mirrorla.engine import compare as _cmp
 from mirrorla.engine.checkpoint import atomic_write_bytes
-from mirrorla.engine.config import CompareConfig, TrainConfig
+from mirrorla.engine.config import CompareConfig, TrainConfig, quick_note
 from mirrorla.engine.lra import accuracy_by_length, majority_baseline, predict, train_step_cost
 from mirrorla.engine.model import count_params
 from mirrorla.engine.trainer import environment_summary, train
@@ -183,7 +183,7 @@ def _write(out: Path, results: dict[str, Any]) -> None:
         f"Top-1 = accuracy on the evaluation split after the last epoch. Machine: {env['cpu_count']} CPUs, torch "
         f"{env['torch']}. Step cost: {results['cost_protocol']}."
     )
-    _cmp.write_results(out, header, format_lra_table(results), results)
+    _cmp.write_results(out, header, format_lra_table(results), results, quick_note("lra compare", results["preset"]))
     from mirrorla.engine.lra_figures import plot_task
 
     plot_task(out, results)
@@ -219,7 +219,8 @@ def run_lra_suite(cc: CompareConfig, tasks: list[dict[str, Any]], cost_rounds: i
         from mirrorla.engine.lra_figures import plot_accuracy_vs_length
 
         plot_accuracy_vs_length(out / "accuracy_vs_length.png", summary)
-        print("\n" + table + "\n", flush=True)
+        note = quick_note("lra compare", cc.preset)
+        print("\n" + table + "\n" + (f"\n{note}\n" if note else ""), flush=True)
     return summary
 
 
