@@ -144,7 +144,7 @@ def test_sr_upscale_with_shipped_weights(tmp_path, capsys):
     assert main(["sr", "upscale", PREFIX + name, str(src), "--out", str(dst)]) == 0
     printed = capsys.readouterr().out
     assert "small.png (14×18, 252 tokens per attention layer, one pass)" in printed
-    got = torch.from_numpy(np.asarray(Image.open(dst))).permute(2, 0, 1)
+    got = torch.from_numpy(np.array(Image.open(dst))).permute(2, 0, 1)
     assert got.shape == (3, 28, 36)
     assert torch.equal(got, upscale(timm.create_model(name, pretrained=True).eval(), lr))
 
