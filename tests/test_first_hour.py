@@ -139,6 +139,13 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "c").exists()  # stopped before any work
 
 
+def test_bench_without_matplotlib_stops_before_measuring(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["bench", "ops", "--quick", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'pip install -e ".[train]"' in err[0] and not (tmp_path / "b").exists()
+
+
 def test_offline_torchvision_download_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")

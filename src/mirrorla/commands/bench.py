@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import functools
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -260,6 +261,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
     args.out = preset_out(args)
     check_out_folder(args.out)
+    if args.bench_what != "targets" and importlib.util.find_spec("matplotlib") is None:  # its figures: fail now
+        raise ModuleNotFoundError("the bench figures need matplotlib", name="matplotlib")
     sr_cases = _plan_sr(args) if args.bench_what == "sr" else None  # bad input: one line, before any work
     lra_cases = _plan_lra(args) if args.bench_what == "lra" else None
     device = resolve_device(args.device)

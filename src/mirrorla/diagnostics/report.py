@@ -129,6 +129,7 @@ def _plot(result: dict[str, Any], out: Path, image: Tensor | None) -> list[Path]
                 bar.ax.tick_params(labelsize=5)
                 bar.formatter.set_powerlimits((-2, 2))
                 bar.update_ticks()
+                bar.ax.yaxis.get_offset_text().set_fontsize(5)
                 ax.plot([c], [r], marker="x", color="red", markersize=6)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -254,7 +255,7 @@ def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], pa
     labels = list(handles)
     fig.tight_layout()
     fig.legend([handles[n] for n in labels], labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7,
-               frameon=False, bbox_to_anchor=(0.5, -0.02 - 0.035 * (-(-len(labels) // 5))))  # fmt: skip
+               frameon=False, bbox_to_anchor=(0.5, -0.05 - 0.035 * (-(-len(labels) // 5))))  # fmt: skip
     out = Path(path)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
