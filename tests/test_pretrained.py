@@ -113,6 +113,13 @@ def test_pretrained_true_without_shipped_weights_raises_and_lists_them():
     assert SHIPPED[0] in str(err.value)
 
 
+def test_models_pretrained_lists_the_shipped_weights(capsys):
+    assert main(["models", "--pretrained"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == SHIPPED
+    assert all(" on the " in line and "; mirrorla " in line for line in lines)
+
+
 def test_unknown_pretrained_name_is_one_line(capsys):
     assert main(["eval", "pretrained:vit_micro_nothing.fmnist"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
