@@ -302,14 +302,14 @@ QUICK_NOTES: dict[str, str] = {
     "sr compare": (
         "Quick preset: a smoke run (1 seed, 1 epoch of 320 patches), not a result; most attentions do not "
         "yet beat bicubic. The full preset (`mirrorla sr compare`: 6 epochs of 1,600 patches, seeds 0-2, about "
-        "1 h 40 min on 2 cores) puts every attention about 1.1 dB above bicubic, within 0.25 dB of each "
+        "1 h 40 min on 2 cores) puts every attention 1.1-1.4 dB above bicubic, within 0.25 dB of each "
         "other: docs/results/super-resolution.md."
     ),
     "lra compare": (
         "Quick preset: a smoke run (about 100 training sequences per task, 1 epoch), not a result; every "
         "attention stays near the majority class. The full preset (`mirrorla lra compare`, about 90 minutes "
-        "on 2 cores) separates the attentions mainly on the image task, where MirrorLA and PolaFormer lead and "
-        "softmax trails: docs/results/long-range.md."
+        "on 2 cores) separates the attentions mainly on the image task, where the MirrorLA rows and PolaFormer lead "
+        "and softmax and L2ViT's LGA trail: docs/results/long-range.md."
     ),
     "bench": (
         "Quick preset: a smoke run at small sizes only, not a result; the targets are set at sizes it does "
