@@ -56,7 +56,8 @@ def test_provenance_is_complete_and_matches_the_file(name):
     assert meta["sha256"] == hashlib.sha256(data).hexdigest() and meta["bytes"] == len(data)
     assert len(data) < 1_000_000  # small enough to ship
     assert re.fullmatch(r"[0-9a-f]{40}", meta["commit"]) and meta["dirty"] is False
-    assert meta["command"].startswith("mirrorla ") and re.search(rf"--attentions? {meta['attention']} ", meta["command"])
+    assert meta["command"].startswith("mirrorla ")
+    assert re.search(rf"--attentions? {meta['attention']} ", meta["command"])
     assert meta["seed"] == 0 and meta["environment"]["cpu_capability"] and meta["machine"]
     assert isinstance(meta["result"]["value"], float) and meta["result"]["data"]
     cfg = TrainConfig.from_dict(meta["config"])
