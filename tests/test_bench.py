@@ -213,12 +213,16 @@ def test_bench_targets_quick_end_to_end(tmp_path):
     payload = json.loads((tmp_path / "targets.json").read_text())
     targets = {t["target"]: t for t in payload["targets"]}
     assert len(targets) == 4  # three timing targets and the GEMM share; memory is bench ops'
-    assert all(t["value"] is not None and t["value"] > 0 for t in targets.values())
     assert all(r[m]["repeats"] == 2 for r in payload["results"] for m in ("fwd", "fwdbwd") if m in r)
     md = (tmp_path / "targets.md").read_text()
     assert "interleaved rounds" in md and "MirrorLA layer fwd+bwd / ReLU linear layer fwd+bwd (N=256)" in md
+    # The targets are set at 16,384 and 65,536 tokens: a quick run times 256 and 1,024, so it reports none of
+    # them as met or missed, says so, and keeps the ratio it did measure in the detail.
     for t in targets.values():
-        assert t["met"] or t["reason"]  # every miss says why
+        assert t["met"] is None and t["value"] is None and t["status"] == "not measured at this size"
+        assert "the target is set at N = " in t["detail"] and "value there: " in t["detail"]
+    assert "MISSED" not in md and "| not measured at this size |" in md
+    assert "Quick preset: a smoke run" in md and "docs/results/efficiency.md" in md
 
 
 def test_bench_targets_rejects_sizes_in_the_wrong_order(tmp_path, capsys):

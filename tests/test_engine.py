@@ -115,8 +115,10 @@ def test_one_epoch_decreases_loss_and_writes_outputs(tmp_path, data, capsys):
         from mirrorla.cli import main
 
         capsys.readouterr()
-        assert main(["eval", str(tmp_path), "--eval-subset", str(len(data[1])), "--device", "cpu"]) == 0
-        assert json.loads(capsys.readouterr().out)["top1"] == record["eval_top1"]
+        assert main(["eval", str(tmp_path), "--eval-subset", str(len(data[1])), "--device", "cpu", "--json"]) == 0
+        printed = capsys.readouterr().out.strip().splitlines()  # a start line, a result line, the JSON (--json)
+        assert printed[0].startswith("evaluating vit with attention softmax") and printed[1].startswith("result: ")
+        assert json.loads(printed[-1])["top1"] == record["eval_top1"]
 
 
 class _Crash(Exception):

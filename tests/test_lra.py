@@ -89,7 +89,7 @@ def test_cli_train_eval_and_resume(tmp_path, capsys):
             "--out", str(run)]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "majority class" in out and '"eval_top1"' in out
+    assert "majority class" in out and "done in " in out and "eval top-1 " in out and '"eval_top1"' not in out
     assert main(["lra", "eval", str(run), "--json", str(tmp_path / "e.json")]) == 0
     record = json.loads((tmp_path / "e.json").read_text())
     final = json.loads((run / "final.json").read_text())

@@ -110,7 +110,8 @@ def test_sr_train_eval_upscale_end_to_end(image_folders, tmp_path, capsys):
     argv = ["sr", "train", *TINY, *data, "--attention", "linear_relu", "--no-progress", "--out", str(run)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "| img0 | 17×21 |" in out and "run directory" in out
+    assert "| img0 | 17×21 |" in out and f"run folder {run}" in out
+    assert out.startswith("training sr_tiny with attention linear_relu on ") and "over bicubic" in out
     rows = json.loads((run / "test_images.json").read_text())
     assert [r["image"] for r in rows["model"]] == ["img0", "img1"]
 

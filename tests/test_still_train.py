@@ -64,7 +64,7 @@ def test_train_config_validation():
     assert LinearizeConfig(batch_size=1, grad_accum=8).steps(1, 40) == 10  # 2 epochs by default
 
 
-def test_cli_linearize_and_lm_eval(tmp_path):
+def test_cli_linearize_and_lm_eval(tmp_path, capsys):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -90,6 +90,7 @@ def test_cli_linearize_and_lm_eval(tmp_path):
     log = json.loads((out_dir / "still_train_log.json").read_text())
     assert log["stage1"]["steps"] == 2 and log["stage2"]["steps"] == 1
 
+    capsys.readouterr()
     results = {}
     for name, model_dir, extra in [
         ("still", out_dir, []),
@@ -100,6 +101,9 @@ def test_cli_linearize_and_lm_eval(tmp_path):
         assert main(["lm-eval", "--model", str(model_dir), *common, "--json", str(path), *extra]) == 0
         results[name] = json.loads(path.read_text())
     assert all(math.isfinite(r["ppl"]) and r["tokens"] == 4 * 31 for r in results.values())
+    printed = capsys.readouterr().out.splitlines()  # a start and a summary line per model; JSON only into --json FILE
+    assert [line.split(" ")[0] for line in printed] == ["evaluating", "perplexity"] * 3
+    assert f"{results['softmax']['ppl']:.3f}" in printed[-1] and "(plain softmax attention)" in printed[-2]
     assert results["still"]["still"]["topk"] == 2 and results["softmax"]["still"] is None
     assert results["window"]["still"]["use_linear"] is False
     with pytest.raises(ValueError, match="KEY=VALUE"):

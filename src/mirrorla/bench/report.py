@@ -34,6 +34,11 @@ __all__ = [
 ]
 
 MIB = 2**20
+#: The token counts the efficiency targets are set at: the timing targets, the GEMM share (and the top of
+#: the memory fit).
+TARGET_N1, TARGET_N2 = 16384, 65536
+#: The status of a target a run timed at another size (``bench targets --quick``).
+NOT_AT_SIZE = "not measured at this size"
 
 
 def fit_exponent(xs: list[float], ys: list[float]) -> float | None:
@@ -190,8 +195,8 @@ def evaluate_targets(
     gemm_gflops: float | None,
     linear_methods: list[str],
     *,
-    n1: int = 16384,
-    n2: int = 65536,
+    n1: int = TARGET_N1,
+    n2: int = TARGET_N2,
     lo: int = 4096,
 ) -> list[dict]:
     """The five targets of the efficiency issue, each with its value, threshold, status and, when missed,
@@ -200,11 +205,23 @@ def evaluate_targets(
     The four timing targets are evaluated for the eager layers and, when the run has them, again for the
     compiled ones (``"NAME (compiled)"``, against the same eager projections and SDPA); a target missed on
     one path and met on the other says so. ``n1``: the size of the timing targets (16,384); ``n2``: of the
-    GEMM share (65,536); ``lo``…``n2``: the memory fit (smaller values are for tests).
+    GEMM share (65,536); ``lo``…``n2``: the memory fit (smaller values are for tests). A target timed at
+    another size than the one it is set at (``bench targets --quick``) is reported as not measured at this
+    size (``"status"``), never as met or missed.
     """
     out = []
 
-    def add(name, value, op, threshold, detail, reason=""):
+    def add(name, value, op, threshold, detail, reason="", sizes=(n1, TARGET_N1)):
+        measured_at, set_at = sizes
+        if measured_at != set_at:  # e.g. --quick: a ratio at N = 256 says nothing about the target at 16,384
+            detail = f"the target is set at N = {set_at:,}; this run timed N = {measured_at:,}" + (
+                f" (value there: {value:.3g})" if value is not None else ""
+            )
+            out.append(
+                {"target": name, "value": None, "op": op, "threshold": threshold, "met": None, "detail": detail,
+                 "reason": "", "status": NOT_AT_SIZE}
+            )  # fmt: skip
+            return
         met = None if value is None else (value <= threshold if op == "<=" else value >= threshold)
         out.append(
             {"target": name, "value": value, "op": op, "threshold": threshold, "met": met, "detail": detail,
@@ -278,6 +295,7 @@ def evaluate_targets(
         1.05,
         f"worst: {worst_name}" if worst_name else "not all sizes measured",
         f"{worst_name} grows fastest" if worst_name else "",
+        sizes=(n2, TARGET_N2),
     )
 
     def share_of_peak(kind, method):
@@ -304,6 +322,7 @@ def evaluate_targets(
             0.5,
             "matmul MACs / time / peak",
             why,
+            sizes=(n2, TARGET_N2),
         )
     _name_the_other_path(out)
     return out
@@ -347,7 +366,7 @@ def targets_table(targets: list[dict]) -> str:
     lines.append("|---|---:|---:|---|---|" + ("---|" if why else ""))
     for t in targets:
         v = t["value"]
-        status = "not measured" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        status = t.get("status") or ("not measured" if t["met"] is None else ("met" if t["met"] else "MISSED"))
         lines.append(
             f"| {t['target']} | {'–' if v is None else f'{v:.3g}'} | {t['op']} {t['threshold']:g} | {status} | "
             f"{t['detail']} |" + (f" {t.get('reason') or ''} |" if why else "")
@@ -362,33 +381,49 @@ def write_json(path: str | Path, payload: dict) -> None:
 
 
 def _plot_panels(panels, path, title, xlabel, fit_from):
+    """One log-log panel per (label, {name: [(x, y)]}); each name keeps one colour and marker across the
+    panels (ten colours × markers, so no two lines look alike), references are dashed, the x ticks are the
+    sizes measured, and each panel's legend (with its fitted exponents) sits below it, off the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5.2), squeeze=False)
+    names = sorted({name for _, data in panels for name, pts in data.items() if pts})
+    colours, markers = plt.get_cmap("tab10"), "osD^vP*Xh<>"
+    look = {name: (colours(i % 10), markers[i % len(markers)]) for i, name in enumerate(names)}
+    rows = -(-len(names) // 2)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), 4.6 + 0.22 * rows), squeeze=False)
     for ax, (label, data) in zip(axes[0], panels, strict=True):
-        cmap = plt.get_cmap("tab20")
-        for i, (name, pts) in enumerate(sorted(data.items())):
+        sizes = set()
+        for name, pts in sorted(data.items()):
             if not pts:
                 continue
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+            sizes.update(xs)
             fit = [(x, y) for x, y in pts if x >= fit_from]
             e = fit_exponent([p[0] for p in fit], [p[1] for p in fit])
             style = "--" if name.startswith(("sdpa", "softmax", "projections", "window")) else "-"
-            ax.plot(xs, ys, style, marker="o", ms=3, color=cmap(i % 20), label=f"{name} (e={e:.2f})" if e else name)
+            colour, marker = look[name]
+            ax.plot(xs, ys, style, marker=marker, ms=4, color=colour, label=f"{name} (e={e:.2f})" if e else name)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if sizes:
+            ticks = sorted(sizes)
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{t:,}" for t in ticks], rotation=30 if len(ticks) > 4 else 0, fontsize=8)
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(xlabel)
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        if ax.get_lines():
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle(title + f"  (e = fitted exponent over x ≥ {fit_from:,})", fontsize=10)
     fig.tight_layout()
     from mirrorla.engine.checkpoint import save_figure
 
-    save_figure(fig, path, dpi=110)
+    save_figure(fig, path, dpi=110, bbox_inches="tight")
 
 
 def plot_ops(results: list[dict], out_dir: str | Path, fit_from: int, subtitle: str) -> list[str]:

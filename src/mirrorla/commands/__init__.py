@@ -10,8 +10,9 @@ Errors. A command reports bad input by raising :class:`UsageError` (or, for ``tr
 :func:`main` prints it as one line, ``mirrorla <command>: error: <message>``, and returns 2, as
 argparse does for a malformed option. :class:`Interrupted` (Ctrl-C with a word on what was saved and
 how to continue) prints one line and returns 130. A write error the user can fix (disk full, read-only file
-system, no permission) prints one line naming the path and returns 2. Any other exception is a bug and keeps
-its traceback.
+system, no permission) prints one line naming the path and returns 2. A missing optional package (``matplotlib``
+of the ``train`` extra, ...) prints one line naming the extra that installs it (:data:`OPTIONAL_PACKAGES`).
+Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -122,6 +123,22 @@ def _version() -> str:
         return "unknown"
 
 
+#: The optional packages a command may import, and the extra of pyproject.toml that installs each.
+OPTIONAL_PACKAGES = {
+    "matplotlib": "train", "safetensors": "train", "skimage": "sr", "sklearn": "sr", "transformers": "llm",
+    "peft": "llm",
+}  # fmt: skip
+
+
+def missing_extra_message(module: str, extra: str) -> str:
+    """The one line that names a missing optional package and how to install its extra."""
+    package = {"skimage": "scikit-image", "sklearn": "scikit-learn"}.get(module.split(".")[0], module.split(".")[0])
+    return (
+        f'this command needs {package}, which is not installed: pip install -e ".[{extra}]" in a clone of '
+        f'mirrorla, or pip install "mirrorla[{extra}]"'
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every subcommand (imports no torch)."""
     parser = argparse.ArgumentParser(
@@ -153,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except UsageError as err:
         print(f"{args._prog}: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except ModuleNotFoundError as err:  # an optional extra is not installed: one line naming it
+        extra = OPTIONAL_PACKAGES.get((err.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"{args._prog}: error: {missing_extra_message(err.name, extra)}", file=sys.stderr, flush=True)
         return 2
     except Interrupted as err:
         print(f"{args._prog}: {err}", file=sys.stderr, flush=True)

@@ -38,7 +38,8 @@ def add_analyze_args(p: argparse.ArgumentParser) -> None:
         nargs="?",
         help="a run folder, its checkpoints/ folder or a checkpoint file of train, sr train or lra train; or a "
         "comparison folder (compare, sr compare, lra compare --out): every run with a checkpoint is analysed and "
-        "one table sets the measures beside the scores; leave out with --model",
+        "one table sets the measures beside the scores; or weights shipped with mirrorla, "
+        "pretrained:vit_micro_mirror.fmnist (`mirrorla models --pretrained`); leave out with --model",
     )
     g = p.add_argument_group("a model instead of a run")
     g.add_argument("--model", help="vit, a mirrorla model or a timm model name (random weights unless --weights)")
@@ -150,7 +151,7 @@ def run_analyze(args: argparse.Namespace) -> int:
                 args.in_chans,
             )
         t0 = time.perf_counter()
-        result = analyze_model(source.model, source.batches, cfg, source.forward)
+        result = analyze_model(source.model, _with_progress(source.batches), cfg, source.forward)
     except (ValueError, FileNotFoundError, TypeError, KeyError) as err:
         raise UsageError(str(err).strip("'\"")) from err
     except (RuntimeError, MemoryError) as err:  # the allocator's own error, when an estimate missed
@@ -167,6 +168,15 @@ def run_analyze(args: argparse.Namespace) -> int:
     print(f"{len(result['layers'])} layers analysed in {seconds:.1f} s; mean {_mean_line(result['mean'])}")
     print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def _with_progress(batches):
+    """The input batches behind a progress bar on stderr: a whole SR image can take minutes per pass."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(list(batches), desc="analyze", unit="input batch", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
@@ -186,7 +196,7 @@ def _analyze_comparison(args: argparse.Namespace, cfg) -> int:
     t0 = time.perf_counter()
     for run in runs:
         source = from_run(run["run"], args.num_images, args.images, args.batch_size, ema=args.ema)
-        result = analyze_model(source.model, source.batches, cfg, source.forward)
+        result = analyze_model(source.model, _with_progress(source.batches), cfg, source.forward)
         name = f"{run['attention']}-seed{run['seed']}"
         if (out / name).is_dir():  # under the lock of --out: what a killed analysis left there
             remove_temp_files(out / name)

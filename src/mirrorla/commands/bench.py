@@ -17,12 +17,20 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import functools
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
 
 from mirrorla.commands import Command, UsageError
-from mirrorla.commands.options import check_out_folder, device_name, positive_float, positive_int
+from mirrorla.commands.options import (
+    add_preset_out,
+    check_out_folder,
+    device_name,
+    positive_float,
+    positive_int,
+    preset_out,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -75,7 +83,7 @@ def _shared(p: argparse.ArgumentParser, quick: str, repeats: str) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--repeats", type=positive_int, default=5, help=repeats)
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per case and mode")
-    p.add_argument("--out", default="runs/bench", help="output folder for the JSON, Markdown and figure files")
+    add_preset_out(p, "runs/bench", "output folder for the JSON, Markdown and figure files")
     p.add_argument(
         "--gemm-size", type=positive_int, default=2048, help="size of the square matmul that measures the GEMM peak"
     )
@@ -266,7 +274,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
     from mirrorla.bench.machine import resolve_device
 
+    args.out = preset_out(args)
     check_out_folder(args.out)
+    if args.bench_what != "targets" and importlib.util.find_spec("matplotlib") is None:  # its figures: fail now
+        raise ModuleNotFoundError("the bench figures need matplotlib", name="matplotlib")
     sr_cases = _plan_sr(args) if args.bench_what == "sr" else None  # bad input: one line, before any work
     lra_cases = _plan_lra(args) if args.bench_what == "lra" else None
     device = resolve_device(args.device)
@@ -309,6 +320,7 @@ def _run_kind(args: argparse.Namespace, settings: dict, device, out: Path, sr_ca
     machine["torch_threads"] = args.threads
     header = {
         "command": "mirrorla " + " ".join(shlex.quote(a) for a in getattr(args, "_argv", sys.argv[1:])),
+        "quick": args.quick,
         "machine": machine,
         "memory_method": CUDA_METHOD if device.type == "cuda" else CPU_METHOD,
         "macs_note": "forward matmul/conv multiply-accumulates (FLOPs/2) counted on the meta device with "
@@ -385,14 +397,22 @@ def _run_ops(args, settings, header, out: Path) -> int:
     return 0
 
 
+def _quick_note() -> str:
+    from mirrorla.engine.config import QUICK_NOTES
+
+    return QUICK_NOTES["bench"]
+
+
 def _command_and_machine(payload: dict) -> list[str]:
-    """The first two Markdown lines of a report: the command and the machine it ran on."""
+    """The first Markdown lines of a report: the command and the machine it ran on (and, for ``--quick``,
+    that it is a smoke run)."""
     m = payload["machine"]
     return [
         f"Command: `{payload['command']}`  ",
         f"Machine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['torch_threads']} torch threads, "
         f"device {m['device_name']}, torch {m['torch']}, load average {m['load_average_1_5_15']}, "
         f"{m['date_utc']} UTC  ",
+        *([f"{_quick_note()}  "] if payload.get("quick") else []),
     ]
 
 
@@ -535,7 +555,8 @@ def _run_models(args, settings, header, out: Path) -> int:
         [
             f"Command: `{payload['command']}`  ",
             f"Machine: {m['cpu_model']}, {m['torch_threads']} torch threads, device {m['device_name']}, "
-            f"torch {m['torch']}, load average {m['load_average_1_5_15']}, {m['date_utc']} UTC",
+            f"torch {m['torch']}, load average {m['load_average_1_5_15']}, {m['date_utc']} UTC  ",
+            *([_quick_note()] if payload.get("quick") else []),
             "",
             report.pivot_tables(
                 results,
@@ -615,6 +636,8 @@ def _write_outputs(out: Path, kind: str, payload: dict, png: str, markdown: str)
     from mirrorla.bench import report
 
     json_path, md_path = out / f"{kind}.json", out / f"{kind}.md"
+    if payload.get("quick") and _quick_note() not in markdown:
+        markdown = _quick_note() + "\n\n" + markdown
     payload["files"] = {"json": str(json_path), "markdown": str(md_path), "plot": png}
     report.write_json(json_path, payload)
     _write_text(md_path, markdown)

@@ -17,6 +17,7 @@ from mirrorla.commands.options import (
     check_out_folder,
     given_config_fields,
     positive_int,
+    preset_out,
 )
 from mirrorla.commands.train import check_attention_options, check_device, user_errors
 from mirrorla.engine.config import BASE, DEFAULT_ATTENTIONS, PRESETS, CompareConfig, TrainConfig, describe_preset
@@ -102,6 +103,7 @@ def _interrupted(cc: CompareConfig, argv: list[str]) -> Interrupted:
 def run_compare_cmd(args: argparse.Namespace) -> int:
     from mirrorla.engine.compare import run_compare
 
+    args.out = preset_out(args)
     check_out_folder(args.out)
     check_comparison_out(args.out, args.resume, args.overwrite)
     cc = compare_config_from_args(

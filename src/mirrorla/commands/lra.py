@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import time
 from pathlib import Path
 
 from mirrorla.commands import Interrupted, UsageError, command_family
 from mirrorla.commands.compare import compare_config_from_args
+from mirrorla.commands.lines import add_json_option, print_json, say, start_line, summary_line
 from mirrorla.commands.options import (
     GivenOnly,
     add_comparison_options,
@@ -24,6 +26,7 @@ from mirrorla.commands.options import (
     check_out_folder,
     device_name,
     positive_int,
+    preset_out,
 )
 from mirrorla.commands.train import (
     _interrupted_train,
@@ -96,6 +99,7 @@ def _add_lra_train_args(p: argparse.ArgumentParser) -> None:
     )
     add_lra_options(p, LRA_BASE)
     add_run_output_options(p, LRA_BASE, "runs/lra-train")
+    add_json_option(p)
 
 
 def _check_options(cfg: TrainConfig) -> None:
@@ -129,6 +133,8 @@ def _run_lra_train(args: argparse.Namespace) -> int:
     check_out_folder(cfg.out_dir)
     _check_options(cfg)
     datasets = create_task(cfg.task, cfg).build_datasets(cfg)
+    say(start_line(cfg, datasets[2]))
+    t0 = time.perf_counter()
     try:
         out = train(cfg, datasets)
     except KeyboardInterrupt:
@@ -138,9 +144,8 @@ def _run_lra_train(args: argparse.Namespace) -> int:
     print(f"majority class: {majority_baseline(info.label_counts):.2f}%")
     if bool(eval_set.lengths.min() != eval_set.lengths.max()):
         _print_by_length(accuracy_by_length(preds, labels, eval_set.lengths))
-    if out["run_dir"]:
-        print(f"run directory: {out['run_dir']}")
-    print(json.dumps(out["final"]))
+    say(summary_line(out["final"], "top1", out["run_dir"], time.perf_counter() - t0))
+    print_json(args, out["final"])
     return 0
 
 
@@ -299,6 +304,7 @@ def _tasks(args: argparse.Namespace) -> list[dict]:
 def _run_lra_compare(args: argparse.Namespace) -> int:
     from mirrorla.engine.lra_compare import run_lra_suite
 
+    args.out = preset_out(args)
     check_out_folder(args.out)
     check_comparison_out(args.out, args.resume, args.overwrite)
     tasks = _tasks(args)
@@ -311,11 +317,13 @@ def _run_lra_compare(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         again = [a for a in getattr(args, "_argv", ["lra", "compare"]) if a != "--overwrite"]
         again += [] if "--resume" in again else ["--resume"]
+        kept = ", ".join(f"{cc.out_dir}/{spec['label']}/runs" for spec in tasks)
         raise Interrupted(
-            f"interrupted; finished runs are kept in {cc.out_dir}/<task>/runs. "
-            f"Continue with: mirrorla {shlex.join(again)}"
+            f"interrupted; finished runs are kept in {kept}. Continue with: mirrorla {shlex.join(again)}"
         ) from None
-    print(f"wrote {args.out}/<task>/results.md, results.json, figures for {', '.join(summary['tasks'])}")
+    folders = ", ".join(f"{args.out}/{label}/" for label in summary["tasks"])
+    both = f"; the summary over tasks: {args.out}/summary.md" if len(summary["tasks"]) > 1 else ""
+    print(f"wrote results.md, results.json and figures to {folders}{both}")
     return 0
 
 

@@ -13,9 +13,31 @@ __all__ = ["COMMANDS"]
 
 def _add_models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'pvt_tiny_*'")
+    p.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="list the trained weights shipped with mirrorla instead: timm.create_model(NAME, pretrained=True), "
+        "or pretrained:NAME in eval, analyze, sr eval and sr upscale",
+    )
+
+
+def _run_pretrained(pattern: str | None) -> int:
+    from mirrorla.weights import get_weights, list_weights
+
+    names = list_weights(pattern)
+    if not names:
+        print(f"no shipped weights match {pattern!r}" if pattern else "no weights are shipped with this install")
+        return 1
+    for name in names:
+        meta = get_weights(name).meta
+        result = meta["result"]
+        print(f"{name:36s} {result['metric']} {result['value']:.2f} on {result['data']}; {meta['command']}")
+    return 0
 
 
 def run_models(args: argparse.Namespace) -> int:
+    if args.pretrained:
+        return _run_pretrained(args.pattern)
     import timm
 
     from mirrorla.models import list_models

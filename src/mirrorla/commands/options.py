@@ -22,6 +22,8 @@ from mirrorla.engine.config import TrainConfig
 __all__ = [
     "GivenOnly",
     "add_comparison_options",
+    "add_preset_out",
+    "preset_out",
     "add_sr_options",
     "add_train_config_options",
     "jobs_count",
@@ -284,7 +286,7 @@ def add_comparison_options(
         "--attentions", default=",".join(attentions), help="comma-separated registered attentions (`mirrorla list`)"
     )
     g.add_argument("--seeds", type=int_list, default=None, help=seeds_help)
-    g.add_argument("--out", default=out, help="output folder (table, JSON, figures, runs)")
+    add_preset_out(g, out, "output folder (table, JSON, figures, runs)")
     g.add_argument(
         "--resume",
         action="store_true",
@@ -312,6 +314,27 @@ def add_comparison_options(
         help="one progress bar over all runs, with the ETA of the whole job, on stderr",
     )
     return g
+
+
+def add_preset_out(g, default: str, what: str) -> None:
+    """``--out`` of a command with a ``--quick`` preset: the quick and the full preset write to different
+    default folders (``default`` and ``default-quick``), so a full run after a quick one is not refused;
+    :func:`preset_out` resolves it after parsing."""
+    g.add_argument("--out", default=None, help=f"{what} (default: {default}; with --quick {quick_out(default)})")
+    g.set_defaults(default_out=default)
+
+
+def quick_out(default: str) -> str:
+    """The default output folder of a ``--quick`` run whose full preset writes to ``default``."""
+    return f"{default}-quick"
+
+
+def preset_out(args: argparse.Namespace) -> str:
+    """``--out`` as given, else the default folder of the preset run (see :func:`add_preset_out`)."""
+    if args.out is not None:
+        return args.out
+    quick = getattr(args, "preset", None) == "quick" or getattr(args, "quick", False)
+    return quick_out(args.default_out) if quick else args.default_out
 
 
 def jobs_count(text: str) -> int | None:

@@ -12,11 +12,13 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
 from mirrorla.commands import Interrupted, UsageError, command_family
 from mirrorla.commands.compare import compare_config_from_args
+from mirrorla.commands.lines import add_json_option, print_json, say, start_line, summary_line
 from mirrorla.commands.options import (
     CLASSIFICATION_ONLY,
     SR_HELP,
@@ -29,6 +31,7 @@ from mirrorla.commands.options import (
     device_name,
     non_negative_int,
     positive_int,
+    preset_out,
 )
 from mirrorla.commands.train import (
     _interrupted_train,
@@ -52,6 +55,7 @@ def _add_sr_train_args(p: argparse.ArgumentParser) -> None:
     add_train_config_options(p, SR_BASE, exclude=CLASSIFICATION_ONLY, help_override=SR_HELP)
     add_sr_options(p, SR_BASE)
     add_run_output_options(p, SR_BASE, "runs/sr-train")
+    add_json_option(p)
 
 
 def _check_options(cfg) -> None:
@@ -88,6 +92,8 @@ def _run_sr_train(args: argparse.Namespace) -> int:
     check_out_folder(cfg.out_dir)
     _check_options(cfg)
     datasets = create_task(cfg.task, cfg).build_datasets(cfg)
+    say(start_line(cfg, datasets[2]))
+    t0 = time.perf_counter()
     try:
         out = train(cfg, datasets)
     except KeyboardInterrupt:
@@ -106,8 +112,12 @@ def _run_sr_train(args: argparse.Namespace) -> int:
         record = json.dumps({"model": rows, "bicubic": bicubic}, indent=2).encode()
         with FolderLock(out["run_dir"], purpose="sr train: writing test_images.json"):  # train() has let go
             atomic_write_bytes(Path(out["run_dir"], "test_images.json"), record)
-        print(f"run directory: {out['run_dir']}")
-    print(json.dumps(final))
+    gain = final["test_psnr"] - mean_scores(bicubic)["psnr"]
+    say(
+        summary_line(out["final"], "psnr", out["run_dir"], time.perf_counter() - t0)
+        + f"; whole test images: PSNR-Y {final['test_psnr']:.2f} dB ({gain:+.2f} dB over bicubic)"
+    )
+    print_json(args, final)
     return 0
 
 
@@ -126,7 +136,11 @@ def _print_rows(rows: list[dict], bicubic: list[dict]) -> None:
 
 
 def _add_sr_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run folder, checkpoints/ folder or .safetensors file of an SR run")
+    p.add_argument(
+        "checkpoint",
+        help="run folder, checkpoints/ folder or .safetensors file of an SR run, or pretrained:<name> (weights "
+        "shipped with mirrorla)",
+    )
     p.add_argument(
         "--data",
         default="photos",
@@ -213,7 +227,11 @@ def _run_sr_eval(args: argparse.Namespace) -> int:
 
 
 def _add_sr_upscale_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run folder, checkpoints/ folder or .safetensors file of an SR run")
+    p.add_argument(
+        "checkpoint",
+        help="run folder, checkpoints/ folder or .safetensors file of an SR run, or shipped weights: "
+        "pretrained:sr_tiny_mirror.photos_x2 (`mirrorla models --pretrained`)",
+    )
     p.add_argument("images", nargs="+", help="image files to upscale, each in one pass unless --tile")
     p.add_argument(
         "--out",
@@ -228,6 +246,8 @@ def _add_sr_upscale_args(p: argparse.ArgumentParser) -> None:
 
 @user_errors
 def _run_sr_upscale(args: argparse.Namespace) -> int:
+    from PIL import Image
+
     from mirrorla.engine.sr import load_trained_sr, upscale_file
 
     tile, overlap = _tile_settings(args)
@@ -246,7 +266,12 @@ def _run_sr_upscale(args: argparse.Namespace) -> int:
             raise UsageError(f"no image file {src}")
         if dst.exists() and not args.overwrite:
             raise UsageError(f"{dst} exists; pass --overwrite to replace it, or choose another --out")
+    print(f"upscaling {len(args.images)} image(s) ×{cfg.scale} with {cfg.model} ({cfg.attention}) on {args.device}")
     for src, dst in zip(args.images, targets, strict=True):
+        with Image.open(src) as im:  # the size only, so a long pass is announced before it starts
+            w, h = im.size
+        how = f"in {tile}×{tile} tiles" if tile else "one pass"
+        print(f"{src} ({h}×{w}, {h * w:,} tokens per attention layer, {how}) …", flush=True)
         try:  # without --overwrite the file is published only if the name is still free (no check-then-write)
             r = upscale_file(model, cfg.scale, src, dst, tile=tile, overlap=overlap, replace=args.overwrite)
         except FileExistsError:
@@ -254,9 +279,7 @@ def _run_sr_upscale(args: argparse.Namespace) -> int:
                 f"{dst} was created while upscaling (by another process?); it is not replaced: pass --overwrite to "
                 "replace it, or choose another --out"
             ) from None
-        print(
-            f"{src} ({r['lr_hw'][0]}×{r['lr_hw'][1]}) → {dst} ({r['sr_hw'][0]}×{r['sr_hw'][1]}, {r['seconds']:.2f} s)"
-        )
+        print(f"  → {dst} ({r['sr_hw'][0]}×{r['sr_hw'][1]}, {r['seconds']:.2f} s)", flush=True)
     return 0
 
 
@@ -294,6 +317,7 @@ def _add_sr_compare_args(p: argparse.ArgumentParser) -> None:
 def _run_sr_compare(args: argparse.Namespace) -> int:
     from mirrorla.engine.sr_compare import run_sr_compare
 
+    args.out = preset_out(args)
     check_out_folder(args.out)
     check_comparison_out(args.out, args.resume, args.overwrite)
     cc = compare_config_from_args(args, SR_BASE.replace(progress=False), SR_PRESETS, _SR_PRESET_FIELDS)

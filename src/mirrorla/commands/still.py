@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from mirrorla.commands import Command, UsageError
+from mirrorla.commands.lines import add_json_option, print_json
 from mirrorla.commands.options import check_out_folder, positive_float, positive_int
 
 __all__ = ["COMMANDS", "require_llm_extra"]
@@ -170,7 +171,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
         help="STILL options KEY=VALUE,...: override them on a STILL checkpoint, or linearize a plain one "
         "(e.g. 'topk=0,use_linear=false' = sliding window over the previous and current chunk)",
     )
-    p.add_argument("--json", default=None, help="also write the result to this JSON file")
+    add_json_option(p)
 
 
 def run_lm_eval(args: argparse.Namespace) -> int:
@@ -187,14 +188,22 @@ def run_lm_eval(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = load_model(folder, args.dtype, parse_overrides(args.still))
     blocks = _blocks(args, tokenizer)
-    result = perplexity(model, blocks, args.batch_size, progress=args.progress)
     cfg = getattr(model, "still_config", None)
+    kind = "plain softmax attention" if cfg is None else f"STILL ({cfg.to_dict()})"
+    print(
+        f"evaluating {args.model} ({kind}) on {args.data}: {len(blocks)} blocks of {args.block_size} tokens; "
+        f"cpu, {torch.get_num_threads()} threads",
+        flush=True,
+    )
+    result = perplexity(model, blocks, args.batch_size, progress=args.progress)
     result.update(
         model=args.model, data=args.data, block_size=args.block_size, still=None if cfg is None else cfg.to_dict()
     )
-    print(json.dumps(result, indent=1))
-    if args.json:
-        _write_text(Path(args.json), json.dumps(result, indent=1))
+    print(
+        f"perplexity {result['ppl']:.3f} (NLL {result['nll']:.4f} per token) over {result['tokens']:,} tokens "
+        f"in {result['seconds']:.0f} s"
+    )
+    print_json(args, result)
     return 0
 
 

@@ -9,12 +9,23 @@ from __future__ import annotations
 import argparse
 import functools
 import inspect
-import json
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
 from mirrorla.commands import Command, Interrupted, UsageError
+from mirrorla.commands.lines import (
+    add_json_option,
+    data_words,
+    eval_line,
+    is_main_process,
+    print_json,
+    say,
+    start_line,
+    summary_line,
+    where,
+)
 from mirrorla.commands.options import (
     GivenOnly,
     add_train_config_options,
@@ -123,6 +134,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     add_train_config_options(p, d)
     add_run_output_options(p, d, "runs/train")
+    add_json_option(p)
 
 
 def add_run_output_options(p: argparse.ArgumentParser, d: TrainConfig, default_out: str) -> None:
@@ -219,18 +231,24 @@ def run_train(args: argparse.Namespace) -> int:
     check_attention_options(cfg.attention, cfg.attention_kwargs, cfg.embed_dim, cfg.num_heads)
     check_device(cfg.device)
     datasets = load_datasets(cfg)
+    say(start_line(cfg, datasets[2]))
+    t0 = time.perf_counter()
     try:
         out = train(cfg, datasets)
     except KeyboardInterrupt:
         raise _interrupted_train(cfg, getattr(args, "_argv", ["train"])) from None
-    if out["run_dir"]:
-        print(f"run directory: {out['run_dir']}")
-    print(json.dumps(out["final"]))
+    say(summary_line(out["final"], "top1", out["run_dir"], time.perf_counter() - t0))
+    if is_main_process():
+        print_json(args, out["final"])
     return 0
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run folder, checkpoints/ folder, .safetensors or .state.pt file")
+    p.add_argument(
+        "checkpoint",
+        help="run folder, checkpoints/ folder, .safetensors or .state.pt file, or weights shipped with mirrorla: "
+        "pretrained:vit_micro_mirror.fmnist (`mirrorla models --pretrained`)",
+    )
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights stored in the checkpoint")
     p.add_argument("--data-dir", default=None, help="where the data is (default: the folder recorded in the run)")
     p.add_argument(
@@ -242,6 +260,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch size")
     p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--throughput", action="store_true", help="also report MACs and inference images/s")
+    add_json_option(p)
 
 
 @user_errors
@@ -272,6 +291,12 @@ def run_eval(args: argparse.Namespace) -> int:
         eval_subset=cfg.eval_subset,
         download=cfg.download,
     )
+    kind = "EMA weights" if args.ema else "weights"
+    print(
+        f"evaluating {cfg.model} with attention {cfg.attention} ({kind} of {args.checkpoint}) on "
+        f"{data_words(info, eval_only=True)}; {where(cfg)}",
+        flush=True,
+    )
     model = create_classifier(cfg, info.num_classes, info.in_chans, info.image_size)
     weights = ckpt["ema"] if args.ema else ckpt["model"]
     if weights is None:
@@ -290,7 +315,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.throughput:
         result["macs"], result["mac_counter"] = count_macs(model, info.in_chans, info.image_size)
         result["eval_img_s"] = measure_throughput(model, info.in_chans, info.image_size)
-    print(json.dumps(result, indent=2))
+    line = eval_line("result", {f"eval_{k}": v for k, v in result.items()})
+    if args.throughput:
+        line += f"; {result['macs'] / 1e6:.2f}M MACs per image, {result['eval_img_s']:.0f} images/s"
+    print(line)
+    print_json(args, result)
     return 0
 
 

@@ -28,7 +28,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from mirrorla.data.checksums import data_records
-from mirrorla.data.fashion_mnist import ENV_VAR, find_fashion_mnist, read_split
+from mirrorla.data.download import DOWNLOAD_ERRORS, removing_created_dirs
+from mirrorla.data.fashion_mnist import ENV_VAR, DatasetNotFoundError, find_fashion_mnist, read_split
 
 __all__ = ["DatasetInfo", "InMemoryImages", "build_datasets", "list_datasets"]
 
@@ -231,15 +232,22 @@ def _torchvision(name, key, data_dir, image_size, augment, train_subset, eval_su
     size = image_size or native or 32
     root = _default_root(data_dir)
     kw = dict(root=str(root), download=download)
+    provide = (
+        f"on a machine with internet access run the same command once (it downloads into {root}) and copy that "
+        f"folder here, or put torchvision's {cls_name} files into a folder DIR and pass --data-dir DIR"
+    )
     try:
-        if cls_name == "SVHN":
-            train_raw, test_raw = cls(split="train", **kw), cls(split="test", **kw)
-        else:
-            train_raw, test_raw = cls(train=True, **kw), cls(train=False, **kw)
+        with removing_created_dirs(root):
+            if cls_name == "SVHN":
+                train_raw, test_raw = cls(split="train", **kw), cls(split="test", **kw)
+            else:
+                train_raw, test_raw = cls(train=True, **kw), cls(train=False, **kw)
     except RuntimeError as err:  # torchvision raises RuntimeError("Dataset not found ...")
-        raise FileNotFoundError(
-            f"{cls_name} not found under {root} ({err}); run once with network access and --download, "
-            f"or point --data-dir at a directory that holds it"
+        raise DatasetNotFoundError(f"{cls_name} is not in {root} ({err}); {provide}") from err
+    except DOWNLOAD_ERRORS as err:  # offline: urllib's URLError, a refused or dropped connection
+        reason = getattr(err, "reason", None) or err
+        raise DatasetNotFoundError(
+            f"{cls_name} is not in {root} and downloading it failed ({reason}); {provide}"
         ) from err
     probe = train_raw[0][0]
     in_chans = len(probe.getbands()) if hasattr(probe, "getbands") else 3

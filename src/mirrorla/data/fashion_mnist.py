@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mirrorla.data.download import removing_created_dirs
 from mirrorla.data.idx import read_idx
 
 __all__ = [
@@ -147,7 +148,8 @@ def find_fashion_mnist(data_dir: str | os.PathLike | None = None, download: bool
     download_error = None
     if download:
         try:
-            return _download(cache_dir())
+            with removing_created_dirs(cache_dir()):
+                return _download(cache_dir())
         except OSError as err:  # no network, proxy refusal, disk full ...
             download_error = err
     where = "\n".join(f"  - {label}: {path}" for label, path in searched)

@@ -114,7 +114,7 @@ def _plot(result: dict[str, Any], out: Path, image: Tensor | None) -> list[Path]
     if with_maps:
         points = with_maps[0][1]["points"]
         cols = len(points) + (1 if image is not None else 0)
-        fig, axes = plt.subplots(len(with_maps), cols, figsize=(2.2 * cols, 2.2 * len(with_maps)), squeeze=False)
+        fig, axes = plt.subplots(len(with_maps), cols, figsize=(2.6 * cols, 2.2 * len(with_maps)), squeeze=False)
         for row, (name, f) in enumerate(with_maps):
             start = 0
             if image is not None:
@@ -123,7 +123,13 @@ def _plot(result: dict[str, Any], out: Path, image: Tensor | None) -> list[Path]
                 start = 1
             for j, (r, c) in enumerate(f["points"]):
                 ax = axes[row][start + j]
-                ax.imshow(f["maps"][j].numpy(), cmap="viridis")
+                im = ax.imshow(f["maps"][j].numpy(), cmap="viridis")
+                # Each map is scaled to its own range: the bar says how much a near-uniform map really varies.
+                bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
+                bar.ax.tick_params(labelsize=5)
+                bar.formatter.set_powerlimits((-2, 2))
+                bar.update_ticks()
+                bar.ax.yaxis.get_offset_text().set_fontsize(5)
                 ax.plot([c], [r], marker="x", color="red", markersize=6)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -131,7 +137,9 @@ def _plot(result: dict[str, Any], out: Path, image: Tensor | None) -> list[Path]
                     ax.set_title(f"query ({r}, {c})", fontsize=8)
                 if image is None and j == 0:
                     ax.set_ylabel(name, fontsize=7)
-        fig.suptitle("attention of query tokens over the grid (head mean, first input)", fontsize=9)
+        fig.suptitle(
+            "attention of query tokens over the grid (head mean, first input; colour bar: attention weight)", fontsize=9
+        )
         fig.tight_layout()
         written.append(out / "attention_maps.png")
         save_figure(fig, written[-1], dpi=110)
@@ -187,6 +195,7 @@ def _plot_measures(result: dict[str, Any], path: Path, plt) -> None:
             ax.plot(x, [float("nan") if y is None else y for y in ys], marker="o", markersize=3, label=f"head {h}")
         ax.set_title(_TITLES[name], fontsize=8)
         ax.set_xlabel("layer", fontsize=7)
+        ax.set_xticks(x)  # layers are whole numbers: no 0.5 ticks
         ax.tick_params(labelsize=6)
     axes[0].legend(fontsize=6)
     fig.tight_layout()
@@ -213,7 +222,7 @@ def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], pa
     nrows = -(-len(measures) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.7 * nrows), squeeze=False)
     label = data["score_label"]
-    colours = plt.get_cmap("tab10")
+    colours, markers = plt.get_cmap("tab10"), "osD^vP*X"
     names = list(data["attentions"])
     for i, measure in enumerate(measures):
         ax = axes[i // cols][i % cols]
@@ -225,10 +234,9 @@ def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], pa
                 ax.scatter(*zip(*pts, strict=True), s=8, color=colours(j % 10), alpha=0.45, linewidths=0)
             entry = data["attentions"][name]
             if entry[measure] is not None and entry["score"] is not None:
-                ax.scatter([entry[measure]], [entry["score"]], s=28, color=colours(j % 10), edgecolors="black",
-                           linewidths=0.5)  # fmt: skip
-                ax.annotate(name, (entry[measure], entry["score"]), fontsize=6, xytext=(3, 2),
-                            textcoords="offset points")  # fmt: skip
+                # Names go into one legend below the panels: written beside close points they overlap.
+                ax.scatter([entry[measure]], [entry["score"]], s=30, color=colours(j % 10), marker=markers[j % 8],
+                           edgecolors="black", linewidths=0.5, label=name)  # fmt: skip
         c = data["correlation_with_score"][measure]
         ax.set_title(f"{_TITLES.get(measure, measure)}: ρ = {c['spearman']:+.2f} (n = {c['attentions']})", fontsize=8)
         ax.tick_params(labelsize=6)
@@ -237,7 +245,14 @@ def write_comparison_figure(rows: list[dict[str, Any]], data: dict[str, Any], pa
     for k in range(len(measures), nrows * cols):
         axes[k // cols][k % cols].axis("off")
     fig.suptitle(f"{label} against each measure (model means; small dots: runs, large: attention means)", fontsize=9)
+    handles: dict[str, Any] = {}
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(lab, h)
+    labels = list(handles)
     fig.tight_layout()
+    fig.legend([handles[n] for n in labels], labels, loc="lower center", ncol=min(5, len(labels)), fontsize=7,
+               frameon=False, bbox_to_anchor=(0.5, -0.05 - 0.035 * (-(-len(labels) // 5))))  # fmt: skip
     out = Path(path)
-    save_figure(fig, out, dpi=110)
+    save_figure(fig, out, dpi=110, bbox_inches="tight")
     return out

@@ -399,7 +399,13 @@ def clean_run_dir(run_dir: str | os.PathLike, keep: int, protect: Iterable[str |
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> tuple[Path, Path]:
-    """(weights, state) paths for a run directory, a ``checkpoints/`` directory, or either file."""
+    """(weights, state) paths for a run directory, a ``checkpoints/`` directory, either file, or
+    ``pretrained:<name>`` (weights shipped with the package, :mod:`mirrorla.weights`; they have no state file)."""
+    from mirrorla.weights import resolve_weights
+
+    shipped = resolve_weights(str(path))
+    if shipped is not None:
+        return shipped, shipped.with_name(shipped.name[: -len(".safetensors")] + ".state.pt")
     path = Path(path)
     if path.is_dir():
         ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -502,11 +508,15 @@ def _check_pair(
 
 
 def checkpoint_config(ckpt: dict[str, Any], checkpoint: str | os.PathLike) -> Any:
-    """The :class:`TrainConfig` of the run that wrote ``ckpt`` (its state file, else the run's config.json)."""
+    """The :class:`TrainConfig` of the run that wrote ``ckpt`` (its state file, else the provenance of shipped
+    weights, else the run's config.json)."""
     from mirrorla.engine.config import TrainConfig
+    from mirrorla.weights import shipped_config
 
     if ckpt["state"] is not None:
         saved = ckpt["state"]["config"]
+    elif (shipped := shipped_config(ckpt["path"])) is not None:
+        saved = shipped
     else:
         cfg_path = Path(resolve_checkpoint(checkpoint)[0]).parent.parent / "config.json"
         if not cfg_path.is_file():

@@ -54,6 +54,7 @@ from mirrorla.engine.config import (
     CompareConfig,
     TrainConfig,
     check_subset_sizes,
+    quick_note,
     saved_field,
 )
 from mirrorla.engine.model import (
@@ -282,12 +283,14 @@ def results_lock(out: Path) -> Iterator[None]:
         yield
 
 
-def write_results(out: Path, header: str, table: str, results: dict[str, Any]) -> None:
-    """``results.md`` (the header paragraph and the table) and ``results.json`` of a task comparison, written
-    atomically; the table is printed too."""
-    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
+def write_results(out: Path, header: str, table: str, results: dict[str, Any], note: str = "") -> None:
+    """``results.md`` (the header paragraph, the table and ``note``, e.g. a quick preset's
+    :data:`~mirrorla.engine.config.QUICK_NOTES` line) and ``results.json`` of a task comparison, written
+    atomically; the table and the note are printed too."""
+    below = f"\n{note}\n" if note else ""
+    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n" + below).encode())
     write_result_json(out / "results.json", results)
-    print("\n" + table + "\n", flush=True)
+    print("\n" + table + "\n" + below, flush=True)
 
 
 def train_runs(cc: CompareConfig, out: Path, datasets, run_one, job: str) -> dict[str, dict[str, Any]]:
@@ -642,10 +645,12 @@ def _write_files(out: Path, results: dict[str, Any], figures: bool) -> None:
             "into this folder, with the eval img/s those processes measured ('–': not yet measured)."
         )
     table = format_table(results)
-    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n").encode())
+    note = quick_note("compare", results.get("preset", "custom"))
+    below = f"\n{note}\n" if note else ""
+    atomic_write_bytes(out / "results.md", (header + "\n\n" + table + "\n" + below).encode())
     write_result_json(out / "results.json", results)
     if figures:
-        print("\n" + table + "\n", flush=True)
+        print("\n" + table + "\n" + below, flush=True)
         _plot(out, results)
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "LRA_DEFAULT_TASKS",
     "check_subset_sizes",
     "describe_preset",
+    "QUICK_NOTES",
+    "quick_note",
 ]
 
 #: Fields that change what a run computes; a resumed run must agree on all of them.
@@ -95,7 +97,7 @@ class TrainConfig:
     data_seed: int = 0
     # model
     model: str = "vit"
-    attention: str | None = "softmax"
+    attention: str | None = "mirror"
     attention_kwargs: dict[str, Any] = field(default_factory=dict)
     embed_dim: int = 64
     depth: int = 4
@@ -284,6 +286,41 @@ LRA_TASK_BUDGETS: dict[str, dict[str, dict[str, Any]]] = {
         "image": dict(train_subset=2400, eval_subset=600, epochs=3),
     },
 }
+
+
+#: Printed beside the table of a ``--quick`` run (and written into its results.md): the quick presets are smoke
+#: runs of minutes on a CPU that show every step working; their numbers, and the order of the attentions, are
+#: not the result. Each note says what the full preset shows and where it is published.
+QUICK_NOTES: dict[str, str] = {
+    "compare": (
+        "Quick preset: a smoke run (1 seed, 3 epochs on 5,000 of the 60,000 training images), not a result; "
+        "its accuracies (roughly 40-60 %) and their order say little. The full preset (`mirrorla compare`: "
+        "all images, seeds 0-2, about 2 hours on 2 cores) reaches 77-84 %, with PolaFormer, FLatten and "
+        "NaLaFormer ahead, the MirrorLA rows level with ReLU linear attention and softmax last: "
+        "docs/results/fashion-mnist.md."
+    ),
+    "sr compare": (
+        "Quick preset: a smoke run (1 seed, 1 epoch of 320 patches), not a result; most attentions do not "
+        "yet beat bicubic. The full preset (`mirrorla sr compare`: 6 epochs of 1,600 patches, seeds 0-2, about "
+        "1 h 40 min on 2 cores) puts every attention 1.1-1.4 dB above bicubic, within 0.25 dB of each "
+        "other: docs/results/super-resolution.md."
+    ),
+    "lra compare": (
+        "Quick preset: a smoke run (about 100 training sequences per task, 1 epoch), not a result; every "
+        "attention stays near the majority class. The full preset (`mirrorla lra compare`, about 90 minutes "
+        "on 2 cores) separates the attentions mainly on the image task, where the MirrorLA rows and PolaFormer lead "
+        "and softmax and L2ViT's LGA trail: docs/results/long-range.md."
+    ),
+    "bench": (
+        "Quick preset: a smoke run at small sizes only, not a result; the targets are set at sizes it does "
+        "not time. The full sweeps and the targets: docs/results/efficiency.md."
+    ),
+}
+
+
+def quick_note(job: str, preset: str) -> str:
+    """The :data:`QUICK_NOTES` line of ``job`` for the ``quick`` preset, else ``""``."""
+    return QUICK_NOTES[job] if preset == "quick" else ""
 
 
 def describe_preset(name: str, presets: dict[str, dict[str, Any]] | None = None) -> str:

@@ -27,7 +27,7 @@ import torch
 
 from mirrorla.engine import compare as _cmp
 from mirrorla.engine.checkpoint import atomic_write_bytes, write_result_json
-from mirrorla.engine.config import CompareConfig, TrainConfig
+from mirrorla.engine.config import CompareConfig, TrainConfig, quick_note
 from mirrorla.engine.lra import accuracy_by_length, majority_baseline, predict, train_step_cost
 from mirrorla.engine.model import count_params
 from mirrorla.engine.trainer import describe_provenance, environment_summary, train
@@ -186,7 +186,9 @@ def _write(out: Path, results: dict[str, Any]) -> None:
     from mirrorla.engine.lra_figures import plot_task
 
     with _cmp.results_lock(out):  # one writer of the folder's results files at a time
-        _cmp.write_results(out, header, format_lra_table(results), results)
+        _cmp.write_results(
+            out, header, format_lra_table(results), results, quick_note("lra compare", results["preset"])
+        )
         plot_task(out, results)
 
 
@@ -221,7 +223,8 @@ def run_lra_suite(cc: CompareConfig, tasks: list[dict[str, Any]], cost_rounds: i
             atomic_write_bytes(out / "summary.md", (table + "\n").encode())
             write_result_json(out / "summary.json", summary)
             plot_accuracy_vs_length(out / "accuracy_vs_length.png", summary)
-        print("\n" + table + "\n", flush=True)
+        note = quick_note("lra compare", cc.preset)
+        print("\n" + table + "\n" + (f"\n{note}\n" if note else ""), flush=True)
     return summary
 
 

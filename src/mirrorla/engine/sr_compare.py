@@ -27,7 +27,7 @@ import torch
 
 from mirrorla.engine import compare as _cmp
 from mirrorla.engine.checkpoint import write_result_json
-from mirrorla.engine.config import CompareConfig, TrainConfig
+from mirrorla.engine.config import CompareConfig, TrainConfig, quick_note
 from mirrorla.engine.model import count_macs, count_params
 from mirrorla.engine.sr import evaluate_images, load_trained_sr, mean_scores, upscale
 from mirrorla.engine.trainer import describe_provenance, environment_summary, train
@@ -51,6 +51,7 @@ def _run_one(cfg: TrainConfig, datasets) -> dict[str, Any]:
     t0 = time.perf_counter()
     out = train(cfg, datasets, label=_cmp.run_label(cfg))
     history, model = out["history"], out["model"].eval()
+    _cmp._say(f"{_cmp.run_label(cfg)} scoring the whole test images (one pass each)")
     rows = evaluate_images(model, _test_pairs(cfg, datasets[2]), cfg.scale, save_dir=Path(cfg.out_dir) / SR_IMAGES)
     test = mean_scores(rows)
     result = {
@@ -125,6 +126,23 @@ def _seed0_folder(cc: CompareConfig, out: Path, name: str) -> Path:
     return Path(_cmp._run_config(cc, out, name, cc.seeds[0]).out_dir)
 
 
+def _bar(total: int, what: str, enabled: bool):
+    """A progress bar (stderr) over the ``total`` whole-image forward passes of a phase; None when disabled."""
+    if not enabled:
+        return None
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=what, unit="pass", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _step(bar, name: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(name, refresh=False)
+        bar.update(1)
+
+
 def _efficiency(cc: CompareConfig, out: Path, results: dict[str, Any], pairs, rounds: int) -> None:
     """Params, MACs at :data:`MAC_SIZE`², latency and peak memory on the largest test image (seed-0 nets)."""
     from mirrorla.bench.memory import exact_cpu_accounting, measure_peak_memory
@@ -132,23 +150,34 @@ def _efficiency(cc: CompareConfig, out: Path, results: dict[str, Any], pairs, ro
     largest = max(pairs, key=lambda p: p.lr.shape[1] * p.lr.shape[2])
     models = {name: load_trained_sr(_seed0_folder(cc, out, name))[0] for name in cc.attentions}
     x = largest.lr
+    tokens = x.shape[1] * x.shape[2]
+    _cmp._say(
+        f"[sr compare] timing each network on the whole image {largest.name} ({tokens:,} tokens per attention "
+        f"layer): 1 warm-up, {rounds} timed and 1 memory pass per attention (softmax's take minutes each)"
+    )
+    bar = _bar(len(models) * (rounds + 2), "whole-image timing", cc.progress)
     for name, model in models.items():
         m = results["methods"][name]
         m["params"] = count_params(model)
         m["macs"], m["mac_counter"] = count_macs(model, 3, MAC_SIZE)
         upscale(model, x)  # warm-up
+        _step(bar, name)
     times: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(rounds):  # the attentions take turns, so load changes do not favour one of them
         for name, model in models.items():
             t0 = time.perf_counter()
             upscale(model, x)
             times[name].append(time.perf_counter() - t0)
+            _step(bar, name)
     exact = exact_cpu_accounting()  # after all timings: it makes allocation slower
     for name, model in models.items():
         m = results["methods"][name]
         m["latency_s"] = statistics.median(times[name])
         m["latency_rounds_s"] = times[name]
         m["peak_memory_bytes"] = measure_peak_memory(lambda model=model: _discard(upscale(model, x)), "cpu")
+        _step(bar, name)
+    if bar is not None:
+        bar.close()
     results["efficiency_protocol"] = (
         f"seed-0 network of each attention, one forward pass on the whole test image {largest.name} "
         f"(LR {tuple(largest.lr.shape[1:])}, {largest.lr.shape[1] * largest.lr.shape[2]} tokens per attention), "
@@ -215,6 +244,6 @@ def _write(out: Path, results: dict[str, Any], pairs) -> None:
         for name in results["methods"]
     }
     with _cmp.results_lock(out):  # one writer of the folder's results files at a time
-        _cmp.write_results(out, header, format_sr_table(results), results)
+        _cmp.write_results(out, header, format_sr_table(results), results, quick_note("sr compare", results["preset"]))
         plot_psnr_latency(out / "psnr_vs_latency.png", results)
         plot_crops(out / "crops.png", pairs, cfg["scale"], outputs)

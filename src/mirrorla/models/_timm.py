@@ -66,12 +66,14 @@ def register(
     """
     if name in MODEL_NAMES:
         raise ValueError(f"model {name!r} is already registered by mirrorla")
+    from mirrorla.models.pretrained import create_pretrained, with_shipped_tags
+
     mod = sys.modules[module]
-    mod.default_cfgs[name] = cfg
+    mod.default_cfgs[name] = with_shipped_tags(name, cfg)
 
     def entry(pretrained: bool = False, **kwargs: Any):
-        if pretrained:
-            raise ValueError(f"{name}: {_NO_WEIGHTS}")
+        if pretrained:  # the weights shipped with mirrorla (mirrorla.weights), or a ValueError
+            return create_pretrained(name, build, kwargs)
         return build(name, **kwargs)
 
     entry.__name__ = entry.__qualname__ = name
