@@ -49,7 +49,7 @@ def test_compare_offers_every_training_option_of_train():
 
     train, compare = options("train"), options("compare")
     own = {"--attention", "--seed", "--resume", "--out", "--overwrite", "--checkpoints", "--no-checkpoints",
-           "--keep-checkpoints"}  # fmt: skip
+           "--keep-checkpoints", "--json"}  # fmt: skip
     assert train - own <= compare, sorted(train - own - compare)
     assert {"--attn-opt", "--amp", "--weight-decay", "--mlp-ratio", "--seeds", "--quick"} <= compare
 
@@ -156,6 +156,9 @@ def test_genuine_bugs_keep_their_traceback(monkeypatch):
 
 def test_bench_writes_under_runs_by_default():
     sub = dict(_subparsers(build_parser()))
-    assert sub["mirrorla bench ops"].parse_args([]).out == "runs/bench"
+    from mirrorla.commands.options import preset_out
+
+    assert preset_out(sub["mirrorla bench ops"].parse_args([])) == "runs/bench"
+    assert preset_out(sub["mirrorla bench ops"].parse_args(["--quick"])) == "runs/bench-quick"
     gitignore = (Path(__file__).resolve().parents[1] / ".gitignore").read_text().splitlines()
     assert "runs/" in gitignore

@@ -50,7 +50,9 @@ def test_train_prints_a_start_line_and_a_summary_json_only_with_the_option(fake_
     assert not any(line.startswith("{") for line in lines)  # no raw JSON without --json
     assert main([*argv[:-1], str(tmp_path / "again"), "--json"]) == 0
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert again == json.loads((tmp_path / "again" / "final.json").read_text())
+    written = json.loads((tmp_path / "again" / "final.json").read_text())
+    assert written.pop("record_sha256")  # the file also carries its own checksum (verified on resume)
+    assert again == written
 
 
 def test_one_default_attention_across_tasks():
@@ -161,19 +163,25 @@ def test_offline_torchvision_download_is_one_line_and_leaves_no_folder(tmp_path,
 
 
 class _Saved:
-    """Records the figures saved while it is active (matplotlib's ``Figure.savefig``)."""
+    """Records the figures saved while it is active (every figure goes through ``save_figure``, the atomic
+    writer's figure function; patched where it is imported)."""
+
+    MODULES = ("mirrorla.engine.checkpoint", "mirrorla.engine.sr_figures", "mirrorla.engine.lra_figures",
+               "mirrorla.diagnostics.report")  # fmt: skip
 
     def __init__(self, monkeypatch):
-        from matplotlib.figure import Figure
+        import importlib
+
+        from mirrorla.engine.checkpoint import save_figure as original
 
         self.figures = []
-        original = Figure.savefig
 
-        def savefig(fig, path, *args, **kwargs):
+        def save_figure(fig, path, *args, **kwargs):
             self.figures.append((str(path), fig))
             return original(fig, path, *args, **kwargs)
 
-        monkeypatch.setattr(Figure, "savefig", savefig)
+        for name in self.MODULES:
+            monkeypatch.setattr(importlib.import_module(name), "save_figure", save_figure)
 
     def get(self, name):
         return next(fig for path, fig in self.figures if path.endswith(name))
