@@ -25,6 +25,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 
 import mirrorla  # noqa: F401  (registers the models)
 from mirrorla.models import list_models
+from mirrorla.registry import get_attention_entry
 
 #: Per family: tiny constructor options and a small non-square input (H, W) (a swapped H and W shows).
 TINY: dict[str, tuple[dict, tuple[int, int]]] = {
@@ -206,6 +207,13 @@ def test_forward_intermediates_and_features_only_match_feature_info(name):
 # -- FX and torch.export -------------------------------------------------------------------------
 
 TRACER = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
+
+
+def test_every_attention_layer_is_an_fx_leaf():
+    # Attention layers check inputs and use the runtime grid in Python: FX keeps each call one node.
+    leaves = tuple(get_notrace_modules())
+    for attention in mirrorla.list_attentions():
+        assert issubclass(get_attention_entry(attention).cls, leaves), attention
 
 
 @pytest.mark.parametrize("name", all_names_slow_except_representative())

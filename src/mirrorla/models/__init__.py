@@ -12,6 +12,8 @@ super-resolution network (``sr_*``) and the sequence classifier (``seq_*``) are 
 Every entry point builds its models with :func:`create_model`.
 """
 
+from timm.layers import register_notrace_module
+
 from mirrorla.layers.spatial_reduction import SpatialReductionAttention
 from mirrorla.models._timm import list_models, no_weight_decay_names
 from mirrorla.models.factory import create_model
@@ -19,7 +21,7 @@ from mirrorla.models.l2vit import L2ViT
 from mirrorla.models.pyramid import PyramidVisionTransformer, register_pvt_models
 from mirrorla.models.sr import SuperResolutionNet
 from mirrorla.models.vit import LinearVisionTransformer, register_deit_models
-from mirrorla.registry import list_attentions
+from mirrorla.registry import get_attention_entry, list_attentions
 
 __all__ = [
     "L2ViT",
@@ -35,8 +37,13 @@ __all__ = [
 
 
 def register_attention_models(attention: str) -> list[str]:
-    """Register the DeiT and PVT model names of ``attention`` with timm (once); returns them."""
+    """Register the DeiT and PVT model names of ``attention`` with timm (once); returns them.
+
+    The attention's layer class also joins timm's FX notrace modules (as :class:`AttentionBase` does
+    for its subclasses), so a layer that is not one still traces as a single node.
+    """
     if attention not in _DONE:
+        register_notrace_module(get_attention_entry(attention).cls)
         _DONE[attention] = register_deit_models(attention) + register_pvt_models(attention)
     return list(_DONE[attention])
 
