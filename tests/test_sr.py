@@ -55,8 +55,12 @@ def test_sizes_and_timm_names():
     params = {s: sum(p.numel() for p in create_model(f"sr_{s}", attention="mirror").parameters()) for s in SR_SIZES}
     assert params["tiny"] < params["small"] < params["light"]
     assert 0.5e6 < params["light"] < 1.0e6  # the published light SR size
-    model = timm.create_model("sr_tiny_flatten", scale=4)
+    model = create_model("sr_tiny_flatten", scale=4)
     assert isinstance(model, SuperResolutionNet) and model.scale == 4 and model.attention == "flatten"
+    # Image-to-image networks are not timm models: not registered with timm (issue 34).
+    assert not timm.list_models("sr_*") and not timm.is_model("sr_tiny_flatten")
+    with pytest.raises(ValueError, match="already fixes its attention"):
+        create_model("sr_tiny_flatten", attention="mirror")
     create_model("sr_light", attention="nala")  # its RoPE needs head_dim % 4 == 0
 
 

@@ -12,8 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_module
 from timm.models import register_model
 from torch import nn
+
+from mirrorla.layers.base import AttentionBase
+from mirrorla.layers.l2vit import ConvPositionEncoding, LocalConcentrationModule
 
 __all__ = [
     "register",
@@ -34,14 +38,31 @@ _NO_WEIGHTS = (
 )
 
 
-def untrained_cfg(**overrides: Any) -> dict[str, Any]:
-    """A ``pretrained_cfg`` with the input/normalisation facts of the model and no weight source."""
+# FX (``features_only=True, feature_cls='fx'``, torchvision's ``create_feature_extractor``): these
+# modules check their input with Python control flow and work on the runtime token grid, so a
+# symbolic trace keeps each call as one node instead of tracing into it. timm's tracer and
+# torchvision's test leaves with isinstance, so AttentionBase covers every attention layer,
+# including those registered later. Registered here, where timm is imported, not in the layers.
+for _leaf in (AttentionBase, ConvPositionEncoding, LocalConcentrationModule):
+    register_notrace_module(_leaf)
+
+
+def untrained_cfg(
+    input_size: tuple[int, int, int] = (3, 224, 224), feature_stride: int | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The ``pretrained_cfg`` of a model name: input/normalisation facts of the model and no weight source.
+
+    ``feature_stride``: the total stride of ``forward_features``'s spatial map; gives ``pool_size``
+    (the map's grid at ``input_size``). None for token outputs (ViT), whose ``pool_size`` is None as in timm.
+    The one place a name's cfg is made, so cfgs with weights can start from it.
+    """
+    pool_size = None if feature_stride is None else (input_size[1] // feature_stride, input_size[2] // feature_stride)
     cfg = dict(
         url="",
         hf_hub_id=None,
         num_classes=1000,
-        input_size=(3, 224, 224),
-        pool_size=None,
+        input_size=tuple(input_size),
+        pool_size=pool_size,
         crop_pct=0.9,
         interpolation="bicubic",
         fixed_input_size=False,

@@ -8,11 +8,12 @@ A model is a name plus, optionally, a registry attention for its attention layer
 - a mirrorla model name (``deit_tiny_mirror``, ``pvt_small_pola``, ``l2vit_tiny``; see
   :func:`mirrorla.models.list_models`): its attention is part of the name, so ``attention`` must be None.
 - ``"sr_tiny"``, ``"sr_small"``, ``"sr_light"``: the super-resolution network
-  (:class:`~mirrorla.models.sr.SuperResolutionNet`) of that size; needs ``attention`` (``scale=2|3|4``).
-  ``sr_{size}_{attention}`` names are also registered with timm.
+  (:class:`~mirrorla.models.sr.SuperResolutionNet`) of that size; needs ``attention`` (``scale=2|3|4``);
+  ``sr_{size}_{attention}`` (``"sr_tiny_mirror"``) names both. Not a timm model (image to image), so
+  not registered with timm.
 - ``"seq_tiny"``, ``"seq_small"``, ``"seq_base"``: the sequence classifier of the long-range tasks
   (:class:`~mirrorla.models.sequence.SequenceClassifier`); needs ``attention`` and ``vocab_size``,
-  ``num_classes``, ``max_len``.
+  ``num_classes``, ``max_len``. Not registered with timm either.
 - any other timm model name: built by ``timm.create_model``; with an attention, its attention modules
   are replaced by :func:`mirrorla.convert` (timm ViT/DeiT family only; others raise a clear error).
 
@@ -66,6 +67,11 @@ def create_model(
         if attention is None:
             raise ValueError(f"model {name!r} needs an attention: pass attention='<name>' (`mirrorla list`)")
         return create_sr_model(name[3:], attention, attn_kwargs, **kwargs)
+    sr_name = _split_sr_name(name)
+    if sr_name is not None:  # the full name (formerly a timm name), e.g. 'sr_tiny_mirror'
+        if attention is not None:
+            raise ValueError(f"model {name!r} already fixes its attention in its name; pass attention=None")
+        return create_sr_model(*sr_name, attn_kwargs, **kwargs)
 
     if name.startswith("seq_") and name[4:] in SEQ_SIZES:
         if attention is None:
@@ -88,3 +94,14 @@ def create_model(
         return convert(model, attention, **attn_kwargs)
     except TypeError as err:
         raise ValueError(f"cannot put attention {attention!r} into timm model {name!r}: {err}") from err
+
+
+def _split_sr_name(name: str) -> tuple[str, str] | None:
+    """``'sr_tiny_mirror'`` → ``('tiny', 'mirror')`` when both parts exist, else None."""
+    from mirrorla.registry import list_attentions
+
+    for size in SR_SIZES:
+        prefix = f"sr_{size}_"
+        if name.startswith(prefix) and name[len(prefix) :] in list_attentions():
+            return size, name[len(prefix) :]
+    return None

@@ -7,10 +7,14 @@ code github.com/ChuanyangZheng/L2ViT ``classification/models/l2vit.py``; docs/me
 (LGA ``l2vit_lga``, LWA ``window_softmax``, LCM, CPE) are mirrorla's, in :mod:`mirrorla.layers.l2vit`.
 
     stem   Conv3×3 s2 (3 → C₁/2) BN ReLU Conv3×3 s2 (→ C₁) BN, flatten, LayerNorm(C₁)    stride 4
-    down   LayerNorm(C_in) on tokens, Conv2d(C_in, C_out, 2, stride 2)                    stride 2
+    down   LayerNorm(C_in) over channels, Conv2d(C_in, C_out, 2, stride 2)                stride 2
     LWA block  x = CPE(x); x = x + DP(LWA(LN₁ x)); x = CPE(x); x = x + DP(MLP(LN₂ x))
     LGA block  x = CPE(x); x = x + DP(LGA(LN₁ x)); x = x + DP(LCM(LN₃ x)); x = x + DP(MLP(LN₂ x))
     block j of a stage is LWA for even j, LGA for odd j; head LayerNorm → token mean → Linear
+
+A stage returns its NCHW map (the ``feature_info`` feature); ``forward_features`` returns the last
+map with the head's LayerNorm applied at each position, (B, C₄, H/32, W/32), as timm's contract
+asks (``pool_size``, ``global_pool=''``).
 
 Module and parameter names follow the official code, so its state dicts load without renaming.
 Deviation [Design, docs/methods.md §6.3]: LWA masks the keys of zero-padded window positions;
@@ -27,7 +31,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, register_notrace_function
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -53,6 +57,7 @@ L2VIT_SIZES: dict[str, dict[str, Any]] = {
 L2VIT_PUBLISHED: dict[str, tuple[float, float]] = {"tiny": (29, 4.7), "small": (50, 9.0), "base": (89, 15.9)}
 
 
+@register_notrace_function  # pads computed from the runtime grid: one FX node
 def _pad_to_multiple(x: Tensor, stride: int) -> Tensor:
     """Zero-pad (B, C, H, W) at the bottom/right to multiples of ``stride`` (official PatchEmbed)."""
     H, W = x.shape[-2:]
@@ -78,23 +83,21 @@ class ConvStem(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
         x = self.proj(_pad_to_multiple(x, 4))
-        H, W = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), (H, W)
+        return self.norm(x.flatten(2).transpose(1, 2)), (x.shape[2], x.shape[3])
 
 
 class Downsample(nn.Module):
-    """Tokens (B, N, C_in) on an H×W grid → LayerNorm → Conv 2×2 s2 → (B, N/4, C_out), new grid."""
+    """Map (B, C_in, H, W) → LayerNorm over channels → Conv 2×2 s2 → tokens (B, N/4, C_out) and their grid."""
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
         self.proj = nn.Conv2d(in_dim, out_dim, 2, stride=2)
 
-    def forward(self, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        B, N, C = x.shape
-        x = self.norm(x).transpose(1, 2).reshape(B, C, *hw)
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         x = self.proj(_pad_to_multiple(x, 2))
-        return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
+        return x.flatten(2).transpose(1, 2), (x.shape[2], x.shape[3])
 
 
 class L2ViTBlock(nn.Module):
@@ -132,6 +135,28 @@ class L2ViTBlock(nn.Module):
         else:
             x = x + self.drop_path(self.local_mp(self.norm3(x), hw))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class L2ViTStage(nn.ModuleList):
+    """The blocks of one stage (a ModuleList, so parameter names stay the official ``stages.i.j``):
+    tokens (B, N, C) on the grid ``hw`` → the stage's map (B, C, H, W).
+
+    Ending in the map makes the stage's last FX node the NCHW feature of ``feature_info``, so
+    ``features_only=True, feature_cls='fx'`` and torchvision's feature extractor return maps.
+    """
+
+    def __init__(self, blocks: list[L2ViTBlock]) -> None:
+        super().__init__(blocks)
+        self.grad_checkpointing = False
+
+    def forward(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        for blk in self:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
+            else:
+                x = blk(x, hw)
+        B, N, C = x.shape
+        return x.transpose(1, 2).reshape(B, C, hw[0], hw[1])
 
 
 class L2ViT(nn.Module):
@@ -180,7 +205,7 @@ class L2ViT(nn.Module):
                 L2ViTBlock(dims[i], num_heads[i], j % 2 == 0, window_size, mlp_ratio, dpr[cursor + j], l2vit_compat)
                 for j in range(depths[i])
             ]
-            self.stages.append(nn.ModuleList(blocks))
+            self.stages.append(L2ViTStage(blocks))
             self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2**i, module=f"stages.{i}"))
             cursor += depths[i]
         self.norm = nn.LayerNorm(dims[-1])
@@ -213,6 +238,8 @@ class L2ViT(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -228,14 +255,9 @@ class L2ViT(nn.Module):
         if num_classes > 0:
             self._init_weights(self.head)
 
-    def _run_stage(self, i: int, x: Tensor, hw: tuple[int, int]) -> tuple[Tensor, tuple[int, int]]:
-        x, hw = self.downsample_layers[i](x) if i == 0 else self.downsample_layers[i](x, hw)
-        for blk in self.stages[i]:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(blk, x, hw, use_reentrant=False)
-            else:
-                x = blk(x, hw)
-        return x, hw
+    def _final_norm(self, x: Tensor) -> Tensor:
+        """The head's LayerNorm over the channels of a map (B, C, H, W), per position."""
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
     def forward_intermediates(
         self,
@@ -252,15 +274,14 @@ class L2ViT(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take, max_index = feature_take_indices(len(self.stages), indices)
         last = max_index if stop_early else len(self.stages) - 1
-        intermediates, hw = [], None
+        intermediates = []
         for i in range(last + 1):
-            x, hw = self._run_stage(i, x, hw)
+            x = self.stages[i](*self.downsample_layers[i](x))
             if i in take:
-                y = self.norm(x) if norm and i == len(self.stages) - 1 else x
-                intermediates.append(y.transpose(1, 2).reshape(x.shape[0], -1, *hw))
+                intermediates.append(self._final_norm(x) if norm and i == len(self.stages) - 1 else x)
         if intermediates_only:
             return intermediates
-        return self.norm(x), intermediates
+        return self._final_norm(x), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
@@ -277,15 +298,15 @@ class L2ViT(nn.Module):
         return take
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) → normalised last-stage tokens (B, N₄, C₄)."""
-        hw = None
-        for i in range(len(self.stages)):
-            x, hw = self._run_stage(i, x, hw)
-        return self.norm(x)
+        """(B, 3, H, W) → the last stage's map, LayerNorm over channels at each position (B, C₄, ⌈H/32⌉, ⌈W/32⌉)."""
+        for downsample, stage in zip(self.downsample_layers, self.stages, strict=True):
+            x = stage(*downsample(x))
+        return self._final_norm(x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, C₄, h, w) map → pooled (B, C₄) → logits; ``global_pool=''`` keeps the map."""
         if self.global_pool == "avg":
-            x = x.mean(dim=1)
+            x = x.mean(dim=(-2, -1))
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
@@ -309,7 +330,11 @@ def _register() -> None:
             )
 
         cfg = untrained_cfg(
-            first_conv="downsample_layers.0.proj.proj.0", input_size=(3, res, res), crop_pct=0.9 if res == 224 else 1.0
+            input_size=(3, res, res),
+            feature_stride=32,
+            min_input_size=(3, 32, 32),
+            first_conv="downsample_layers.0.proj.proj.0",
+            crop_pct=0.9 if res == 224 else 1.0,
         )
         doc = f"L²ViT-{size.capitalize()} ({res}², window {extra.get('window_size', 7)}); untrained."
         register(name, __name__, build, cfg, doc)

@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath, Mlp, register_notrace_function
 from timm.models import build_model_with_cfg
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
@@ -90,6 +90,17 @@ class PyramidBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+@register_notrace_function  # a branch on the runtime grid: one FX node, not a traced condition
+def resample_position_table(table: Tensor, build_grid: tuple[int, int], H: int, W: int) -> Tensor:
+    """A position table (1, Hp·Wp, C) on the build grid (Hp, Wp) → (1, H·W, C), bilinear when the grid differs."""
+    Hp, Wp = build_grid
+    if (H, W) == (Hp, Wp):
+        return table
+    img = table.reshape(1, Hp, Wp, -1).permute(0, 3, 1, 2)
+    img = F.interpolate(img, size=(H, W), mode="bilinear", align_corners=False)
+    return img.flatten(2).transpose(1, 2)
+
+
 class PyramidStage(nn.Module):
     """(B, C_in, H, W) → patch embed → + position table → blocks → (B, C, H/s, W/s)."""
 
@@ -115,19 +126,14 @@ class PyramidStage(nn.Module):
 
     def position(self, H: int, W: int) -> Tensor:
         """The position table (1, H·W, C), resampled bilinearly from the build grid when H×W differs."""
-        Hp, Wp = self.pos_grid
-        if (H, W) == (Hp, Wp):
-            return self.pos_embed
-        table = self.pos_embed.reshape(1, Hp, Wp, -1).permute(0, 3, 1, 2)
-        table = F.interpolate(table, size=(H, W), mode="bilinear", align_corners=False)
-        return table.flatten(2).transpose(1, 2)
+        return resample_position_table(self.pos_embed, self.pos_grid, H, W)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj(x)
         B, C, H, W = x.shape
         x = self.norm(x.flatten(2).transpose(1, 2))
         if self.pos_embed is not None:
-            x = x + self.position(H, W)
+            x = x + resample_position_table(self.pos_embed, self.pos_grid, H, W)
         for blk in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting():
                 x = torch.utils.checkpoint.checkpoint(blk, x, (H, W), use_reentrant=False)
@@ -415,6 +421,7 @@ def register_pvt_models(attention: str) -> list[str]:
             doc = (
                 f"PVT-{size.capitalize()} v1 widths/depths, {attention!r} attention in all stages ('LLLL'); untrained."
             )
-        register(name, __name__, build, untrained_cfg(first_conv="stages.0.proj"), doc)
+        cfg = untrained_cfg(feature_stride=32, min_input_size=(3, 32, 32), first_conv="stages.0.proj")
+        register(name, __name__, build, cfg, doc)
         names.append(name)
     return names

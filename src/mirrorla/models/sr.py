@@ -32,12 +32,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from mirrorla.models._timm import init_outside_attention, register, untrained_cfg
+from mirrorla.models._timm import init_outside_attention
 from mirrorla.registry import create_attention, get_attention_entry
 
-__all__ = ["SuperResolutionNet", "SRBlock", "ConvFFN", "SR_SIZES", "SR_SCALES", "create_sr_model", "register_sr_models"]
-
-default_cfgs: dict[str, Any] = {}
+__all__ = ["SuperResolutionNet", "SRBlock", "ConvFFN", "SR_SIZES", "SR_SCALES", "create_sr_model"]
 
 #: Upscaling factors the pixel-shuffle upsampler supports here.
 SR_SCALES = (2, 3, 4)
@@ -208,21 +206,3 @@ def create_sr_model(
         mlp_ratio=preset.mlp_ratio,
     )
     return SuperResolutionNet(scale=scale, attention=attention, attn_kwargs=attn_kwargs, **{**args, **kwargs})
-
-
-def register_sr_models(attention: str) -> list[str]:
-    """Register ``sr_{tiny,small,light}_{attention}`` with timm (``timm.create_model(name, scale=4)``)."""
-    names = []
-    for size in SR_SIZES:
-        name = f"sr_{size}_{attention}"
-
-        def build(name: str, size: str = size, **kwargs: Any) -> SuperResolutionNet:
-            for timm_only in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):  # timm's own arguments
-                kwargs.pop(timm_only, None)
-            return create_sr_model(size, attention, **kwargs)
-
-        cfg = untrained_cfg(num_classes=0, input_size=(3, 64, 64), first_conv="conv_first", classifier="upsample.0")
-        doc = f"Super-resolution net, size {size}, with global {attention!r} attention; untrained."
-        register(name, __name__, build, cfg, doc)
-        names.append(name)
-    return names

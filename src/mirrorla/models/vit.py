@@ -92,10 +92,15 @@ class LinearVisionTransformer(VisionTransformer):
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Image (B, 3, H, W) → tokens (B, P + Hp·Wp, C) and the patch grid (Hp, Wp)."""
         x = self.patch_embed(x)
-        # (B, Hp, Wp, C) with dynamic_img_size, else (B, N, C) on the fixed patch grid.
-        grid = tuple(x.shape[1:3]) if x.dim() == 4 else tuple(self.patch_embed.grid_size)
+        # (B, Hp, Wp, C) with dynamic_img_size, else (B, N, C) on the fixed patch grid. The branch is on
+        # a build option, not on the input, and the sides stay shapes (no int()), so FX and
+        # torch.export trace it.
+        if self.dynamic_img_size:
+            grid = (x.shape[1], x.shape[2])
+        else:
+            grid = (self.patch_embed.grid_size[0], self.patch_embed.grid_size[1])
         x = self.norm_pre(self.patch_drop(self._pos_embed(x)))
-        return x, (int(grid[0]), int(grid[1]))
+        return x, grid
 
     def _run_block(self, blk, x, grid, attn_mask, is_causal) -> torch.Tensor:
         if self.grad_checkpointing and not torch.jit.is_scripting():
@@ -191,6 +196,6 @@ def register_deit_models(attention: str) -> list[str]:
             return _build(name, size=size, attention=attention, **kwargs)
 
         doc = f"DeiT-{size.capitalize()} (patch 16, 224²) with {attention!r} attention in every block; untrained."
-        register(name, __name__, build, untrained_cfg(), doc)
+        register(name, __name__, build, untrained_cfg(min_input_size=(3, 32, 32)), doc)
         names.append(name)
     return names
