@@ -1,9 +1,9 @@
 """timm's side of the weights shipped in :mod:`mirrorla.weights`: tagged ``pretrained_cfg`` entries and loading.
 
-A model name with shipped weights gets one tag per weights file (``vit_micro_mirror.fmnist``,
-``sr_tiny_mirror.photos_x2``) whose ``pretrained_cfg`` points at the file (``file=``), so
+A timm model name with shipped weights gets one tag per weights file (``vit_micro_mirror.fmnist``) whose ``pretrained_cfg`` points at the file (``file=``), so
 ``timm.create_model(name, pretrained=True)`` loads it offline through timm's own ``load_pretrained``
-and ``timm.list_pretrained()`` lists it. The untagged name stays the untrained model's.
+and ``timm.list_pretrained()`` lists it. The untagged name stays the untrained model's. The SR networks are
+not timm models: their weights load through ``pretrained:<name>`` (:func:`mirrorla.engine.sr.load_trained_sr`).
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ Each weights file lives in a folder named after its tag, beside a JSON file with
     weights/<tag>/<model>.json          run command, commit, date, machine, the run's settings, its result,
                                         the SHA-256 of the weights file and a cheap check (see below)
 
-``<model>`` is a timm name (``vit_micro_mirror``, ``sr_tiny_mirror``) and ``<model>.<tag>`` the name the
+``<model>`` is a model name (``vit_micro_mirror``, a timm name; ``sr_tiny_mirror``) and ``<model>.<tag>`` the name the
 weights go by everywhere:
 
-- timm: ``timm.create_model("vit_micro_mirror.fmnist", pretrained=True)`` (also ``timm.list_pretrained()``);
+- timm (classifiers): ``timm.create_model("vit_micro_mirror.fmnist", pretrained=True)`` (``timm.list_pretrained()``);
+  the SR networks are not timm models: ``mirrorla.engine.sr.load_trained_sr("pretrained:sr_tiny_mirror.photos_x2")``;
 - the command line: ``pretrained:vit_micro_mirror.fmnist`` wherever a checkpoint is taken
   (``mirrorla eval``, ``mirrorla analyze``, ``mirrorla sr eval``, ``mirrorla sr upscale``).
 
