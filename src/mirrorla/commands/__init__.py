@@ -183,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{args._prog}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except BrokenPipeError:  # the reader of stdout went away (`mirrorla list | head`): stop quietly, as Unix tools do
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141
     except OSError as err:  # a write error the user can fix (disk full, read-only, permission), in any command
         from mirrorla.engine.checkpoint import output_write_error
 
