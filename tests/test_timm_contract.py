@@ -26,6 +26,7 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import mirrorla  # noqa: F401  (registers the models)
 from mirrorla.models import list_models
 from mirrorla.registry import get_attention_entry
+from mirrorla.weights import list_weights
 
 #: Per family: tiny constructor options and a small non-square input (H, W) (a swapped H and W shows).
 TINY: dict[str, tuple[dict, tuple[int, int]]] = {
@@ -36,7 +37,11 @@ TINY: dict[str, tuple[dict, tuple[int, int]]] = {
     ),
     # Two blocks in the first stage so that LWA and LGA+LCM both run; 64x96 pads LWA's 7x7 windows.
     "l2vit": (dict(depths=(2, 1, 1, 1), dims=(16, 16, 32, 32), num_heads=(1, 1, 2, 2)), (64, 96)),
+    # vit_micro_*: the ViT of `mirrorla compare` (fixed 28x28 grey grid, 10 classes); three blocks for 3 features.
+    "vit": (dict(depth=3), (28, 28)),
 }
+#: Input channels, classes and cfg input size of the families that are not ImageNet-shaped.
+NOT_IMAGENET = {"vit": dict(in_chans=1, num_classes=10, input_size=(1, 28, 28))}
 #: Families whose ``forward_features`` is a spatial map (B, C, h, w); DeiT's is tokens (B, P + N, C).
 SPATIAL = {"pvt", "l2vit"}
 #: Feature maps' last stride of the spatial families (``pool_size`` = input / this).
@@ -53,7 +58,7 @@ def _representative() -> list[str]:
     # One small set per family: the project's method, softmax (PVT: spatial-reduction softmax), and one
     # attention that works on the token grid (depthwise conv on V). Names not registered are skipped.
     wanted = [f"{arch}_tiny_{attn}" for arch in ("deit", "pvt") for attn in ("mirror", "mirror_dwc", "softmax")]
-    return [n for n in wanted + ["l2vit_tiny"] if n in NAMES]
+    return [n for n in wanted + ["l2vit_tiny", "vit_micro_mirror"] if n in NAMES]
 
 
 REPRESENTATIVE = _representative()
@@ -70,7 +75,8 @@ def tiny(name: str, **kwargs) -> torch.nn.Module:
 
 def tiny_input(name: str, batch: int = 2) -> torch.Tensor:
     h, w = TINY[family(name)][1]
-    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(1))
+    chans = NOT_IMAGENET.get(family(name), {}).get("in_chans", 3)
+    return torch.randn(batch, chans, h, w, generator=torch.Generator().manual_seed(1))
 
 
 def test_registry_is_not_empty_and_every_family_is_covered():
@@ -96,11 +102,17 @@ def test_pretrained_cfg_is_complete(name):
     missing = [f for f in CFG_FIELDS if f not in d]
     assert not missing, missing
     c, h, w = cfg.input_size
-    assert c == 3 and h >= 32 and w >= 32
+    own = NOT_IMAGENET.get(family(name))
+    if own is None:
+        assert c == 3 and h >= 32 and w >= 32 and cfg.num_classes == 1000
+    else:
+        assert cfg.input_size == own["input_size"] and cfg.num_classes == own["num_classes"]
     assert 0 < cfg.crop_pct <= 1 and cfg.interpolation in ("bicubic", "bilinear")
-    assert len(cfg.mean) == len(cfg.std) == 3 and all(s > 0 for s in cfg.std)
-    assert cfg.num_classes == 1000 and isinstance(cfg.first_conv, str) and cfg.classifier == "head"
-    assert not cfg.has_weights  # untrained: pretrained=True raises instead of falling back to random weights
+    assert len(cfg.mean) == len(cfg.std) == c and all(s > 0 for s in cfg.std)
+    assert isinstance(cfg.first_conv, str) and cfg.classifier == "head"
+    # Weights only where the package ships them (mirrorla.weights); otherwise pretrained=True raises instead of
+    # falling back to random weights.
+    assert bool(cfg.has_weights) == any(w.split(".")[0] == name for w in list_weights())
     if family(name) in SPATIAL:
         assert cfg.pool_size == (h // LAST_STRIDE, w // LAST_STRIDE)
         assert cfg.min_input_size is not None and cfg.min_input_size[1] % LAST_STRIDE == 0
@@ -116,7 +128,8 @@ def test_cfg_names_real_parameters_at_full_size(name):
     cfg = model.pretrained_cfg
     assert cfg["architecture"] == name and model.default_cfg == cfg
     params = dict(model.named_parameters())
-    assert f"{cfg['first_conv']}.weight" in params and params[f"{cfg['first_conv']}.weight"].shape[1] == 3
+    chans = NOT_IMAGENET.get(family(name), {}).get("in_chans", 3)
+    assert f"{cfg['first_conv']}.weight" in params and params[f"{cfg['first_conv']}.weight"].shape[1] == chans
     assert params[f"{cfg['classifier']}.weight"].shape == (cfg["num_classes"], model.num_features)
     assert model.num_classes == cfg["num_classes"] and model.num_features > 0 and model.head_hidden_size > 0
     assert model.feature_info[-1]["num_chs"] == model.num_features
