@@ -92,7 +92,12 @@ def package(args: argparse.Namespace, attention: str) -> Path:
 
     import mirrorla  # noqa: F401  (registers the models)
 
-    net = timm.create_model(model)
+    if task == "super_resolution":  # not a timm model (docs/models.md): the library's factory builds it
+        from mirrorla.models import create_model
+
+        net = create_model(cfg.model, attention=cfg.attention, scale=cfg.scale)
+    else:
+        net = timm.create_model(model)
     net.load_state_dict(ckpt["model"], strict=True)
     meta = {
         "name": f"{model}.{tag}",
